@@ -1,0 +1,97 @@
+"""The `klaviyo-sync` command line: parse options, configure logging, call one service.
+
+Each group of commands lives in its own module and registers itself on :data:`cli`.
+Known errors (:class:`KlaviyoSyncError`) become one readable line and the error's exit
+code; a traceback only with ``-v``.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from sqlalchemy.engine import Engine
+
+from klaviyo_sync import __version__, config, logconfig
+from klaviyo_sync.exceptions import KlaviyoSyncError
+
+
+@dataclass
+class AppContext:
+    """What every command gets: the settings path, verbosity, and lazily opened state."""
+
+    config_path: str | None
+    verbose: int
+    _settings: config.Settings | None = None
+    _engine: Engine | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> config.Settings:
+        if self._settings is None:
+            self._settings = config.load(self.config_path)
+            level = "debug" if self.verbose > 1 else self._settings.logging.level
+            logconfig.configure(level, self._settings.logging.format,
+                                self._settings.logging.mask_emails)
+        return self._settings
+
+    def state_engine(self) -> Engine:
+        """The state database, created on first use, refused if its schema is outdated."""
+        if self._engine is None:
+            from klaviyo_sync.state.db import open_state
+
+            self._engine = open_state(self.settings.state.url,
+                                      self.settings.state.sqlite_busy_timeout_s)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", envvar="KLAVIYO_SYNC_CONFIG", metavar="PATH",
+              help="Settings file (default ./settings.toml, then /etc/klaviyo-sync/settings.toml).")
+@click.option("-v", "--verbose", count=True, help="Show tracebacks; -vv also logs at debug level.")
+@click.version_option(__version__, prog_name="klaviyo-sync")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """Tail a business log and database into a durable queue and deliver it to Klaviyo."""
+    app = AppContext(config_path=config_path, verbose=verbose)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+    logconfig.configure("debug" if verbose > 1 else "info")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    verbose = any(a in ("-v", "-vv", "--verbose") for a in sys.argv[1:])
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KlaviyoSyncError as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"klaviyo-sync: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    else:
+        sys.exit(0)
+
+
+# Command modules register themselves on `cli` when imported.
+from klaviyo_sync.cli import admin, queue  # noqa: E402,F401

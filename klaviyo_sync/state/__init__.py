@@ -1,0 +1,1 @@
+"""The state database: the queue, checkpoints, order sync state, suppressions, audit."""
