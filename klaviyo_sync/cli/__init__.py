@@ -94,4 +94,12 @@ def main() -> None:
 
 
 # Command modules register themselves on `cli` when imported.
-from klaviyo_sync.cli import admin, queue  # noqa: E402,F401
+from klaviyo_sync.cli import (  # noqa: E402,F401
+    admin,
+    business,
+    daemon,
+    demo,
+    ingest,
+    queue,
+    send,
+)

@@ -1,0 +1,125 @@
+"""Customers of the business system: the record, the reader, and an in-memory fake."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from klaviyo_sync.config import BusinessSettings
+from klaviyo_sync.exceptions import BusinessDataError
+
+
+@dataclass(frozen=True)
+class Customer:
+    """A customer as the business database shows them now."""
+
+    id: str
+    email: str | None
+    first_name: str | None = None
+    last_name: str | None = None
+    status: str | None = None
+    schedule: str | None = None
+    box: str | None = None
+    signup_date: date | None = None
+    email_opt_in: bool = False
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Customer:
+        signup = row.get("signup_date")
+        if isinstance(signup, datetime):
+            signup = signup.date()
+        elif isinstance(signup, str) and signup:
+            signup = date.fromisoformat(signup[:10])
+        opt_in = row.get("email_opt_in")
+        if isinstance(opt_in, str):
+            opt_in = opt_in.strip().lower() in ("1", "true", "yes", "y", "t")
+        return cls(
+            id=str(row["id"]),
+            email=row.get("email") or None,
+            first_name=row.get("first_name"),
+            last_name=row.get("last_name"),
+            status=row.get("status"),
+            schedule=_text(row.get("schedule")),
+            box=_text(row.get("box")),
+            signup_date=signup or None,
+            email_opt_in=bool(opt_in),
+        )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+class CustomerDirectory(Protocol):
+    """Looks customers up by business id, many at a time."""
+
+    def lookup(self, ids: Iterable[str]) -> dict[str, Customer]: ...
+
+
+class InMemoryCustomers:
+    """A CustomerDirectory over a dict: for tests and the demo."""
+
+    def __init__(self, customers: Iterable[Customer] = ()) -> None:
+        self.customers = {c.id: c for c in customers}
+        self.queries = 0
+
+    def lookup(self, ids: Iterable[str]) -> dict[str, Customer]:
+        self.queries += 1
+        return {i: self.customers[i] for i in set(ids) if i in self.customers}
+
+
+class SqlCustomerReader:
+    """Reads customers from the business database: one query per batch of ids."""
+
+    def __init__(self, engine: Engine, settings: BusinessSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        cols = settings.columns
+        table = sa.table(
+            settings.customers_table,
+            *(sa.column(name) for name in (
+                cols.customer_id, cols.customer_email, cols.customer_first_name,
+                cols.customer_last_name, cols.customer_status, cols.customer_schedule,
+                cols.customer_box, cols.customer_signup_date, cols.customer_email_opt_in)),
+        )
+        c = table.c
+        self._id = c[cols.customer_id]
+        self._select = sa.select(
+            self._id.label("id"), c[cols.customer_email].label("email"),
+            c[cols.customer_first_name].label("first_name"),
+            c[cols.customer_last_name].label("last_name"),
+            c[cols.customer_status].label("status"),
+            c[cols.customer_schedule].label("schedule"), c[cols.customer_box].label("box"),
+            c[cols.customer_signup_date].label("signup_date"),
+            c[cols.customer_email_opt_in].label("email_opt_in"),
+        )
+        self.queries = 0
+
+    def lookup(self, ids: Iterable[str]) -> dict[str, Customer]:
+        wanted = sorted({str(i) for i in ids if i})
+        found: dict[str, Customer] = {}
+        size = self.settings.lookup_batch_size
+        try:
+            with self.engine.connect() as conn:
+                for start in range(0, len(wanted), size):
+                    chunk = wanted[start:start + size]
+                    self.queries += 1
+                    # Ids are compared as text so that an INTEGER id column and the
+                    # string ids of log lines meet whatever the backend.
+                    rows = conn.execute(
+                        self._select.where(sa.cast(self._id, sa.String).in_(chunk))
+                    ).mappings()
+                    for row in rows:
+                        customer = Customer.from_row(row)
+                        found[customer.id] = customer
+        except sa.exc.SQLAlchemyError as exc:
+            raise BusinessDataError(
+                f"cannot read {self.settings.customers_table} from the business database: "
+                f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}"
+            ) from exc
+        return found

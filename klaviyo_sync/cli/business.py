@@ -1,0 +1,1 @@
+"""Commands of the business stage (filled in by its module)."""

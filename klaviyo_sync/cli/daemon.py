@@ -1,0 +1,1 @@
+"""Commands of the daemon stage (filled in by its module)."""

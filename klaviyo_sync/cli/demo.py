@@ -1,0 +1,1 @@
+"""Commands of the demo stage (filled in by its module)."""

@@ -1,0 +1,1 @@
+"""Commands of the ingest stage (filled in by its module)."""

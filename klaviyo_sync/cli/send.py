@@ -1,0 +1,1 @@
+"""Commands of the send stage (filled in by its module)."""
