@@ -142,7 +142,9 @@ class BusinessSettings:
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"business.timezone: unknown IANA time zone {self.timezone!r}") from None
+            raise ValueError(
+                f"business.timezone: unknown IANA time zone {self.timezone!r}"
+            ) from None
         _at_least("business.lookup_batch_size", self.lookup_batch_size, 1)
         for name in ("customers_table", "orders_table", "order_items_table"):
             _identifier(f"business.{name}", getattr(self, name))

@@ -9,6 +9,7 @@ Server URLs come from the environment, with the local defaults of the developmen
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +44,8 @@ def require_service(url: str, name: str) -> None:
     reason = _unreachable_reason(url)
     if reason is None:
         return
-    message = f"{name} not reachable at {sa.make_url(url).render_as_string(hide_password=True)}: {reason}"
+    where = sa.make_url(url).render_as_string(hide_password=True)
+    message = f"{name} not reachable at {where}: {reason}"
     if IN_CI:
         pytest.fail(f"CI=true and {message}")
     pytest.skip(message)
@@ -118,3 +120,24 @@ def business_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgresql":
         return str(request.getfixturevalue("pg_schema_url"))
     return str(request.getfixturevalue("mysql_db_url"))
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder this process cannot write to: chmod for a normal user; for root (whom
+    permissions do not stop) a read-only tmpfs mount, or a skip where mounting is denied."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"running as root and cannot mount a read-only tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)

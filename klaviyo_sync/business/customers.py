@@ -29,7 +29,7 @@ class Customer:
     email_opt_in: bool = False
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Customer:
+    def from_row(cls, row: Mapping[str, Any] | sa.RowMapping) -> Customer:
         signup = row.get("signup_date")
         if isinstance(signup, datetime):
             signup = signup.date()

@@ -31,7 +31,7 @@ def test_enqueue_is_idempotent_on_unique_id(store: QueueStore) -> None:
     batch = [make_event(n) for n in range(50)]
     assert store.enqueue_many(batch, now=T0) == 50
     assert store.enqueue_many(batch, now=T0) == 0
-    assert store.enqueue_many(batch + [make_event(50)], now=T0) == 1
+    assert store.enqueue_many([*batch, make_event(50)], now=T0) == 1
     assert store.counts()["pending"] == 51
 
 

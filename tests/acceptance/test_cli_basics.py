@@ -1,0 +1,55 @@
+"""The installed CLI as a user runs it: settings errors, config show, db upgrade."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(*args: str, cwd: Path | None = None, env: dict | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "klaviyo_sync", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=60)
+
+
+def test_bad_setting_is_one_line_exit_2_and_no_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "settings.toml"
+    cfg.write_text("[sender]\nmax_attempts = 'lots'\n")
+    result = run("--config", str(cfg), "config", "check")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"klaviyo-sync: error: {cfg}: sender.max_attempts: expected integer, got string 'lots'"
+    )
+    verbose = run("-v", "--config", str(cfg), "config", "check")
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+
+
+def test_missing_settings_file_names_where_it_looked(tmp_path: Path) -> None:
+    result = run("--config", str(tmp_path / "nope.toml"), "config", "check")
+    assert result.returncode == 2
+    assert "nope.toml: settings file not found" in result.stderr
+
+
+def test_config_show_masks_credentials(tmp_path: Path) -> None:
+    cfg = tmp_path / "settings.toml"
+    cfg.write_text(f"[state]\nurl = 'sqlite:///{tmp_path}/s.db'\n"
+                   "[business]\nurl = 'mysql+pymysql://shop:hunter2@db/shop'\n")
+    env = {"KLAVIYO_API_KEY": "pk_live_supersecretvalue", "PATH": "/usr/bin:/bin"}
+    result = run("--config", str(cfg), "config", "show", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["business"]["url"] == "mysql+pymysql://shop:***@db/shop"
+    assert shown["klaviyo"]["api_key"] == "***"
+    assert "hunter2" not in result.stdout and "supersecret" not in result.stdout
+
+
+def test_db_upgrade_creates_then_reports_up_to_date(tmp_path: Path) -> None:
+    cfg = tmp_path / "settings.toml"
+    cfg.write_text(f"[state]\nurl = 'sqlite:///{tmp_path}/state/s.db'\n")
+    first = run("--config", str(cfg), "db", "upgrade")
+    assert first.returncode == 0, first.stderr
+    assert "schema none ->" in first.stdout
+    status = run("--config", str(cfg), "db", "status")
+    assert "up to date" in status.stdout

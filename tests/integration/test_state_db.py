@@ -1,0 +1,53 @@
+"""The state database: migrations match the schema, first use creates, old schema refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from klaviyo_sync.exceptions import SchemaOutdatedError, StateError
+from klaviyo_sync.state import db
+from klaviyo_sync.state.schema import metadata
+
+
+def test_migrations_create_exactly_the_declared_schema(state_engine: sa.Engine) -> None:
+    with state_engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+    assert db.schema_status(state_engine).up_to_date
+
+
+def test_brand_new_sqlite_file_is_created_on_first_use(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "folder" / "state.db"
+    engine = db.open_state(f"sqlite:///{path}")
+    assert path.exists()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    engine.dispose()
+
+
+def test_outdated_schema_is_refused_with_the_upgrade_command(state_url: str) -> None:
+    engine = db.create_engine(state_url)
+    db.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0000_old'"))
+    with pytest.raises(SchemaOutdatedError, match="run `klaviyo-sync db upgrade`"):
+        db.ensure_schema(engine)
+    engine.dispose()
+
+
+def test_unwritable_state_directory_is_a_clear_error(readonly_dir: Path) -> None:
+    with pytest.raises(StateError, match=r"state.url: .* is not writable by this user"):
+        db.create_engine(f"sqlite:///{readonly_dir / 'state.db'}")
+
+
+def test_state_directory_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StateError, match="cannot create the state directory"):
+        db.create_engine(f"sqlite:///{blocker / 'sub' / 'state.db'}")
