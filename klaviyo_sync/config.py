@@ -286,6 +286,9 @@ class DaemonSettings:
     http_listen: str = ""
     shutdown_grace_s: float = 8.0
     tail_lock: bool = True
+    job_backoff_max_s: float = 300.0
+    hung_job_s: float = 3600.0
+    status_interval_s: float = 10.0
 
     def validate(self) -> None:
         if self.http_listen:
@@ -294,6 +297,10 @@ class DaemonSettings:
                 raise ValueError(
                     f"daemon.http_listen: expected HOST:PORT, got {self.http_listen!r}"
                 )
+        _at_least("daemon.shutdown_grace_s", self.shutdown_grace_s, 0)
+        _at_least("daemon.job_backoff_max_s", self.job_backoff_max_s, 0)
+        _at_least("daemon.hung_job_s", self.hung_job_s, 0)
+        _at_least("daemon.status_interval_s", self.status_interval_s, 0.1)
 
 
 @dataclass(frozen=True)
@@ -302,6 +309,7 @@ class StatusSettings:
     failing_backlog_age_s: float = 7200.0
     degraded_dead_letters: int = 1
     degraded_tail_bytes_behind: int = 50_000_000
+    degraded_orders_pass_age_s: float = 3600.0
 
     def validate(self) -> None:
         _at_least("status.failing_backlog_age_s", self.failing_backlog_age_s,
