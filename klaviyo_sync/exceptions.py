@@ -7,6 +7,8 @@ rest of the code only catches these.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class KlaviyoSyncError(Exception):
     """Root of every error this package raises on purpose."""
@@ -33,6 +35,11 @@ class SchemaOutdatedError(StateError):
 
 class ParseError(KlaviyoSyncError):
     """A log line of a synced event type could not be turned into an event."""
+
+    def __init__(self, message: str, event_type: str | None = None) -> None:
+        super().__init__(message)
+        #: The line's event type, when it could be read (the rejects table records it).
+        self.event_type = event_type
 
 
 class LogSourceError(KlaviyoSyncError):
@@ -71,6 +78,17 @@ class RateLimitedError(RetryableSendError):
 
 class RejectedSendError(SendError):
     """Permanent: Klaviyo refused the payload (400). Never resend the same bytes."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message)
+        #: Klaviyo's JSON:API error objects (code, detail, source.pointer), if any.
+        self.errors = errors or []
+        self.status = status
+
+
+class PayloadTooLargeError(RejectedSendError):
+    """413: the body is over Klaviyo's size cap. Split it and send the halves."""
 
 
 class AuthError(SendError):

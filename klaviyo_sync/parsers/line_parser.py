@@ -1,0 +1,163 @@
+"""LineParser: bytes of the business log -> LogEntry, for the format in settings.
+
+Two steps, so the tailer spends almost nothing on the lines it does not sync:
+:meth:`LineParser.candidates` finds, with ``bytes.find`` over a whole chunk, the lines
+that may hold a synced event type; :meth:`LineParser.parse` reads one of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from klaviyo_sync.clock import to_naive_utc, utcnow
+from klaviyo_sync.config import LogSettings
+from klaviyo_sync.exceptions import ParseError
+from klaviyo_sync.parsers.entry import LogEntry, line_unique_id
+from klaviyo_sync.parsers.jsonl import JsonlFormat
+from klaviyo_sync.parsers.kv import KvFormat
+from klaviyo_sync.parsers.mapping import EventMapping
+from klaviyo_sync.parsers.regex import RegexFormat
+from klaviyo_sync.parsers.times import LogTimezone
+
+#: Klaviyo refuses event times before 1990 or more than a year ahead (KLAVIYO.md).
+EARLIEST_TIME = datetime(1990, 1, 1)
+LATEST_AHEAD = timedelta(days=365)
+
+_NL = 0x0A
+_CR = 0x0D
+# Bytes that may surround an event type in a kv line.
+_KV_BEFORE = frozenset(b" \t")
+_KV_AFTER = frozenset(b" \t\r\n")
+
+
+class LineParser:
+    """Parses the lines of one log (format, time zone and synced types from settings)."""
+
+    def __init__(
+        self, log: LogSettings, events: Mapping[str, str], default_currency: str = "USD"
+    ) -> None:
+        self.timezone = LogTimezone(log.timezone)
+        self.mapping = EventMapping(events, default_currency)
+        self.format = log.format
+        synced = list(events)
+        self._reader: KvFormat | JsonlFormat | RegexFormat
+        if log.format == "kv":
+            self._reader = KvFormat(synced)
+            self._tokens = sorted({name.encode("utf-8") for name in synced})
+        elif log.format == "jsonl":
+            self._reader = JsonlFormat(synced)
+            self._tokens = sorted(_json_tokens(synced))
+        elif log.format == "regex":
+            self._reader = RegexFormat(log.pattern, synced)
+            self._tokens = []
+        else:
+            raise ValueError(f"unknown log format {log.format!r}")
+
+    def parse(self, line: bytes, now: datetime | None = None) -> LogEntry | None:
+        """The entry on ``line``, None if it is not a synced event type.
+
+        Raises ParseError (with ``event_type``) for a synced line that cannot become an
+        event. ``now`` (default: the clock) bounds the time Klaviyo would accept.
+        """
+        line = line.rstrip(b"\r\n")
+        record = self._reader.read(line)
+        if record is None:
+            return None
+        event_type, when, fields = record
+        occurred_at = self._occurred_at(when, event_type, now)
+        return self.mapping.to_entry(
+            line_unique_id(line), event_type, occurred_at, fields, self.timezone
+        )
+
+    def candidates(self, chunk: bytes) -> list[tuple[int, int]]:
+        """(start, end) of the lines of ``chunk`` that may be synced events.
+
+        ``chunk`` holds complete lines. ``end`` excludes the newline and a carriage
+        return before it. May include lines :meth:`parse` then skips; never omits one
+        it would return or reject.
+        """
+        if self.format == "regex":
+            return _all_lines(chunk)
+        starts: set[int] = set()
+        kv = self.format == "kv"
+        size = len(chunk)
+        find, rfind = chunk.find, chunk.rfind
+        for token in self._tokens:
+            width = len(token)
+            pos = find(token)
+            while pos != -1:
+                end = pos + width
+                if kv and not (
+                    pos > 0 and chunk[pos - 1] in _KV_BEFORE
+                    and (end == size or chunk[end] in _KV_AFTER)
+                ):
+                    pos = find(token, pos + 1)
+                    continue
+                starts.add(rfind(b"\n", 0, pos) + 1)
+                line_end = find(b"\n", end)
+                if line_end == -1:
+                    break
+                pos = find(token, line_end)
+        spans = []
+        for start in sorted(starts):
+            end = find(b"\n", start)
+            if end == -1:
+                end = size
+            if end > start and chunk[end - 1] == _CR:
+                end -= 1
+            spans.append((start, end))
+        return spans
+
+    def _occurred_at(self, when: Any, event_type: str, now: datetime | None) -> datetime:
+        try:
+            if isinstance(when, str):
+                occurred_at = self.timezone.parse(when)
+            elif isinstance(when, int | float) and not isinstance(when, bool):
+                occurred_at = self.timezone.from_epoch(when)
+            else:
+                raise ValueError(f"not a time: {when!r}")
+        except ValueError as exc:
+            raise ParseError(str(exc), event_type) from None
+        if occurred_at < EARLIEST_TIME:
+            raise ParseError(
+                f"time {occurred_at.isoformat(' ')} UTC is before 1990: Klaviyo refuses it",
+                event_type,
+            )
+        latest = (utcnow() if now is None else to_naive_utc(now)) + LATEST_AHEAD
+        if occurred_at > latest:
+            raise ParseError(
+                f"time {occurred_at.isoformat(' ')} UTC is more than a year in the future: "
+                "Klaviyo refuses it",
+                event_type,
+            )
+        return occurred_at
+
+
+def _json_tokens(synced: list[str]) -> set[bytes]:
+    """Every way a JSON writer may spell each event type as a string."""
+    tokens = set()
+    for name in synced:
+        for ascii_only in (True, False):
+            spelled = json.dumps(name, ensure_ascii=ascii_only)
+            tokens.add(spelled.encode("utf-8"))
+            tokens.add(spelled.replace("/", "\\/").encode("utf-8"))
+    return tokens
+
+
+def _all_lines(chunk: bytes) -> list[tuple[int, int]]:
+    spans = []
+    start = 0
+    size = len(chunk)
+    while start < size:
+        end = chunk.find(b"\n", start)
+        if end == -1:
+            end = size
+        next_start = end + 1
+        if end > start and chunk[end - 1] == _CR:
+            end -= 1
+        spans.append((start, end))
+        start = next_start
+    return spans

@@ -1,0 +1,213 @@
+"""The one place that maps the log's event types and keys to what Klaviyo receives.
+
+Keys every event type understands (whatever the format: kv pairs, JSON fields, regex
+groups):
+
+==================  ========================================================
+``customer``        the business customer id (profile ``external_id`` later)
+``email``           the profile's email
+``first_name``      profile ``first_name``
+``last_name``       profile ``last_name``
+``phone``           profile ``phone_number``
+``value``,          the event's monetary ``value`` (the first present, in this
+``amount``,         order; a decimal number such as ``47.95``, anything else is
+``total``           a parse error). The others, if also present, pass through.
+``currency``        ``value_currency`` (ISO 4217; default ``[klaviyo]
+                    default_currency``)
+==================  ========================================================
+
+Event properties, TitleCase like Klaviyo's own metrics (``Started Checkout``, ...):
+
+===================  ====================================================================
+``started.signup``   Email, FirstName, LastName, Box; value = ``value`` (as the front
+                     end's Started Checkout carries it)
+``contact.form``     Email, Name, Subject, Message (often only an email, no customer)
+``failed.payment``   OrderId (``order=``), Reason; value = ``amount``
+``referral.credit``  ReferredCustomerId (``referred_customer=``, or ``referred=``);
+                     value = ``amount``
+``shipping.email``   OrderId (``order=``), TrackingNumber (``tracking=``), Carrier
+``cancelled``        Reason, CancellationDate (``date=`` as YYYY-MM-DD, default: the
+                     entry's own date in ``[log] timezone``)
+===================  ====================================================================
+
+Any other key passes through as a property under its own name, unchanged; event types
+of your own listed in ``[events]`` get all their keys that way. An entry with neither a
+customer id nor an email is still an entry: the sender dead-letters it with that
+reason, where it is visible and retryable, rather than it vanishing here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+from klaviyo_sync.exceptions import ParseError
+from klaviyo_sync.parsers.entry import LogEntry
+from klaviyo_sync.parsers.times import LogTimezone
+
+#: Log key -> property name, per event type.
+PROPERTY_NAMES: dict[str, dict[str, str]] = {
+    "started.signup": {
+        "email": "Email", "first_name": "FirstName", "last_name": "LastName", "box": "Box",
+    },
+    "contact.form": {"email": "Email", "name": "Name", "subject": "Subject", "message": "Message"},
+    "failed.payment": {"order": "OrderId", "reason": "Reason"},
+    "referral.credit": {
+        "referred_customer": "ReferredCustomerId", "referred": "ReferredCustomerId",
+    },
+    "shipping.email": {"order": "OrderId", "tracking": "TrackingNumber", "carrier": "Carrier"},
+    "cancelled": {"reason": "Reason", "date": "CancellationDate"},
+}
+
+MONEY_KEYS = ("value", "amount", "total")
+PROFILE_KEYS = {"first_name": "first_name", "last_name": "last_name", "phone": "phone_number"}
+#: Klaviyo's limits on event properties (KLAVIYO.md): refused payloads are rejected here,
+#: with the reason, instead of dead-lettering at the API.
+MAX_PROPERTIES = 400
+MAX_STRING_BYTES = 100_000
+
+_CUSTOMER, _EMAIL, _PROFILE, _MONEY, _CURRENCY = range(5)
+_ROLES = {"customer": _CUSTOMER, "email": _EMAIL, "currency": _CURRENCY}
+_ROLES.update(dict.fromkeys(PROFILE_KEYS, _PROFILE))
+_ROLES.update(dict.fromkeys(MONEY_KEYS, _MONEY))
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_CURRENCY_CODE = re.compile(r"[A-Za-z]{3}")
+
+
+class EventMapping:
+    """Turns an event type's fields into a :class:`LogEntry` (see the module docstring)."""
+
+    def __init__(self, events: Mapping[str, str], default_currency: str = "USD") -> None:
+        self.metrics = dict(events)
+        self.default_currency = default_currency
+
+    def to_entry(
+        self, unique_id: str, event_type: str, occurred_at: datetime,
+        fields: Mapping[str, Any], timezone: LogTimezone,
+    ) -> LogEntry:
+        """The entry for a synced event type; raises ParseError for unusable fields."""
+        names = PROPERTY_NAMES.get(event_type, {})
+        properties: dict[str, Any] = {}
+        profile: dict[str, Any] = {}
+        customer_id = email = currency = None
+        money: dict[str, Any] = {}
+        for key, raw in fields.items():
+            role = _ROLES.get(key)
+            if role is not None:
+                if role == _MONEY:
+                    money[key] = raw
+                    continue
+                text = _identity_text(key, raw, event_type)
+                if role == _CUSTOMER:
+                    customer_id = text
+                elif role == _EMAIL:
+                    email = text
+                elif role == _PROFILE:
+                    if text is not None:
+                        profile[PROFILE_KEYS[key]] = text
+                else:
+                    currency = _currency(text, event_type)
+                if key in names and text is not None:
+                    properties[names[key]] = text
+                continue
+            properties[names.get(key, key)] = raw
+        value = self._value(money, properties, event_type)
+        if event_type == "cancelled":
+            properties["CancellationDate"] = _cancellation_date(
+                properties.get("CancellationDate"), occurred_at, timezone, event_type
+            )
+        _check_limits(properties, event_type)
+        return LogEntry(
+            unique_id=unique_id, event_type=event_type, metric=self.metrics[event_type],
+            occurred_at=occurred_at, customer_id=customer_id, email=email,
+            properties=properties, profile=profile, value=value,
+            value_currency=(currency or self.default_currency) if value is not None else None,
+        )
+
+    @staticmethod
+    def _value(money: dict[str, Any], properties: dict[str, Any], event_type: str) -> float | None:
+        value = None
+        for key in MONEY_KEYS:
+            if key not in money:
+                continue
+            if value is None:
+                value = _amount(key, money[key], event_type)
+            else:
+                properties[key] = money[key]
+        return value
+
+
+def _identity_text(key: str, raw: Any, event_type: str) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        text = raw.strip()
+    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+        text = str(raw)
+    else:
+        raise ParseError(f"{key}: expected text, got {type(raw).__name__}", event_type)
+    if "\ufffd" in text:
+        raise ParseError(f"{key}: invalid UTF-8 in {text!r}", event_type)
+    return text or None
+
+
+def _amount(key: str, raw: Any, event_type: str) -> float | None:
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        if math.isfinite(raw):
+            return float(raw)
+    elif isinstance(raw, str):
+        text = raw.strip()
+        if not text:
+            return None
+        if _DECIMAL.fullmatch(text):
+            return float(text)  # correctly rounded, like float(Decimal(text))
+    elif raw is None:
+        return None
+    raise ParseError(f"{key}: not a decimal amount: {raw!r}", event_type)
+
+
+def _currency(text: str | None, event_type: str) -> str | None:
+    if text is None:
+        return None
+    if not _CURRENCY_CODE.fullmatch(text):
+        raise ParseError(f"currency: not an ISO 4217 code: {text!r}", event_type)
+    return text.upper()
+
+
+def _cancellation_date(
+    raw: Any, occurred_at: datetime, timezone: LogTimezone, event_type: str
+) -> str:
+    if raw is None or raw == "":
+        return timezone.local_date(occurred_at).isoformat()
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            return date.fromisoformat(text).isoformat()
+        except ValueError:
+            pass
+        try:
+            return datetime.fromisoformat(text).date().isoformat()
+        except ValueError:
+            pass
+    raise ParseError(f"date: not a date (YYYY-MM-DD): {raw!r}", event_type)
+
+
+def _check_limits(properties: dict[str, Any], event_type: str) -> None:
+    if len(properties) > MAX_PROPERTIES:
+        raise ParseError(
+            f"{len(properties)} properties: Klaviyo accepts at most {MAX_PROPERTIES}", event_type
+        )
+    for key, value in properties.items():
+        # A str of n characters is at least n bytes in UTF-8 and at most 4n.
+        if (
+            isinstance(value, str) and len(value) * 4 > MAX_STRING_BYTES
+            and len(value.encode("utf-8", "surrogatepass")) > MAX_STRING_BYTES
+        ):
+            raise ParseError(
+                f"{key}: {len(value.encode('utf-8', 'surrogatepass'))} bytes; Klaviyo "
+                f"accepts property strings of at most {MAX_STRING_BYTES} bytes",
+                event_type,
+            )
