@@ -1,1 +1,106 @@
-"""Commands of the ingest stage (filled in by its module)."""
+"""`parse`, `replay` and `rejects list/show`: the log ingest from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+from klaviyo_sync.cli import AppContext, cli, pass_app
+from klaviyo_sync.exceptions import LogSourceError
+from klaviyo_sync.parsers.ingest import Ingestor, IngestReport, Progress
+from klaviyo_sync.parsers.rejects import RejectStore
+
+
+def _ingestor(app: AppContext) -> Ingestor:
+    return Ingestor(app.settings, app.state_engine())
+
+
+def _where(app: AppContext) -> str:
+    return f"log.path in {app.settings.source}" if app.settings.source else "log.path"
+
+
+@cli.command("parse")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@pass_app
+def parse_cmd(app: AppContext, as_json: bool) -> None:
+    """Read the log once from where the last pass stopped (following rotation), then exit."""
+    report = _ingestor(app).run_once()
+    _print(report, as_json)
+    if report.file_missing:
+        raise LogSourceError(f"log file not found: {report.path} ({_where(app)})")
+
+
+@cli.command("replay")
+@click.option("--backfill", is_flag=True,
+              help="Mark every event backfill (no Klaviyo flows fire), whatever its age.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: when stderr is a terminal).")
+@pass_app
+def replay_cmd(app: AppContext, backfill: bool, as_json: bool, progress: bool | None) -> None:
+    """Read the whole log from the beginning: rotated archives oldest first, then the live
+    file. Nothing already queued is queued again."""
+    ingestor = _ingestor(app)
+    show = sys.stderr.isatty() if progress is None else progress
+    with _progress_bar(show) as update:
+        report = ingestor.replay(backfill=backfill, progress=update)
+    _print(report, as_json)
+    if not report.files:
+        raise LogSourceError(
+            f"nothing to replay: neither {report.path} nor rotated copies of it exist "
+            f"({_where(app)})")
+    if report.file_missing:
+        click.echo(f"warning: {report.path} is missing; replayed its rotated copies only",
+                   err=True)
+
+
+@contextmanager
+def _progress_bar(show: bool) -> Iterator[Progress | None]:
+    if not show:
+        yield None
+        return
+    with click.progressbar(length=1, label="replaying", file=sys.stderr,
+                           show_pos=False, show_percent=True, show_eta=True) as bar:
+        def update(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        yield update
+
+
+def _print(report: IngestReport, as_json: bool) -> None:
+    click.echo(json.dumps(report.to_json(), default=str) if as_json else report.summary())
+
+
+@cli.group("rejects")
+def rejects_group() -> None:
+    """Log lines of synced event types that could not be parsed."""
+
+
+@rejects_group.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_app
+def rejects_list(app: AppContext, limit: int, offset: int, as_json: bool) -> None:
+    """List rejected lines, newest first."""
+    for reject in RejectStore(app.state_engine()).list(limit, offset):
+        if as_json:
+            click.echo(json.dumps(reject.to_json()))
+            continue
+        head = reject.text.replace("\r", "\\r")[:60]
+        click.echo(f"{reject.id:>6}  {reject.event_type or '-':<16} {reject.file}:{reject.offset}"
+                   f"  {reject.reason[:70]}  | {head}")
+
+
+@rejects_group.command("show")
+@click.argument("reject_id", type=int)
+@pass_app
+def rejects_show(app: AppContext, reject_id: int) -> None:
+    """Show one rejected line in full (as much of it as was kept), as JSON."""
+    reject = RejectStore(app.state_engine()).get(reject_id)
+    click.echo(json.dumps(reject.to_json(), indent=2))

@@ -1,0 +1,365 @@
+"""From log bytes to queued events: the tail pass and the replay.
+
+Every chunk of complete lines is parsed, then its events, its rejects and the checkpoint
+just past it are committed in ONE transaction. That is what makes a kill -9 harmless: the
+bytes after the last committed checkpoint are read again, and the bytes before it were
+committed together with everything they produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from klaviyo_sync.clock import utcnow
+from klaviyo_sync.config import Settings
+from klaviyo_sync.exceptions import ParseError, StateError
+from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.parsers import checkpoint
+from klaviyo_sync.parsers.checkpoint import Checkpoint
+from klaviyo_sync.parsers.enqueue import BulkEnqueuer
+from klaviyo_sync.parsers.line_parser import LineParser
+from klaviyo_sync.parsers.rejects import RejectStore, reject_row
+from klaviyo_sync.parsers.tailer import (
+    FINGERPRINT_BYTES,
+    Chunk,
+    FileIdentity,
+    Source,
+    archives,
+    is_gzip,
+    open_log,
+    plan_follow,
+    read_chunks,
+    source_for,
+)
+
+log = get_logger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one tail pass or replay did."""
+
+    files: tuple[str, ...] = ()
+    lines_read: int = 0
+    events_enqueued: int = 0
+    duplicates: int = 0  # event lines already in the queue (replays, re-reads after a crash)
+    skipped: int = 0  # lines of event types that are not synced
+    rejected: int = 0  # lines of synced types that could not be parsed
+    bytes_read: int = 0
+    file_missing: bool = False
+    rotated: bool = False
+    truncated: bool = False
+    stopped: bool = False  # the stop event cut the pass short
+    elapsed_s: float = 0.0
+    path: str = ""
+    offset: int = 0  # where the checkpoint stands now
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["files"] = list(self.files)
+        return data
+
+    def summary(self) -> str:
+        """One line for people."""
+        rate = self.lines_read / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        text = (f"{self.lines_read} lines read from {len(self.files)} file(s): "
+                f"{self.events_enqueued} events queued, {self.duplicates} already queued, "
+                f"{self.skipped} skipped, {self.rejected} rejected "
+                f"({self.bytes_read} bytes in {self.elapsed_s:.1f}s, {rate:,.0f} lines/s)")
+        if self.file_missing:
+            text += f"; {self.path} is missing"
+        return text
+
+
+@dataclass
+class _Tally:
+    files: list[str] = field(default_factory=list)
+    lines: int = 0
+    enqueued: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    bytes: int = 0
+    stopped: bool = False
+    offset: int = 0
+
+
+@dataclass
+class _Parsed:
+    rows: list[Any] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    lines: int = 0
+    skipped: int = 0
+
+
+class Ingestor:
+    """Reads the configured log into the queue: follow (:meth:`run_once`) or :meth:`replay`."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.live = Path(settings.log.path)
+        self.parser = LineParser(settings.log, settings.events, settings.klaviyo.default_currency)
+        self.enqueuer = BulkEnqueuer(engine)
+        self.backfill_after = timedelta(hours=settings.log.backfill_after_hours)
+        self._missing_warned_at: datetime | None = None
+
+    # --- the two ways in ------------------------------------------------------------------
+
+    def run_once(self, stop: threading.Event | None = None) -> IngestReport:
+        """Read everything new since the checkpoint (following rotation), then return."""
+        started = time.monotonic()
+        last = self._load_checkpoint()
+        plan = plan_follow(self.live, last)
+        if plan.missing:
+            self._warn_missing()
+        else:
+            self._missing_warned_at = None
+        tally = _Tally(offset=last.offset if last else 0)
+        for source in plan.sources:
+            lines_before = last.lines_read if last and source.offset else 0
+            self._read(source, tally, force_backfill=False, keep_checkpoint=True,
+                       lines_before=lines_before, stop=stop)
+            if tally.stopped:
+                break
+        return self._report(tally, started, missing=plan.missing, rotated=plan.rotated,
+                            truncated=plan.truncated)
+
+    def replay(self, backfill: bool = False, progress: Progress | None = None,
+               stop: threading.Event | None = None) -> IngestReport:
+        """Read every archive (oldest first), then the live file, from their beginning.
+
+        Nothing is queued twice (ids are content-derived); the checkpoint is left at the
+        end of the live file, so following carries on from there.
+        """
+        started = time.monotonic()
+        paths = archives(self.live)
+        live_exists = self.live.exists()
+        sources = [source_for(p, 0, final=True) for p in paths]
+        if live_exists:
+            sources.append(source_for(self.live))
+        total = sum(s.size for s in sources)
+        log.info("replay_started", path=str(self.live), files=len(sources), bytes=total,
+                 backfill=backfill)
+        tally = _Tally()
+        done = 0
+        for source in sources:
+            self._read(source, tally, force_backfill=backfill,
+                       keep_checkpoint=source.path == self.live, lines_before=0, stop=stop,
+                       progress=progress, progress_base=done, progress_total=total)
+            done += source.size
+            if progress is not None:
+                progress(min(done, total), total)
+            if tally.stopped:
+                break
+        report = self._report(tally, started, missing=not live_exists)
+        log.info("replay_finished", **report.to_json())
+        return report
+
+    # --- reading one file -----------------------------------------------------------------
+
+    def _read(self, source: Source, tally: _Tally, *, force_backfill: bool,
+              keep_checkpoint: bool, lines_before: int, stop: threading.Event | None,
+              progress: Progress | None = None, progress_base: int = 0,
+              progress_total: int = 0) -> None:
+        cfg = self.settings.log
+        identity = source.identity
+        lines_read = lines_before
+        offset = source.offset
+        # The live file is read up to the size it had when the pass began, so a pass ends
+        # even while the business system keeps writing.
+        limit = None if source.final else source.size
+        tally.files.append(str(source.path))
+        log.debug("file_reading", path=str(source.path), offset=offset, size=source.size)
+        try:
+            fh = open_log(source.path)
+        except FileNotFoundError:
+            log.warning("log_vanished", path=str(source.path))
+            return
+        with fh:
+            if offset:
+                fh.seek(offset)
+            for chunk in read_chunks(fh, offset, cfg.read_chunk_bytes, cfg.max_line_bytes,
+                                     source.final):
+                parsed = self._parse_chunk(chunk, str(source.path), force_backfill)
+                lines_read += parsed.lines
+                if keep_checkpoint:
+                    identity = self._grown_identity(identity, fh, source, chunk.end)
+                cp = (Checkpoint(str(self.live), str(source.path), identity, chunk.end,
+                                 max(source.size, chunk.end), lines_read, utcnow())
+                      if keep_checkpoint else None)
+                inserted, new_rejects = self._commit(parsed, cp)
+                offset = chunk.end
+                self._count(tally, parsed, inserted, chunk)
+                if keep_checkpoint:
+                    tally.offset = offset
+                log.debug("chunk_ingested", path=str(source.path), offset=chunk.end,
+                          lines=parsed.lines, events=inserted,
+                          duplicates=len(parsed.rows) - inserted, rejects=new_rejects)
+                if progress is not None:
+                    done = chunk.end if not is_gzip(source.path) else _raw_position(fh)
+                    progress(min(progress_base + done, progress_total), progress_total)
+                if stop is not None and stop.is_set():
+                    tally.stopped = True
+                    break
+                if limit is not None and offset >= limit:
+                    break
+        if keep_checkpoint and offset == source.offset:
+            # Nothing new, but the checkpoint must still move to this file (after a
+            # rotation) so the next pass does not look for the old one again.
+            self._commit(_Parsed(), Checkpoint(str(self.live), str(source.path), identity,
+                                               offset, source.size, lines_read, utcnow()))
+            tally.offset = offset
+
+    def _parse_chunk(self, chunk: Chunk, file: str, force_backfill: bool) -> _Parsed:
+        now = utcnow()
+        out = _Parsed()
+        if chunk.long_line is not None:
+            self._long_line(chunk, file, now, out)
+            return out
+        data = chunk.data
+        spans = self.parser.candidates(data)
+        out.lines = data.count(b"\n")
+        out.skipped = out.lines - len(spans)
+        cutoff = now - self.backfill_after
+        max_line = self.settings.log.max_line_bytes
+        parse = self.parser.parse
+        rows = out.rows
+        to_row = self.enqueuer.row
+        for start, end in spans:
+            line = data[start:end]
+            if end - start > max_line:
+                out.rejects.append(reject_row(
+                    file, chunk.start + start, line,
+                    f"line of {end - start} bytes is longer than log.max_line_bytes "
+                    f"({max_line})", None, now))
+                continue
+            try:
+                entry = parse(line, now)
+            except ParseError as exc:
+                out.rejects.append(reject_row(file, chunk.start + start, line, str(exc),
+                                              getattr(exc, "event_type", None), now))
+                continue
+            if entry is None:
+                out.skipped += 1
+                continue
+            rows.append(to_row(entry, force_backfill or entry.occurred_at < cutoff, now))
+        return out
+
+    def _long_line(self, chunk: Chunk, file: str, now: datetime, out: _Parsed) -> None:
+        info = chunk.long_line
+        assert info is not None
+        out.lines = 1
+        # Only the head is known; it is enough to tell whether the line was of a synced
+        # type (worth a reject row) or noise (skipped like any other).
+        head = info.head[:4096].split(b"\n", 1)[0] + b"\n"
+        if not self.parser.candidates(head):
+            out.skipped = 1
+            return
+        event_type = None
+        try:
+            entry = self.parser.parse(info.head[:4096], now)
+            event_type = entry.event_type if entry is not None else None
+        except ParseError as exc:
+            event_type = getattr(exc, "event_type", None)
+        limit = self.settings.log.max_line_bytes
+        out.rejects.append(reject_row(
+            file, chunk.start, info.head,
+            f"line of {info.length} bytes is longer than log.max_line_bytes ({limit})",
+            event_type, now, length=info.length, line_hash=info.sha256))
+
+    # --- the database -------------------------------------------------------------------
+
+    def _commit(self, parsed: _Parsed, cp: Checkpoint | None) -> tuple[int, int]:
+        try:
+            with self._begin() as conn:
+                inserted = self.enqueuer.insert(conn, parsed.rows)
+                new_rejects = RejectStore.add(conn, parsed.rejects) if parsed.rejects else 0
+                if cp is not None:
+                    checkpoint.save(conn, cp)
+        except (sa.exc.DBAPIError, sqlite3.Error) as exc:
+            # sqlite3.Error: the SQLite bulk insert talks to the driver directly.
+            raise StateError(f"cannot write to the state database: {_short(exc)}") from exc
+        return inserted, new_rejects
+
+    def _begin(self) -> Any:
+        if self.engine.dialect.name == "sqlite":
+            # Take the write lock at BEGIN, as the queue does: no read-to-write upgrade
+            # that could fail with SQLITE_BUSY halfway through a chunk.
+            return self.engine.execution_options(sqlite_begin="IMMEDIATE").begin()
+        return self.engine.begin()
+
+    def _load_checkpoint(self) -> Checkpoint | None:
+        try:
+            return checkpoint.load(self.engine, str(self.live))
+        except sa.exc.DBAPIError as exc:
+            raise StateError(f"cannot read the state database: {_short(exc)}") from exc
+
+    # --- bookkeeping --------------------------------------------------------------------
+
+    @staticmethod
+    def _grown_identity(identity: FileIdentity, fh: Any, source: Source, end: int
+                        ) -> FileIdentity:
+        # A file first seen shorter than the fingerprint size gets a longer (stronger)
+        # fingerprint once it has grown, read from the same open file.
+        if identity.fingerprint_len >= FINGERPRINT_BYTES or end <= identity.fingerprint_len \
+                or is_gzip(source.path):
+            return identity
+        import hashlib
+
+        head = os.pread(fh.fileno(), FINGERPRINT_BYTES, 0)
+        return dataclasses.replace(identity, fingerprint=hashlib.sha256(head).hexdigest(),
+                                   fingerprint_len=len(head))
+
+    @staticmethod
+    def _count(tally: _Tally, parsed: _Parsed, inserted: int, chunk: Chunk) -> None:
+        tally.lines += parsed.lines
+        tally.enqueued += inserted
+        tally.duplicates += len(parsed.rows) - inserted
+        tally.skipped += parsed.skipped
+        tally.rejected += len(parsed.rejects)
+        tally.bytes += chunk.end - chunk.start
+
+    def _warn_missing(self) -> None:
+        now = utcnow()
+        every = timedelta(seconds=self.settings.log.missing_file_warn_s)
+        if self._missing_warned_at is None or now - self._missing_warned_at >= every:
+            log.warning("log_missing", path=str(self.live),
+                        hint="waiting for it to appear (rotation in progress?)")
+            self._missing_warned_at = now
+
+    def _report(self, tally: _Tally, started: float, missing: bool = False,
+                rotated: bool = False, truncated: bool = False) -> IngestReport:
+        return IngestReport(
+            files=tuple(tally.files), lines_read=tally.lines, events_enqueued=tally.enqueued,
+            duplicates=tally.duplicates, skipped=tally.skipped, rejected=tally.rejected,
+            bytes_read=tally.bytes, file_missing=missing, rotated=rotated, truncated=truncated,
+            stopped=tally.stopped, elapsed_s=time.monotonic() - started, path=str(self.live),
+            offset=tally.offset,
+        )
+
+
+def _raw_position(fh: Any) -> int:
+    raw = getattr(fh, "fileobj", None)
+    try:
+        return int(raw.tell()) if raw is not None else 0
+    except (OSError, ValueError):
+        return 0
+
+
+def _short(exc: Exception) -> str:
+    return str(getattr(exc, "orig", exc)).splitlines()[0]
