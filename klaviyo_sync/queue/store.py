@@ -10,7 +10,7 @@ fall due again: the claim's one condition (``next_attempt_at <= now``) covers bo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from klaviyo_sync.state.schema import events
 _DUE_STATES = (EventState.PENDING.value, EventState.LEASED.value)
 #: Rows per INSERT statement on backends that batch VALUES (PostgreSQL).
 _INSERT_CHUNK = 5000
+_NEW_EVENT_FIELDS = tuple(f.name for f in fields(NewEvent))
 
 
 def insert_ignoring_duplicates(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
@@ -74,7 +75,9 @@ class QueueStore:
             if event.unique_id in seen:
                 continue
             seen.add(event.unique_id)
-            row = asdict(event)
+            # A shallow copy: asdict() deep-copies every properties dict, which was most
+            # of the cost of a bulk enqueue (the rows are serialized right away anyway).
+            row = {name: getattr(event, name) for name in _NEW_EVENT_FIELDS}
             row.update(state=EventState.PENDING.value, attempts=0, next_attempt_at=now,
                        created_at=now)
             rows.append(row)
