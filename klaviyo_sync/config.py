@@ -199,6 +199,7 @@ class SenderSettings:
     batch_max_bytes: int = 5_000_000
     single_threshold: int = 3
     claim_batch: int = 1000
+    concurrency: int = 4
     lease_s: float = 300.0
     max_attempts: int = 8
     backoff_base_s: float = 30.0
@@ -214,6 +215,8 @@ class SenderSettings:
             raise ValueError("sender.batch_max_bytes: must be between 1024 and 5000000 (5 MB)")
         _at_least("sender.single_threshold", self.single_threshold, 0)
         _at_least("sender.claim_batch", self.claim_batch, 1)
+        if not 1 <= self.concurrency <= 32:
+            raise ValueError("sender.concurrency: must be between 1 and 32")
         _at_least("sender.lease_s", self.lease_s, 5)
         _at_least("sender.max_attempts", self.max_attempts, 1)
         _at_least("sender.backoff_base_s", self.backoff_base_s, 0)
@@ -386,6 +389,17 @@ class Settings:
             if creds and (Path(creds) / "klaviyo-api-key").is_file():
                 key = (Path(creds) / "klaviyo-api-key").read_text(encoding="utf-8").strip()
         return key or None
+
+    def oauth_credentials(self) -> tuple[str, str, str]:
+        """OAuth client id, client secret and initial refresh token from the environment
+        variables the settings name (empty strings for what is not set)."""
+        k = self.klaviyo
+
+        def env(name: str) -> str:
+            return os.environ.get(name, "").strip()
+
+        return (env(k.oauth_client_id_env), env(k.oauth_client_secret_env),
+                env(k.oauth_refresh_token_env))
 
     def state_dir(self) -> Path | None:
         """The folder holding a SQLite state database, or None for a server database."""

@@ -1,0 +1,73 @@
+"""The dry-run sender: writes the exact request bodies it would send, one JSON line each.
+
+Each line is ``{"method", "path", "items", "body"}`` and is fsync'd before the events it
+carries are reported sent, so the outbox is as durable as Klaviyo's 202 would be: the
+demo and audits can trust that every event acked in the queue is in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from klaviyo_sync.exceptions import ConfigError
+from klaviyo_sync.senders import payloads
+from klaviyo_sync.senders.base import DeliveryReport, OutgoingEvent
+from klaviyo_sync.senders.batching import DEFAULT_CAPS, BatchCaps
+from klaviyo_sync.senders.delivery import deliver
+
+
+class DryRunSender:
+    """A Sender that appends request bodies to ``outbox`` instead of calling Klaviyo."""
+
+    def __init__(self, outbox: str | Path, caps: BatchCaps = DEFAULT_CAPS) -> None:
+        self.path = Path(outbox)
+        self.caps = caps
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("ab")
+        except OSError as exc:
+            raise ConfigError(f"sender.outbox: cannot write {self.path}: {exc.strerror}"
+                              ) from exc
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def _write(self, path: str, body: dict[str, Any], items: int) -> None:
+        line = json.dumps({"method": "POST", "path": path, "items": items, "body": body},
+                          separators=(",", ":"), ensure_ascii=False, default=str)
+        with self._lock:
+            self._file.write(line.encode("utf-8") + b"\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self.requests += 1
+
+    def send_events(self, events: Sequence[OutgoingEvent]) -> DeliveryReport:
+        return deliver(self, events, self.caps)
+
+    def post_event(self, event: OutgoingEvent) -> None:
+        self._write("/api/events", payloads.single_event_body(event), 1)
+
+    def post_bulk(self, body: dict[str, Any], items: int) -> None:
+        self._write("/api/event-bulk-create-jobs", body, items)
+
+    def suppress_profiles(self, emails: Sequence[str]) -> None:
+        if emails:
+            self._write("/api/profile-suppression-bulk-create-jobs",
+                        payloads.suppression_body(emails), len(emails))
+
+    def unsuppress_profiles(self, emails: Sequence[str]) -> None:
+        if emails:
+            self._write("/api/profile-suppression-bulk-delete-jobs",
+                        payloads.suppression_body(emails, delete=True), len(emails))
+
+    def import_profile(self, profile: dict[str, Any]) -> None:
+        self._write("/api/profile-import", payloads.profile_import_body(profile), 1)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.close()

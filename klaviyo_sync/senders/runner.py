@@ -1,0 +1,271 @@
+"""The runner: claim due events, attach current customer data, send, acknowledge.
+
+``drain`` works until nothing is due: ``sender.concurrency`` threads each claim a batch
+(a lease, so another runner never sends the same rows at the same time), look its
+customers up in one query, send it and record every event's outcome. Outcomes map to the
+queue: sent -> ack; 5xx/timeout -> fail (backoff, dead after max_attempts); rejected ->
+dead letter with Klaviyo's detail; 429 or refused credentials -> release without spending
+an attempt. Refused credentials also stop the pass: every request would be refused, and
+sending on would only burn through the queue's patience and Klaviyo's.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from klaviyo_sync.business.customers import Customer, CustomerDirectory
+from klaviyo_sync.clock import utcnow
+from klaviyo_sync.config import Settings, parse_duration_s
+from klaviyo_sync.exceptions import BusinessDataError, KlaviyoSyncError
+from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.queue import EventState, QueuedEvent, QueueStore, RetryPolicy
+from klaviyo_sync.senders import build_sender, default_worker_id
+from klaviyo_sync.senders.audit import prune_audit
+from klaviyo_sync.senders.base import DeliveryReport, Sender
+from klaviyo_sync.senders.delivery import deliver_profiles
+from klaviyo_sync.senders.enrich import NO_IDENTIFIER, has_identifier, outgoing
+from klaviyo_sync.senders.hooks import SuppressionHook, load_suppression_hook
+from klaviyo_sync.state import meta
+
+log = get_logger(__name__)
+
+
+@dataclass
+class SendReport:
+    """What one drain did (summed over its batches)."""
+
+    batches: int = 0
+    claimed: int = 0
+    sent: int = 0
+    already_recorded: int = 0
+    dead: int = 0
+    retried: int = 0
+    released: int = 0
+    requests: int = 0
+    suppressed: int = 0
+    auth_error: str | None = None
+    error: str | None = None
+    elapsed_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("_lock")
+        data["elapsed_s"] = round(self.elapsed_s, 3)
+        return data
+
+    def summary(self) -> str:
+        text = (f"sent {self.sent + self.already_recorded} event(s) in {self.requests} "
+                f"request(s), {self.dead} dead, {self.retried} to retry, {self.released} "
+                f"released, in {self.elapsed_s:.1f} s")
+        if self.auth_error:
+            text += f"; stopped: Klaviyo refused the credentials ({self.auth_error})"
+        elif self.error:
+            text += f"; stopped: {self.error}"
+        return text
+
+
+class Runner:
+    """Drains the queue to a Sender. Build it with :func:`build_runner`."""
+
+    def __init__(self, settings: Settings, engine: Engine, sender: Sender,
+                 customers: CustomerDirectory | None, suppression: SuppressionHook | None,
+                 worker_id: str, on_close: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = QueueStore(engine)
+        self.sender = sender
+        self.customers = customers
+        self.suppression = suppression
+        self.worker_id = worker_id
+        s = settings.sender
+        self.policy = RetryPolicy(s.max_attempts, s.backoff_base_s, s.backoff_max_s)
+        self.lease = timedelta(seconds=s.lease_s)
+        self._on_close = on_close
+        self._hook_lock = threading.Lock()
+
+    def drain(self, stop: threading.Event | None = None, max_batches: int | None = None
+              ) -> SendReport:
+        """Claim and send until nothing is due, ``stop`` is set (the batches in hand are
+        finished first), ``max_batches`` were taken, or Klaviyo refuses the credentials."""
+        stop = stop or threading.Event()
+        halt = threading.Event()
+        report = SendReport()
+        budget = [max_batches]
+        started = time.monotonic()
+
+        def take_turn() -> bool:
+            with report._lock:
+                if budget[0] is not None:
+                    if budget[0] <= 0:
+                        return False
+                    budget[0] -= 1
+                return True
+
+        def work() -> None:
+            try:
+                while not (stop.is_set() or halt.is_set()) and take_turn():
+                    batch = self.store.claim(self.worker_id, self.settings.sender.claim_batch,
+                                             self.lease)
+                    if not batch:
+                        return
+                    self._process(batch, report, halt)
+            except KlaviyoSyncError as exc:
+                with report._lock:
+                    report.error = report.error or str(exc)
+                halt.set()
+
+        threads = [threading.Thread(target=work, name=f"send-{i}", daemon=True)
+                   for i in range(self.settings.sender.concurrency)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self._flush_suppressions(report)
+        report.elapsed_s = time.monotonic() - started
+        log.info("queue_drained", **{k: v for k, v in report.to_json().items()
+                                     if v not in (None, 0)})
+        return report
+
+    def _process(self, batch: list[QueuedEvent], report: SendReport,
+                 halt: threading.Event) -> None:
+        worker = self.worker_id
+        orphans = {e.id: NO_IDENTIFIER for e in batch if not has_identifier(e)}
+        if orphans:
+            self.store.dead_letter(orphans, worker)
+        batch = [e for e in batch if e.id not in orphans]
+        try:
+            customers = self._lookup(batch)
+        except BusinessDataError as exc:
+            # Without the business database the profiles would carry stale data: keep the
+            # events (no attempt spent) and stop; the next pass tries again.
+            self.store.release([e.id for e in batch], worker, timedelta(seconds=30), str(exc))
+            with report._lock:
+                report.claimed += len(batch) + len(orphans)
+                report.released += len(batch)
+                report.dead += len(orphans)
+                report.error = str(exc)
+            log.error("business_db_unavailable", error=str(exc))
+            halt.set()
+            return
+        names = self.settings.klaviyo.profile_properties
+        currency = self.settings.klaviyo.default_currency
+        events = [outgoing(e, customers.get(str(e.customer_id)) if e.customer_id else None,
+                           names, currency) for e in batch]
+        if self.settings.klaviyo.generate_events:
+            result = self.sender.send_events(events)
+        else:
+            result = deliver_profiles(self.sender, events)
+        self._record(result, worker, halt)
+        with report._lock:
+            report.batches += 1
+            report.claimed += len(batch) + len(orphans)
+            report.sent += len(result.sent)
+            report.already_recorded += len(result.already_recorded)
+            report.dead += len(result.dead) + len(orphans)
+            report.retried += len(result.retry)
+            report.released += len(result.deferred)
+            report.requests += result.requests
+            report.auth_error = report.auth_error or result.auth_error
+
+    def _lookup(self, batch: list[QueuedEvent]) -> dict[str, Customer]:
+        if self.customers is None:
+            return {}
+        ids = {str(e.customer_id) for e in batch if e.customer_id}
+        found = self.customers.lookup(ids) if ids else {}
+        if self.suppression is not None and found:
+            with self._hook_lock:
+                self.suppression.observe(found.values())
+        return found
+
+    def _record(self, result: DeliveryReport, worker: str, halt: threading.Event) -> None:
+        """Turn a delivery's outcome into queue state, then the health markers."""
+        self.store.ack(result.sent + result.already_recorded, worker)
+        if result.dead:
+            self.store.dead_letter(result.dead, worker)
+            log.warning("events_rejected", count=len(result.dead),
+                        first_error=next(iter(result.dead.values()))[:300])
+        if result.retry:
+            retried, dead = self.store.fail(result.retry, worker, self.policy)
+            log.warning("send_failed", retry=retried, dead=dead,
+                        error=next(iter(result.retry.values()))[:300])
+        if result.deferred:
+            self.store.release(result.deferred, worker,
+                               timedelta(seconds=result.deferred_for_s),
+                               "credentials refused" if result.auth_error else "rate limited")
+        audit = getattr(self.sender, "audit", None)
+        if audit is not None:
+            audit.flush()
+        if result.auth_error:
+            status = re.search(r": (\d{3})\b", result.auth_error)
+            meta.put_json(self.engine, meta.AUTH_FAILURE, {
+                "at": utcnow().isoformat() + "+00:00",
+                "status": int(status.group(1)) if status else None,
+                "detail": result.auth_error[:500]})
+            log.error("klaviyo_auth_refused", error=result.auth_error[:300],
+                      action="sending stopped; events kept; fix the credentials")
+            halt.set()
+        elif result.sent or result.already_recorded:
+            with self.engine.begin() as conn:
+                meta.put(conn, meta.LAST_SEND_OK_AT, utcnow().isoformat() + "+00:00")
+                meta.delete(conn, meta.AUTH_FAILURE)
+
+    def _flush_suppressions(self, report: SendReport) -> None:
+        if self.suppression is None or report.auth_error:
+            return
+        try:
+            with self._hook_lock:
+                report.suppressed = self.suppression.flush(self.sender)
+        except KlaviyoSyncError as exc:
+            log.warning("suppression_flush_failed", error=str(exc)[:300])
+
+    def close(self) -> None:
+        """Close what the runner built itself (sender, business database engine)."""
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+
+def build_runner(settings: Settings, engine: Engine, worker_id: str | None = None,
+                 sender: Sender | None = None, customers: CustomerDirectory | None = None,
+                 suppression: SuppressionHook | None = None) -> Runner:
+    """A Runner on ``engine``'s queue; builds the sender, the customer reader (from
+    ``business.url``) and the suppression hook unless given."""
+    worker_id = worker_id or default_worker_id()
+    closers: list[Callable[[], None]] = []
+    if sender is None:
+        sender = build_sender(settings, engine, worker_id)
+        closers.append(sender.close)
+    if customers is None and settings.business.url:
+        from klaviyo_sync.business.customers import SqlCustomerReader
+        from klaviyo_sync.business.db import open_business
+
+        business = open_business(settings.business.url)
+        customers = SqlCustomerReader(business, settings.business)
+        closers.append(business.dispose)
+    if suppression is None:
+        suppression = load_suppression_hook(settings, engine)
+
+    def close_all() -> None:
+        for close in closers:
+            close()
+
+    return Runner(settings, engine, sender, customers, suppression, worker_id, close_all)
+
+
+def prune(settings: Settings, engine: Engine) -> dict[str, int]:
+    """Delete sent events and audit rows past their retention (the daemon's prune job)."""
+    sent = QueueStore(engine).purge(
+        EventState.SENT, timedelta(seconds=parse_duration_s(settings.sender.sent_retention)))
+    audited = prune_audit(
+        engine, timedelta(seconds=parse_duration_s(settings.sender.audit_retention)))
+    log.info("sent_events_pruned", events=sent, audit_rows=audited)
+    return {"sent_events": sent, "audit_rows": audited}
