@@ -1,1 +1,105 @@
-"""Commands of the daemon stage (filled in by its module)."""
+"""`run` (the daemon) and `status` (how it is doing; exit 0 healthy, 1 degraded, 2 failing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from klaviyo_sync import config
+from klaviyo_sync.cli import AppContext, cli, pass_app
+from klaviyo_sync.exceptions import StateError
+
+
+@cli.command("run")
+@pass_app
+def run_cmd(app: AppContext) -> None:
+    """Run the daemon: tail, send, orders, retry and prune on the [schedule] intervals.
+
+    SIGTERM/SIGINT finish the batch in flight and exit 0; SIGHUP reloads the settings file.
+    Under systemd (Type=notify) it reports READY=1, STATUS= and WATCHDOG=1.
+    """
+    from klaviyo_sync.daemon.service import Daemon
+    from klaviyo_sync.daemon.systemd import Notifier
+
+    settings = app.settings
+    source = settings.source
+
+    def reload_settings() -> config.Settings:
+        return config.load(source)
+
+    notifier = Notifier.from_environ(os.environ, os.getpid())
+    daemon = Daemon(settings, notifier, load_settings=reload_settings if source else None)
+    code = daemon.run()
+    if daemon.abandoned_threads:
+        # A pass that ignored the stop event still runs in a worker thread, and the
+        # interpreter would wait for it at exit; its leases expire and nothing is lost.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        sys.exit(code)
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+@pass_app
+def status_cmd(app: AppContext, as_json: bool) -> None:
+    """Queue, tail, rejects, credentials, orders: exit 0 healthy, 1 degraded, 2 failing."""
+    from klaviyo_sync.daemon.health import Health, compute_status, failing_status
+
+    settings = app.settings
+    try:
+        status = compute_status(settings, app.state_engine())
+    except StateError as exc:
+        data = failing_status(f"state database: {exc}")
+        click.echo(json.dumps(data) if as_json else f"failing\n  - {data['reasons'][0]}")
+        sys.exit(Health.FAILING.exit_code)
+    data = status.to_json()
+    click.echo(json.dumps(data, default=str) if as_json else _render(data))
+    sys.exit(status.health.exit_code)
+
+
+def _render(d: dict[str, Any]) -> str:
+    q, tail = d["queue"], d["tail"]
+    lines = [f"klaviyo-sync: {d['health']}"]
+    row = lines.append
+
+    def item(label: str, value: str) -> None:
+        row(f"  {label:<13}{value}")
+
+    item("queue", ", ".join(f"{n:,} {s}" for s, n in q.items()))
+    oldest = d["oldest_due_at"]
+    item("oldest due", f"{oldest} ({_ago(d['oldest_due_age_s'])} ago)" if oldest else "none")
+    behind = tail["bytes_behind"]
+    where = f"{tail['file']} at offset {tail['offset']:,}" if tail["file"] else "not started"
+    item("log", tail["log_path"] + (f" ({tail['log_error']})" if tail["log_error"] else ""))
+    item("tail", f"{where}, {tail['lines_read']:,} lines read, "
+         f"{'?' if behind is None else f'{behind:,}'} bytes behind")
+    item("rejects", f"{d['rejects']:,} (klaviyo-sync rejects list)")
+    item("dead letters", f"{d['dead_letters']:,}")
+    item("last send", d["last_send_ok_at"] or "never")
+    auth = d["auth_failure"]
+    item("credentials", "no refusal recorded" if not auth else
+         f"REFUSED since {auth.get('at')} ({auth.get('status', '')} {auth.get('detail', '')})")
+    orders = d["last_orders_pass_at"] or "never"
+    item("orders pass", orders if d["orders_expected"] else "off (no business.url or disabled)")
+    item("last tail", d["last_tail_at"] or "never")
+    item("suppressions", f"{d['suppressions_pending']:,} pending")
+    for reason in d["reasons"]:
+        row(f"  - {reason}")
+    return "\n".join(lines)
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+

@@ -1,0 +1,1 @@
+"""The daemon stage: periodic jobs, signals, systemd notification, locks and health."""

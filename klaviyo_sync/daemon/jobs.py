@@ -1,0 +1,152 @@
+"""Job wrappers: run one pass, never let it take the daemon down, back off when it keeps failing.
+
+APScheduler calls a :class:`Job` on its trigger. The job decides by itself whether to run
+this time (:func:`should_run`): after ``n`` failures in a row it waits
+:func:`backoff_s` seconds from the last failure, doubling up to a cap, so a database that
+is down or a log that is missing costs one error line per back-off step instead of one
+every two seconds. The decisions are pure functions of the time and the job's record, so
+tests drive them with freezegun.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from klaviyo_sync.clock import utcnow
+from klaviyo_sync.exceptions import KlaviyoSyncError
+from klaviyo_sync.logconfig import get_logger
+
+log = get_logger(__name__)
+
+#: What a job runs: a pass that takes the daemon's stop event and returns its report.
+PassFunc = Callable[[threading.Event], Any]
+
+
+def backoff_s(interval_s: float, failures: int, max_s: float) -> float:
+    """Seconds to wait after the last of ``failures`` consecutive failures.
+
+    The first failure costs nothing extra (the job runs again at its next time); each one
+    after that doubles the wait, capped at ``max_s`` but never below the interval.
+    """
+    if failures <= 1:
+        return 0.0
+    return max(interval_s, min(max_s, interval_s * 2 ** (failures - 1)))
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What a job remembers between runs (a new record replaces the old one each run)."""
+
+    failures: int = 0  # consecutive failures; 0 after a success
+    last_error: str | None = None
+    last_failed_at: datetime | None = None
+    last_ok_at: datetime | None = None
+    running_since: datetime | None = None
+    runs: int = 0
+
+    def retry_at(self, interval_s: float, max_s: float) -> datetime | None:
+        """When a failing job may run again (None when it is not backing off)."""
+        if self.last_failed_at is None or self.failures <= 1:
+            return None
+        return self.last_failed_at + timedelta(seconds=backoff_s(interval_s, self.failures, max_s))
+
+
+def should_run(record: JobRecord, now: datetime, interval_s: float, max_s: float) -> bool:
+    """Whether the job runs at ``now``: not while backing off after repeated failures."""
+    retry_at = record.retry_at(interval_s, max_s)
+    return retry_at is None or now >= retry_at
+
+
+def record_success(record: JobRecord, now: datetime) -> JobRecord:
+    return replace(record, failures=0, last_error=None, last_ok_at=now, running_since=None,
+                   runs=record.runs + 1)
+
+
+def record_failure(record: JobRecord, now: datetime, error: str) -> JobRecord:
+    return replace(record, failures=record.failures + 1, last_error=error, last_failed_at=now,
+                   running_since=None, runs=record.runs + 1)
+
+
+def hung_since(record: JobRecord, now: datetime, hung_after_s: float) -> float | None:
+    """Seconds a run has lasted if that is more than ``hung_after_s`` (0 disables)."""
+    if not hung_after_s or record.running_since is None:
+        return None
+    lasted = (now - record.running_since).total_seconds()
+    return lasted if lasted > hung_after_s else None
+
+
+class Job:
+    """A pass as APScheduler runs it: one at a time, exceptions logged, backing off."""
+
+    def __init__(self, name: str, func: PassFunc, interval_s: float, stop: threading.Event,
+                 backoff_max_s: float = 300.0,
+                 on_result: Callable[[str, Any, float], None] | None = None) -> None:
+        self.name = name
+        self.func = func
+        self.interval_s = interval_s
+        self.backoff_max_s = backoff_max_s
+        self.stop = stop
+        self.on_result = on_result
+        self.record = JobRecord()
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    @property
+    def running(self) -> bool:
+        return not self._idle.is_set()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no run is in flight; False if one still is after ``timeout_s``."""
+        return self._idle.wait(timeout_s)
+
+    def __call__(self) -> None:
+        """Run the pass once if it is due; what the scheduler calls."""
+        now = utcnow()
+        with self._lock:
+            if self.stop.is_set() or self.running:
+                return
+            if not should_run(self.record, now, self.interval_s, self.backoff_max_s):
+                return
+            self.record = replace(self.record, running_since=now)
+            self._idle.clear()
+        started = time.monotonic()
+        try:
+            result = self.func(self.stop)
+        except Exception as exc:  # a failing pass must not stop the daemon
+            self._failed(exc, time.monotonic() - started)
+        else:
+            with self._lock:
+                self.record = record_success(self.record, utcnow())
+            self._report(result, time.monotonic() - started)
+        finally:
+            self._idle.set()
+
+    def _failed(self, exc: Exception, duration_s: float) -> None:
+        with self._lock:
+            self.record = record_failure(self.record, utcnow(), f"{type(exc).__name__}: {exc}")
+            record = self.record
+        wait = backoff_s(self.interval_s, record.failures, self.backoff_max_s)
+        context = dict(job=self.name, failures=record.failures, error=str(exc),
+                       next_try_in_s=round(max(wait, self.interval_s), 1))
+        # A known error (database down, log missing) is one readable line; anything else
+        # is a bug and gets its traceback.
+        if isinstance(exc, KlaviyoSyncError):
+            log.error("job_failed", error_type=type(exc).__name__, **context)
+        else:
+            log.exception("job_crashed", **context)
+        self._report(exc, duration_s)
+
+    def _report(self, result: Any, duration_s: float) -> None:
+        """Hand the pass's report (or the exception it raised) to the hook."""
+        if self.on_result is None:
+            return
+        try:
+            self.on_result(self.name, result, duration_s)
+        except Exception:  # metrics must never fail a pass
+            log.exception("job_result_hook_failed", job=self.name)

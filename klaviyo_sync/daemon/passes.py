@@ -1,0 +1,151 @@
+"""The passes the daemon schedules, built once from settings on one state engine.
+
+Each method is what one job runs. The services (ingest, delivery, orders) do the work; this
+module only decides whether this process may run them now: the tail and orders passes
+under their role locks (one daemon per log, one per business database), the send and retry
+passes one at a time in this process (they share one runner).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from klaviyo_sync.clock import utcnow
+from klaviyo_sync.config import Settings
+from klaviyo_sync.daemon.locks import RoleLock, role_lock
+from klaviyo_sync.exceptions import KlaviyoSyncError
+from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.queue.models import EventState
+from klaviyo_sync.state import meta
+from klaviyo_sync.state.schema import audit, events
+
+log = get_logger(__name__)
+
+
+def _missing(what: str, exc: ImportError) -> KlaviyoSyncError:
+    return KlaviyoSyncError(f"this build of klaviyo-sync has no {what} ({exc}); "
+                            "the daemon cannot run without it")
+
+
+def _database_name(url: str) -> str:
+    # The lock's name is logged: no password in it.
+    return sa.make_url(url).render_as_string(hide_password=True) if url else "none"
+
+
+def has_due_retries(engine: Engine, now: Any = None) -> bool:
+    """Whether an event that already failed once (or whose lease ran out) is due now."""
+    now = now or utcnow()
+    stmt = (sa.select(events.c.id)
+            .where(events.c.state.in_((EventState.PENDING.value, EventState.LEASED.value)),
+                   events.c.next_attempt_at <= now, events.c.attempts > 0)
+            .limit(1))
+    with engine.connect() as conn:
+        return conn.execute(stmt).first() is not None
+
+
+class Pipeline:
+    """Tail, send, retry, orders and prune passes for one daemon process."""
+
+    def __init__(self, settings: Settings, engine: Engine, worker_id: str) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.worker_id = worker_id
+        try:
+            from klaviyo_sync.parsers.ingest import Ingestor
+        except ImportError as exc:
+            raise _missing("log ingest (klaviyo_sync.parsers.ingest)", exc) from exc
+        try:
+            from klaviyo_sync.senders.runner import build_runner
+        except ImportError as exc:
+            raise _missing("sender (klaviyo_sync.senders.runner)", exc) from exc
+        try:
+            from klaviyo_sync.business.order_tracker import build_order_tracker
+        except ImportError as exc:
+            raise _missing("order tracker (klaviyo_sync.business.order_tracker)", exc) from exc
+        self.ingestor = Ingestor(settings, engine)
+        self.runner = build_runner(settings, engine, worker_id=worker_id)
+        self.tracker = build_order_tracker(settings, engine)
+        self.tail_lock: RoleLock = role_lock(engine, "tail", settings.log.path,
+                                             settings.daemon.tail_lock)
+        self.orders_lock: RoleLock = role_lock(engine, "orders",
+                                               _database_name(settings.business.url))
+        self._delivery = threading.Lock()
+        self._lock_state: dict[str, bool] = {}
+        self._audit_after = self._last_audit_id()
+
+    @property
+    def has_orders(self) -> bool:
+        return self.tracker is not None
+
+    def tail(self, stop: threading.Event) -> Any:
+        """Read what is new in the log, if this daemon is the one tailing it."""
+        if not self._holds(self.tail_lock, "tail"):
+            return None
+        report = self.ingestor.run_once(stop)
+        meta.put(self.engine, meta.LAST_TAIL_AT, utcnow().isoformat())
+        return report
+
+    def send(self, stop: threading.Event) -> Any:
+        """Deliver what is due (another delivery pass in flight in this process: skip)."""
+        if not self._delivery.acquire(blocking=False):
+            return None
+        try:
+            return self.runner.drain(stop=stop)
+        finally:
+            self._delivery.release()
+
+    def retry(self, stop: threading.Event) -> Any:
+        """Deliver due retries between send passes (a cheap indexed check first)."""
+        if not has_due_retries(self.engine):
+            return None
+        return self.send(stop)
+
+    def orders(self, stop: threading.Event) -> Any:
+        """Turn new and changed orders into events, if this daemon runs the orders pass."""
+        if self.tracker is None or not self._holds(self.orders_lock, "orders"):
+            return None
+        return self.tracker.run_once(stop=stop)
+
+    def prune(self, stop: threading.Event) -> Any:
+        """Delete sent events and audit rows past their retention."""
+        from klaviyo_sync.senders.runner import prune
+
+        result = prune(self.settings, self.engine)
+        log.info("pruned", **{k: v for k, v in dict(result).items() if isinstance(v, int)})
+        return result
+
+    def new_requests(self) -> list[tuple[int | None, float]]:
+        """(status code, duration ms) of requests this process made since the last call."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(audit.c.id, audit.c.status_code, audit.c.duration_ms)
+                .where(audit.c.id > self._audit_after, audit.c.worker == self.worker_id)
+                .order_by(audit.c.id)
+            ).fetchall()
+        if rows:
+            self._audit_after = rows[-1][0]
+        return [(code, float(ms)) for _, code, ms in rows]
+
+    def close(self) -> None:
+        """Release the locks and the runner's connections (no pass may be in flight)."""
+        for lock in (self.tail_lock, self.orders_lock):
+            dispose = getattr(lock, "dispose", lock.release)
+            dispose()
+        self.runner.close()
+
+    def _holds(self, lock: RoleLock, role: str) -> bool:
+        held = lock.ensure()
+        if self._lock_state.get(role) != held:
+            # Log the changes only: a standby daemon checks every tick.
+            if not held:
+                log.info("role_held_elsewhere", role=role, lock=lock.name)
+            self._lock_state[role] = held
+        return held
+
+    def _last_audit_id(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(audit.c.id))).scalar() or 0)

@@ -1,0 +1,324 @@
+"""`klaviyo-sync run`: the passes on an APScheduler schedule, signals, systemd, health.
+
+A :class:`Daemon` lives as long as the process; each set of settings gets a
+:class:`Runtime` (engine, passes, scheduler, listener). SIGHUP loads the settings file
+again and, if it is valid, swaps the runtime: the passes in flight finish their batch,
+then everything is rebuilt from the new settings (an invalid file is refused and the old
+settings keep running). SIGTERM and SIGINT stop starting work, let the passes in flight
+finish their current batch (they watch a stop event) and exit 0.
+
+Signal handlers only set a flag: the main thread polls it, because taking a lock in a
+handler (Event.set) could deadlock against the very thread it interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, Protocol
+
+from apscheduler.executors.debug import DebugExecutor
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.engine import Engine
+
+from klaviyo_sync.clock import utcnow
+from klaviyo_sync.config import Settings
+from klaviyo_sync.daemon.health import compute_status
+from klaviyo_sync.daemon.http import HealthServer
+from klaviyo_sync.daemon.jobs import Job, PassFunc, hung_since
+from klaviyo_sync.daemon.metrics import Metrics, StatusBoard
+from klaviyo_sync.daemon.passes import Pipeline
+from klaviyo_sync.daemon.systemd import Notifier
+from klaviyo_sync.exceptions import ConfigError, SchemaOutdatedError, StateError
+from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.state import db
+
+log = get_logger(__name__)
+
+#: The interval back-offs of the daily prune are measured against.
+_PRUNE_BACKOFF_BASE_S = 3600.0
+_POLL_S = 0.2
+
+
+class Passes(Protocol):
+    """What a runtime schedules (:class:`~klaviyo_sync.daemon.passes.Pipeline`, or a fake)."""
+
+    @property
+    def has_orders(self) -> bool: ...
+
+    def tail(self, stop: threading.Event) -> Any: ...
+    def send(self, stop: threading.Event) -> Any: ...
+    def retry(self, stop: threading.Event) -> Any: ...
+    def orders(self, stop: threading.Event) -> Any: ...
+    def prune(self, stop: threading.Event) -> Any: ...
+    def new_requests(self) -> list[tuple[int | None, float]]: ...
+    def close(self) -> None: ...
+
+
+PassesFactory = Callable[[Settings, Engine, str], Passes]
+
+
+def default_worker_id() -> str:
+    """host:pid, as the runner's leases and audit rows name this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Runtime:
+    """Everything built from one set of settings; started once, stopped once."""
+
+    def __init__(self, settings: Settings, engine: Engine, passes: Passes, notifier: Notifier,
+                 metrics: Metrics) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.passes = passes
+        self.notifier = notifier
+        self.metrics = metrics
+        self.stop_event = threading.Event()
+        self.board = StatusBoard(lambda: compute_status(settings, engine),
+                                 max_age_s=settings.daemon.status_interval_s)
+        self.jobs: list[Job] = []
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(8), "loop": DebugExecutor()},
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
+        self.http: HealthServer | None = None
+        if settings.daemon.http_listen:
+            self.http = HealthServer(settings.daemon.http_listen, metrics)
+
+    def start(self) -> None:
+        sched = self.settings.schedule
+        now = datetime.now(UTC)
+        every = {"tail": sched.tail_s, "send": sched.send_s, "retry": sched.retry_s}
+        if self.passes.has_orders:
+            every["orders"] = sched.orders_s
+        for name, interval_s in every.items():
+            job = self._job(name, getattr(self.passes, name), interval_s)
+            self.scheduler.add_job(job, IntervalTrigger(seconds=interval_s), id=name, name=name,
+                                   next_run_time=now, misfire_grace_time=_grace(interval_s))
+        prune = self._job("prune", self.passes.prune, _PRUNE_BACKOFF_BASE_S)
+        self.scheduler.add_job(prune, CronTrigger.from_crontab(sched.prune_cron, timezone=UTC),
+                               id="prune", name="prune", misfire_grace_time=3600)
+        status_s = self.settings.daemon.status_interval_s
+        status = self._job("status", self._publish_status, status_s, report=False)
+        self.scheduler.add_job(status, IntervalTrigger(seconds=status_s), id="status",
+                               name="status", misfire_grace_time=_grace(status_s))
+        if self.notifier.watchdog_s:
+            # The watchdog runs IN the scheduler's own thread (DebugExecutor): if that loop
+            # hangs, the pings stop and systemd restarts us; a thread of its own would
+            # keep pinging a daemon that no longer does anything.
+            ping = IntervalTrigger(seconds=self.notifier.watchdog_s)
+            self.scheduler.add_job(self._watchdog, ping, id="watchdog", name="watchdog",
+                                   executor="loop", next_run_time=now,
+                                   misfire_grace_time=None)
+        self.metrics.board = self.board
+        if self.http is not None:
+            self.http.start()
+        self.scheduler.start()
+        log.info("daemon_started", jobs=sorted(j.name for j in self.jobs),
+                 tail_s=sched.tail_s, send_s=sched.send_s, orders=self.passes.has_orders)
+
+    def stop(self, grace_s: float) -> bool:
+        """Stop starting passes, give those in flight ``grace_s`` to finish; True if they did."""
+        self.stop_event.set()
+        self.scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + grace_s
+        busy = [j.name for j in self.jobs if not j.wait_idle(max(0.0, deadline - time.monotonic()))]
+        if self.http is not None:
+            self.http.stop()
+        if busy:
+            # Leaving them be is safe: their leases run out and the events fall due again;
+            # Klaviyo drops a resend by unique_id. Closing their connections under them is not.
+            log.warning("shutdown_grace_expired", jobs=busy, grace_s=grace_s)
+            return False
+        self.passes.close()
+        self.engine.dispose()
+        return True
+
+    def publish_status(self) -> str:
+        """Refresh the status; its one-line summary (also what STATUS= shows)."""
+        return self.board.refresh().summary()
+
+    def _publish_status(self, _stop: threading.Event) -> None:
+        self.notifier.status(self.publish_status())
+
+    def _job(self, name: str, func: PassFunc, interval_s: float, report: bool = True) -> Job:
+        job = Job(name, func, interval_s, self.stop_event,
+                  backoff_max_s=self.settings.daemon.job_backoff_max_s,
+                  on_result=self._on_result if report else None)
+        self.jobs.append(job)
+        return job
+
+    def _on_result(self, name: str, result: Any, duration_s: float) -> None:
+        self.metrics.observe_job(name, result, duration_s)
+        if name in ("send", "retry"):
+            self.metrics.observe_requests(self.passes.new_requests())
+
+    def _watchdog(self) -> None:
+        now = utcnow()
+        for job in self.jobs:
+            lasted = hung_since(job.record, now, self.settings.daemon.hung_job_s)
+            if lasted is not None:
+                log.error("job_hung", job=job.name, running_s=round(lasted),
+                          hint="withholding the watchdog ping so that systemd restarts us")
+                return
+        self.notifier.watchdog()
+
+
+class Daemon:
+    """The process: opens the state database, runs a Runtime, handles signals."""
+
+    def __init__(self, settings: Settings, notifier: Notifier, *,
+                 load_settings: Callable[[], Settings] | None = None,
+                 passes_factory: PassesFactory = Pipeline, worker_id: str | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.notifier = notifier
+        self.load_settings = load_settings
+        self.passes_factory = passes_factory
+        self.worker_id = worker_id or default_worker_id()
+        self.metrics = metrics or Metrics()
+        self.runtime: Runtime | None = None
+        #: True when a pass did not stop within the grace: the caller must not wait for it.
+        self.abandoned_threads = False
+        self._stop_requested = False
+        self._reload_requested = False
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+
+    def run(self, handle_signals: bool = True) -> int:
+        """Run until SIGTERM/SIGINT (or :meth:`request_stop`); the process exit code."""
+        previous = self._install_signals() if handle_signals else {}
+        try:
+            return self._run()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.notifier.close()
+
+    def _run(self) -> int:
+        _quiet_apscheduler()
+        runtime = self._start(self.settings)
+        if runtime is None:
+            return 0
+        while not self._stop_requested:
+            time.sleep(_POLL_S)
+            if self._reload_requested and not self._stop_requested:
+                self._reload_requested = False
+                swapped = self._reload(runtime)
+                if swapped is None:
+                    return 1
+                runtime = swapped
+        log.info("daemon_stopping", grace_s=self.settings.daemon.shutdown_grace_s)
+        self.notifier.stopping("stopping: finishing the passes in flight")
+        finished = runtime.stop(self.settings.daemon.shutdown_grace_s)
+        self.abandoned_threads = not finished
+        log.info("daemon_stopped", clean=finished)
+        return 0
+
+    def _start(self, settings: Settings) -> Runtime | None:
+        engine = self._open_state(settings)
+        if engine is None:
+            return None
+        try:
+            passes = self.passes_factory(settings, engine, self.worker_id)
+            runtime = Runtime(settings, engine, passes, self.notifier, self.metrics)
+        except BaseException:
+            engine.dispose()
+            raise
+        runtime.start()
+        self.runtime = runtime
+        try:
+            summary = runtime.publish_status()
+        except Exception as exc:  # READY must not wait on a status query
+            log.warning("status_failed", error=str(exc))
+            summary = "running"
+        self.notifier.ready(summary)
+        return runtime
+
+    def _open_state(self, settings: Settings) -> Engine | None:
+        """Wait until the state database answers and is migrated; None if told to stop."""
+        engine = db.create_engine(settings.state.url, settings.state.sqlite_busy_timeout_s)
+        delay_s = 1.0
+        while True:
+            try:
+                db.ensure_schema(engine)
+                return engine
+            except SchemaOutdatedError:
+                engine.dispose()
+                raise
+            except StateError as exc:
+                log.warning("state_database_waiting", error=str(exc), retry_in_s=delay_s)
+                self.notifier.status(f"waiting for the state database: {exc}")
+            if self._sleep(delay_s):
+                engine.dispose()
+                return None
+            delay_s = min(delay_s * 2, 30.0)
+
+    def _reload(self, runtime: Runtime) -> Runtime | None:
+        if self.load_settings is None:
+            log.warning("reload_unsupported", hint="restart the service to apply new settings")
+            return runtime
+        try:
+            settings = self.load_settings()
+        except ConfigError as exc:
+            log.error("reload_refused", error=str(exc), hint="still running the old settings")
+            self.notifier.status(f"reload refused: {exc}")
+            return runtime
+        log.info("reloading", source=settings.source)
+        self.notifier.reloading()
+        if not runtime.stop(self.settings.daemon.shutdown_grace_s):
+            # A pass that will not stop still uses the old runner and locks; starting new
+            # ones beside it is not safe. Exit non-zero and let systemd restart us.
+            log.error("reload_failed", reason="a pass did not stop in time; exiting")
+            self.abandoned_threads = True
+            return None
+        self.settings = settings
+        return self._start(settings)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep in short steps; True as soon as a stop is requested."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._stop_requested:
+                return True
+            time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+        return self._stop_requested
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
+            self._stop_requested = True
+
+        def on_reload(_signum: int, _frame: FrameType | None) -> None:
+            self._reload_requested = True
+
+        handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_reload}
+        return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+
+
+def _grace(interval_s: float) -> int:
+    return max(1, int(interval_s))
+
+
+def _quiet_apscheduler() -> None:
+    # Our Job wrappers log every failure with context and skip runs while one is in
+    # flight; APScheduler's own "skipped: maximum number of running instances" warnings
+    # would repeat that every tick of a long pass.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
