@@ -246,13 +246,13 @@ class Ingestor:
                 out.rejects.append(reject_row(
                     file, chunk.start + start, line,
                     f"line of {end - start} bytes is longer than log.max_line_bytes "
-                    f"({max_line})", None, now))
+                    f"({max_line})", self._event_type_of(line, now), now))
                 continue
             try:
                 entry = parse(line, now)
             except ParseError as exc:
                 out.rejects.append(reject_row(file, chunk.start + start, line, str(exc),
-                                              getattr(exc, "event_type", None), now))
+                                              exc.event_type, now))
                 continue
             if entry is None:
                 out.skipped += 1
@@ -270,17 +270,20 @@ class Ingestor:
         if not self.parser.candidates(head):
             out.skipped = 1
             return
-        event_type = None
-        try:
-            entry = self.parser.parse(info.head[:4096], now)
-            event_type = entry.event_type if entry is not None else None
-        except ParseError as exc:
-            event_type = getattr(exc, "event_type", None)
         limit = self.settings.log.max_line_bytes
         out.rejects.append(reject_row(
             file, chunk.start, info.head,
             f"line of {info.length} bytes is longer than log.max_line_bytes ({limit})",
-            event_type, now, length=info.length, line_hash=info.sha256))
+            self._event_type_of(info.head, now), now, length=info.length,
+            line_hash=info.sha256))
+
+    def _event_type_of(self, line: bytes, now: datetime) -> str | None:
+        """The event type of an over-long line, read from its head only."""
+        try:
+            entry = self.parser.parse(line[:4096], now)
+        except ParseError as exc:
+            return exc.event_type
+        return entry.event_type if entry is not None else None
 
     # --- the database -------------------------------------------------------------------
 

@@ -1,0 +1,326 @@
+"""The Ingestor on real files and a real state database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from freezegun import freeze_time
+from structlog.testing import capture_logs
+
+from klaviyo_sync.clock import utcnow
+from klaviyo_sync.config import LogSettings, Settings
+from klaviyo_sync.exceptions import StateError
+from klaviyo_sync.parsers import checkpoint, line_unique_id
+from klaviyo_sync.parsers import ingest as ingest_module
+from klaviyo_sync.parsers.ingest import Ingestor
+from klaviyo_sync.parsers.rejects import RejectStore
+from klaviyo_sync.queue import QueueStore
+from klaviyo_sync.state.schema import events
+
+TYPES = ("started.signup", "cancelled", "contact.form", "failed.payment", "referral.credit",
+         "shipping.email")
+T0 = datetime(2024, 3, 1, 8, 0, 0)
+
+
+def event_line(n: int, when: datetime | None = None) -> bytes:
+    """A valid line of one of the six synced types, unique per ``n``."""
+    stamp = (when or T0 + timedelta(seconds=n)).strftime("%Y-%m-%d %H:%M:%S")
+    kind = TYPES[n % len(TYPES)]
+    return (f"{stamp} {kind} customer={1000 + n} email=c{n}@example.com "
+            f"amount=12.50 order=o{n} reason=\"line {n}\"\n").encode()
+
+
+def noise_line(n: int) -> bytes:
+    stamp = (T0 + timedelta(seconds=n)).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp} page.view customer={1000 + n} url=/boxes/{n}\n".encode()
+
+
+def mixed(first: int, count: int) -> tuple[bytes, set[str]]:
+    """``count`` numbered lines, every third one noise; and the ids of the event lines."""
+    out, ids = [], set()
+    for n in range(first, first + count):
+        if n % 3 == 0:
+            out.append(noise_line(n))
+        else:
+            line = event_line(n)
+            out.append(line)
+            ids.add(line_unique_id(line))
+    return b"".join(out), ids
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as fh:
+        fh.write(data)
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Path:
+    return tmp_path / "logs" / "system.log"
+
+
+def make_ingestor(engine: sa.Engine, live: Path, **log: object) -> Ingestor:
+    options: dict = dict(path=str(live), read_chunk_bytes=4096, max_line_bytes=2048)
+    options.update(log)
+    return Ingestor(Settings().replace(log=LogSettings(**options)), engine)
+
+
+def queued_ids(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(events.c.unique_id)).scalars())
+
+
+@pytest.fixture
+def setup(state_engine: sa.Engine, live: Path) -> tuple[sa.Engine, Path]:
+    live.parent.mkdir()
+    return state_engine, live
+
+
+def test_follow_reads_what_is_new_and_resumes_after_restart(setup: tuple) -> None:
+    engine, live = setup
+    data, ids = mixed(1, 300)
+    live.write_bytes(data)
+    first = make_ingestor(engine, live).run_once()
+    assert first.events_enqueued == len(ids) and first.lines_read == 300
+    assert first.skipped == 100 and first.rejected == 0
+    more, more_ids = mixed(301, 30)
+    append(live, more)
+    second = make_ingestor(engine, live).run_once()  # a new process: state from the db
+    assert (second.lines_read, second.events_enqueued, second.duplicates) == (30, 20, 0)
+    assert sorted(queued_ids(engine)) == sorted(ids | more_ids)
+    cp = checkpoint.load(engine, str(live))
+    assert cp is not None and cp.offset == live.stat().st_size and cp.lines_read == 330
+
+
+def test_a_partial_last_line_waits_for_its_newline(setup: tuple) -> None:
+    engine, live = setup
+    line = event_line(1)
+    live.write_bytes(event_line(0) + line[:20])
+    ingestor = make_ingestor(engine, live)
+    assert ingestor.run_once().events_enqueued == 1
+    append(live, line[20:])
+    report = ingestor.run_once()
+    assert report.events_enqueued == 1 and report.rejected == 0
+    assert line_unique_id(line) in queued_ids(engine)
+
+
+def test_rename_rotation_while_tailing_loses_and_repeats_nothing(setup: tuple) -> None:
+    engine, live = setup
+    part1, ids1 = mixed(1, 200)
+    part2, ids2 = mixed(201, 50)  # written after the last pass, before the rotation
+    part3, ids3 = mixed(251, 70)  # the new file
+    live.write_bytes(part1)
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    append(live, part2)
+    live.rename(live.with_name("system.log.1"))
+    live.write_bytes(part3)
+    with capture_logs() as logs:
+        report = ingestor.run_once()
+    assert report.rotated and any(e["event"] == "log_rotated" for e in logs)
+    assert report.events_enqueued == len(ids2) + len(ids3) and report.duplicates == 0
+    assert sorted(queued_ids(engine)) == sorted(ids1 | ids2 | ids3)
+    assert ingestor.run_once().lines_read == 0
+
+
+def test_copytruncate_while_tailing_loses_and_repeats_nothing(setup: tuple) -> None:
+    engine, live = setup
+    part1, ids1 = mixed(1, 200)
+    part2, ids2 = mixed(201, 50)
+    part3, ids3 = mixed(251, 10)  # shorter than what was read: the file shrank
+    live.write_bytes(part1)
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    append(live, part2)
+    shutil.copyfile(live, live.with_name("system.log.1"))
+    with open(live, "r+b") as fh:
+        fh.truncate(0)
+    append(live, part3)
+    with capture_logs() as logs:
+        report = ingestor.run_once()
+    assert report.truncated and any(e["event"] == "log_truncated" for e in logs)
+    assert sorted(queued_ids(engine)) == sorted(ids1 | ids2 | ids3)
+    assert report.duplicates == 0
+
+
+def write_archives(live: Path) -> set[str]:
+    oldest, ids2 = mixed(1, 150)
+    middle, ids1 = mixed(151, 150)
+    newest, ids0 = mixed(301, 150)
+    live.with_name("system.log.2.gz").write_bytes(gzip.compress(oldest))
+    live.with_name("system.log.1").write_bytes(middle)
+    live.write_bytes(newest)
+    return ids0 | ids1 | ids2
+
+
+def test_replay_reads_archives_oldest_first_then_live_and_twice_adds_nothing(
+        setup: tuple) -> None:
+    engine, live = setup
+    expected = write_archives(live)
+    seen: list[tuple[int, int]] = []
+    ingestor = make_ingestor(engine, live)
+    first = ingestor.replay(progress=lambda done, total: seen.append((done, total)))
+    assert [Path(f).name for f in first.files] == ["system.log.2.gz", "system.log.1",
+                                                   "system.log"]
+    assert first.events_enqueued == len(expected) == len(set(queued_ids(engine)))
+    assert sorted(queued_ids(engine)) == sorted(expected)
+    with engine.connect() as conn:  # oldest archive first: its events got the lowest ids
+        first_id = conn.execute(sa.select(events.c.unique_id).order_by(events.c.id)).first()
+    assert first_id is not None and first_id[0] == line_unique_id(event_line(1))
+    assert seen[-1][0] == seen[-1][1] and all(a[0] <= b[0] for a, b in zip(seen, seen[1:],
+                                                                           strict=False))
+    second = ingestor.replay()
+    assert (second.events_enqueued, second.duplicates) == (0, len(expected))
+    cp = checkpoint.load(engine, str(live))
+    assert cp is not None and cp.path == str(live) and cp.offset == live.stat().st_size
+    assert ingestor.run_once().lines_read == 0
+
+
+def test_tail_then_replay_adds_nothing(setup: tuple) -> None:
+    engine, live = setup
+    part1, ids1 = mixed(1, 200)
+    part2, ids2 = mixed(201, 100)
+    live.write_bytes(part1)
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    live.rename(live.with_name("system.log.1"))
+    live.write_bytes(part2)
+    ingestor.run_once()
+    subprocess_gzip(live.with_name("system.log.1"))
+    replay = ingestor.replay()
+    assert replay.events_enqueued == 0 and replay.duplicates == len(ids1 | ids2)
+    assert sorted(queued_ids(engine)) == sorted(ids1 | ids2)
+
+
+def subprocess_gzip(path: Path) -> None:
+    """What logrotate's compress does: path -> path.gz, original removed."""
+    path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+    path.unlink()
+
+
+def test_old_events_are_backfill_recent_ones_are_not_and_replay_can_force_it(
+        setup: tuple) -> None:
+    engine, live = setup
+    recent = event_line(1, utcnow() - timedelta(hours=1))
+    old = event_line(2, utcnow() - timedelta(hours=30))
+    live.write_bytes(recent + old)
+    make_ingestor(engine, live).run_once()
+    store = QueueStore(engine)
+    flags = {e.unique_id: e.backfill for e in store.list()}
+    assert flags == {line_unique_id(recent): False, line_unique_id(old): True}
+    with engine.begin() as conn:
+        conn.execute(events.delete())
+    make_ingestor(engine, live).replay(backfill=True)
+    assert all(e.backfill for e in store.list()) and len(store.list()) == 2
+
+
+def test_bad_lines_are_rejected_once_and_nothing_after_them_is_lost(setup: tuple) -> None:
+    engine, live = setup
+    good_before, good_after = event_line(1), event_line(2)
+    bad = [
+        b"2024-03-01 08:00:00 cancelled customer=\"unterminated\n",
+        b"2024-02-30 08:00:00 failed.payment customer=5 amount=1\n",
+        b"1970-01-01 00:00:00 cancelled customer=5\n",
+        b"2024-03-01 08:00:00 started.signup customer=5 " + b"x" * 3000 + b"\n",
+    ]
+    crlf = event_line(3).replace(b"\n", b"\r\n")
+    latin1 = "2024-03-01 08:00:09 contact.form email=b@example.com name=Jos\xe9\n".encode(
+        "latin-1")
+    live.write_bytes(good_before + b"".join(bad) + crlf + latin1
+                     + b"2024-03-01 08:00:00 login customer=1\n" + good_after)
+    ingestor = make_ingestor(engine, live)
+    report = ingestor.run_once()
+    ids = set(queued_ids(engine))
+    assert {line_unique_id(good_before), line_unique_id(good_after),
+            line_unique_id(crlf)} <= ids
+    store = RejectStore(engine)
+    rejects = store.list()
+    latin_rejected = any(r.raw == latin1.rstrip(b"\n") for r in rejects)
+    assert (line_unique_id(latin1) in ids) != latin_rejected  # either way, not lost
+    assert report.rejected == len(rejects) == len(bad) + latin_rejected
+    reasons = {r.offset: r for r in rejects}
+    long_reject = next(r for r in rejects if "max_line_bytes" in r.reason)
+    assert long_reject.length == len(bad[3]) - 1 and long_reject.event_type == "started.signup"
+    assert all(r.reason and r.file == str(live) for r in reasons.values())
+    assert any("1990" in r.reason for r in rejects)
+    ingestor.replay()
+    assert store.count() == len(rejects)  # the same bad lines are not filed twice
+
+
+def test_a_huge_line_is_scanned_not_loaded_and_reading_goes_on(setup: tuple) -> None:
+    engine, live = setup
+    huge = b"2024-03-01 08:00:00 contact.form message=" + b"m" * 5_000_000 + b"\n"
+    after = event_line(7)
+    live.write_bytes(event_line(6) + huge + after)
+    report = make_ingestor(engine, live, read_chunk_bytes=65536,
+                           max_line_bytes=1_048_576).run_once()
+    assert report.rejected == 1 and report.events_enqueued == 2
+    (reject,) = RejectStore(engine).list()
+    assert reject.length == len(huge) - 1 and reject.truncated
+    assert reject.raw == huge[:len(reject.raw)] and len(reject.raw) <= 65536
+    assert reject.event_type == "contact.form" and "1048576" in reject.reason
+
+
+def test_a_missing_file_is_warned_about_at_most_every_interval(setup: tuple) -> None:
+    engine, live = setup
+    ingestor = make_ingestor(engine, live, missing_file_warn_s=60.0)
+    with freeze_time("2026-01-01 00:00:00") as frozen, capture_logs() as logs:
+        assert ingestor.run_once().file_missing
+        frozen.tick(30)
+        ingestor.run_once()
+        frozen.tick(31)
+        ingestor.run_once()
+    assert [e["event"] for e in logs].count("log_missing") == 2
+    live.write_bytes(event_line(1))
+    report = ingestor.run_once()
+    assert not report.file_missing and report.events_enqueued == 1
+
+
+def test_events_and_checkpoint_commit_together(setup: tuple,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, live = setup
+    data, ids = mixed(1, 400)
+    live.write_bytes(data)
+    real_save = checkpoint.save
+    calls = []
+
+    def failing_save(conn: sa.Connection, cp: checkpoint.Checkpoint) -> None:
+        calls.append(cp.offset)
+        if len(calls) == 3:
+            raise sa.exc.OperationalError("UPDATE checkpoints", {}, Exception("disk I/O error"))
+        real_save(conn, cp)
+
+    monkeypatch.setattr(ingest_module.checkpoint, "save", failing_save)
+    with pytest.raises(StateError, match="disk I/O error"):
+        make_ingestor(engine, live).run_once()
+    cp = checkpoint.load(engine, str(live))
+    assert cp is not None and cp.offset == calls[1]
+    # Exactly the events before the committed offset are queued: the third chunk's
+    # events were rolled back with its checkpoint.
+    before, before_ids = data[:cp.offset], set()
+    for line in before.splitlines(keepends=True):
+        if b"page.view" not in line:
+            before_ids.add(line_unique_id(line))
+    assert sorted(queued_ids(engine)) == sorted(before_ids)
+    monkeypatch.setattr(ingest_module.checkpoint, "save", real_save)
+    make_ingestor(engine, live).run_once()
+    assert sorted(queued_ids(engine)) == sorted(ids)
+
+
+def test_a_stop_request_ends_the_pass_after_the_chunk_in_flight(setup: tuple) -> None:
+    engine, live = setup
+    data, ids = mixed(1, 600)
+    live.write_bytes(data)
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    ingestor = make_ingestor(engine, live)
+    report = ingestor.run_once(stop=stop)
+    assert report.stopped and 0 < report.bytes_read < len(data)
+    ingestor.run_once()
+    assert sorted(queued_ids(engine)) == sorted(ids)
