@@ -39,7 +39,20 @@ _ESCAPE = re.compile(r'\\(["\\])')
 
 def parse_pairs(text: str) -> dict[str, str]:
     """``key=value`` pairs of a line's remainder; raises ValueError naming the problem."""
-    fields: dict[str, str] = {}
+    if '"' not in text and "\t" not in text:
+        # Fast path, most lines: no quotes, so pairs are exactly the space-separated words.
+        fields: dict[str, str] = {}
+        for word in text.split(" "):
+            if word:
+                key, eq, value = word.partition("=")
+                if not (eq and key):
+                    break  # the full scanner below explains the problem
+                fields[key] = value
+        else:
+            if "\ufffd" in text:
+                _check_keys(fields)
+            return fields
+    fields = {}
     for key, quoted, bare, stray in _PAIR.findall(text):
         if stray:
             raise ValueError(_explain(text))
@@ -47,10 +60,14 @@ def parse_pairs(text: str) -> dict[str, str]:
             fields[key] = _ESCAPE.sub(r"\1", quoted) if "\\" in quoted else quoted
         else:
             fields[key] = bare
+    _check_keys(fields)
+    return fields
+
+
+def _check_keys(fields: dict[str, str]) -> None:
     for key in fields:
         if "\ufffd" in key:
             raise ValueError(f"invalid UTF-8 in key {key!r}")
-    return fields
 
 
 def render_pairs(fields: Iterable[tuple[str, Any]]) -> str:

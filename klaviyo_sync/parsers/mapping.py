@@ -75,6 +75,7 @@ _ROLES.update(dict.fromkeys(PROFILE_KEYS, _PROFILE))
 _ROLES.update(dict.fromkeys(MONEY_KEYS, _MONEY))
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _CURRENCY_CODE = re.compile(r"[A-Za-z]{3}")
+_NO_NAMES: dict[str, str] = {}
 
 
 class EventMapping:
@@ -86,58 +87,70 @@ class EventMapping:
 
     def to_entry(
         self, unique_id: str, event_type: str, occurred_at: datetime,
-        fields: Mapping[str, Any], timezone: LogTimezone,
+        fields: Mapping[str, Any], timezone: LogTimezone, line_bytes: int | None = None,
     ) -> LogEntry:
-        """The entry for a synced event type; raises ParseError for unusable fields."""
-        names = PROPERTY_NAMES.get(event_type, {})
+        """The entry for a synced event type; raises ParseError for unusable fields.
+
+        ``line_bytes`` (the raw line's length) lets short lines skip the size checks.
+        """
+        names = PROPERTY_NAMES.get(event_type, _NO_NAMES)
         properties: dict[str, Any] = {}
         profile: dict[str, Any] = {}
         customer_id = email = currency = None
-        money: dict[str, Any] = {}
+        money: dict[str, Any] | None = None
+        roles = _ROLES
         for key, raw in fields.items():
-            role = _ROLES.get(key)
-            if role is not None:
-                if role == _MONEY:
-                    money[key] = raw
-                    continue
-                text = _identity_text(key, raw, event_type)
-                if role == _CUSTOMER:
-                    customer_id = text
-                elif role == _EMAIL:
-                    email = text
-                elif role == _PROFILE:
-                    if text is not None:
-                        profile[PROFILE_KEYS[key]] = text
-                else:
-                    currency = _currency(text, event_type)
-                if key in names and text is not None:
-                    properties[names[key]] = text
+            role = roles.get(key)
+            if role is None:
+                properties[names.get(key, key)] = raw
                 continue
-            properties[names.get(key, key)] = raw
-        value = self._value(money, properties, event_type)
+            if role == _MONEY:
+                if money is None:
+                    money = {}
+                money[key] = raw
+                continue
+            if raw.__class__ is str:  # the common case, inlined: this runs per field
+                text = raw.strip() or None
+                if text is not None and "\ufffd" in text:
+                    raise ParseError(f"{key}: invalid UTF-8 in {text!r}", event_type)
+            else:
+                text = _identity_text(key, raw, event_type)
+            if role == _CUSTOMER:
+                customer_id = text
+            elif role == _EMAIL:
+                email = text
+            elif role == _PROFILE:
+                if text is not None:
+                    profile[PROFILE_KEYS[key]] = text
+            else:
+                currency = _currency(text, event_type)
+            if text is not None and key in names:
+                properties[names[key]] = text
+        value = None if money is None else _value(money, properties, event_type)
         if event_type == "cancelled":
             properties["CancellationDate"] = _cancellation_date(
                 properties.get("CancellationDate"), occurred_at, timezone, event_type
             )
-        _check_limits(properties, event_type)
+        if line_bytes is None or line_bytes * 3 > MAX_STRING_BYTES or len(fields) > MAX_PROPERTIES:
+            # A line decodes to at most 3 bytes of UTF-8 per byte (U+FFFD for a bad one).
+            _check_limits(properties, event_type)
         return LogEntry(
-            unique_id=unique_id, event_type=event_type, metric=self.metrics[event_type],
-            occurred_at=occurred_at, customer_id=customer_id, email=email,
-            properties=properties, profile=profile, value=value,
-            value_currency=(currency or self.default_currency) if value is not None else None,
+            unique_id, event_type, self.metrics[event_type], occurred_at, customer_id, email,
+            properties, profile, value,
+            (currency or self.default_currency) if value is not None else None,
         )
 
-    @staticmethod
-    def _value(money: dict[str, Any], properties: dict[str, Any], event_type: str) -> float | None:
-        value = None
-        for key in MONEY_KEYS:
-            if key not in money:
-                continue
-            if value is None:
-                value = _amount(key, money[key], event_type)
-            else:
-                properties[key] = money[key]
-        return value
+
+def _value(money: dict[str, Any], properties: dict[str, Any], event_type: str) -> float | None:
+    value = None
+    for key in MONEY_KEYS:
+        if key not in money:
+            continue
+        if value is None:
+            value = _amount(key, money[key], event_type)
+        else:
+            properties[key] = money[key]
+    return value
 
 
 def _identity_text(key: str, raw: Any, event_type: str) -> str | None:
