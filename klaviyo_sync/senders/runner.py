@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
@@ -57,8 +57,7 @@ class SendReport:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("_lock")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
         data["elapsed_s"] = round(self.elapsed_s, 3)
         return data
 
