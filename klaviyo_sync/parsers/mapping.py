@@ -8,7 +8,10 @@ groups):
 ``email``           the profile's email
 ``first_name``      profile ``first_name``
 ``last_name``       profile ``last_name``
-``phone``           profile ``phone_number``
+``phone``           profile ``phone_number`` when it is E.164 once blanks, dashes,
+                    dots and brackets are dropped (``+1 (555) 010-0100``); otherwise
+                    the property ``Phone``, since Klaviyo refuses a whole event whose
+                    profile has a malformed phone number
 ``value``,          the event's monetary ``value`` (the first present, in this
 ``amount``,         order; a decimal number such as ``47.95``, anything else is
 ``total``           a parse error). The others, if also present, pass through.
@@ -76,6 +79,8 @@ _ROLES.update(dict.fromkeys(MONEY_KEYS, _MONEY))
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _CURRENCY_CODE = re.compile(r"[A-Za-z]{3}")
 _NO_NAMES: dict[str, str] = {}
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_PHONE_PUNCTUATION = re.compile(r"[\s().-]")
 
 
 class EventMapping:
@@ -121,7 +126,12 @@ class EventMapping:
                 email = text
             elif role == _PROFILE:
                 if text is not None:
-                    profile[PROFILE_KEYS[key]] = text
+                    if key != "phone":
+                        profile[PROFILE_KEYS[key]] = text
+                    elif (phone := _e164(text)) is not None:
+                        profile["phone_number"] = phone
+                    else:
+                        properties["Phone"] = text
             else:
                 currency = _currency(text, event_type)
             if text is not None and key in names:
@@ -165,6 +175,11 @@ def _identity_text(key: str, raw: Any, event_type: str) -> str | None:
     if "\ufffd" in text:
         raise ParseError(f"{key}: invalid UTF-8 in {text!r}", event_type)
     return text or None
+
+
+def _e164(text: str) -> str | None:
+    phone = _PHONE_PUNCTUATION.sub("", text)
+    return phone if _E164.fullmatch(phone) else None
 
 
 def _amount(key: str, raw: Any, event_type: str) -> float | None:

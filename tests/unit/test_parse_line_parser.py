@@ -173,3 +173,33 @@ def test_now_argument_bounds_the_future() -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown log format"):
         LineParser(LogSettings(format="xml"), EVENTS)
+
+
+_json_values = st.none() | st.integers() | st.text(max_size=8) | st.lists(st.integers(), max_size=2)
+_json_lines = st.builds(
+    lambda event, fields, ascii_only, cut: json.dumps(
+        {"time": "2020-05-15 12:35:32", "event": event, **fields}, ensure_ascii=ascii_only
+    ).encode()[:cut],
+    st.sampled_from([*EVENTS, "login", "page.view", "cancelled.x"]),
+    st.dictionaries(st.sampled_from(["customer", "email", "note", "amount", "x"]), _json_values),
+    st.booleans(),
+    st.sampled_from([None, None, None, -1, 30]),  # sometimes truncated: broken JSON
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(_json_lines | _junk, max_size=12))
+def test_jsonl_candidates_never_miss_what_parse_finds(lines: list[bytes]) -> None:
+    parser = LineParser(LogSettings(format="jsonl"), EVENTS)
+    chunk = b"".join(line + b"\n" for line in lines)
+    found = [chunk[s:e] for s, e in parser.candidates(chunk)]
+    expected = parsed_lines(parser, lines)
+    remaining = iter(found)
+    assert all(any(f == e for f in remaining) for e in expected), (expected, found)
+
+
+def test_metric_names_come_from_settings() -> None:
+    parser = LineParser(LogSettings(), {"started.signup": "Started Signup"})
+    entry = parser.parse(b"2020-05-15 12:35:32 started.signup customer=1")
+    assert entry is not None and entry.metric == "Started Signup"
+    assert parser.parse(b"2020-05-15 12:35:32 cancelled customer=1") is None

@@ -162,3 +162,21 @@ def test_to_new_event() -> None:
     }
     assert {k: getattr(event, k) for k in expected} == expected
     assert parse("customer=1", "cancelled").to_new_event(backfill=False).profile is None
+
+
+@pytest.mark.parametrize(
+    ("phone", "profile", "properties"),
+    [
+        ("+15555550100", {"phone_number": "+15555550100"}, {}),
+        ('"+1 (555) 555-0100"', {"phone_number": "+15555550100"}, {}),
+        ("+44.20.7946.0958", {"phone_number": "+442079460958"}, {}),
+        ("555-0100", {}, {"Phone": "555-0100"}),  # no country: Klaviyo would refuse it
+        ("+0123456789", {}, {"Phone": "+0123456789"}),
+    ],
+)
+def test_phone_goes_to_the_profile_only_when_klaviyo_accepts_it(
+    phone: str, profile: dict[str, str], properties: dict[str, str]
+) -> None:
+    entry = parse(f"customer=1 phone={phone}", "shipping.email")
+    assert entry.profile == profile
+    assert entry.properties == properties
