@@ -166,6 +166,15 @@ class OrderTracker:
                  enqueued=report.events_enqueued, unknown_status=report.unknown_status)
         return report
 
+    def reread_all(self) -> None:
+        """Forget the watermark: the next pass reads every order again.
+
+        For an operator who fixed a status mapping: orders skipped for an unknown status
+        are picked up, while order_sync keeps every event that already went from going
+        again.
+        """
+        meta.delete(self.state_engine, meta.ORDERS_WATERMARK)
+
     # --- one page -----------------------------------------------------------------
 
     def _process_page(self, page: Sequence[Order], builder: OrderEventBuilder, watermark: Any,
