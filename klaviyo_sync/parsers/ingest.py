@@ -67,6 +67,8 @@ class IngestReport:
     elapsed_s: float = 0.0
     path: str = ""
     offset: int = 0  # where the checkpoint stands now
+    dst_gaps: int = 0  # local times that never happened (read as documented in settings)
+    dst_overlaps: int = 0  # local times that happened twice (the first one is taken)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -96,6 +98,7 @@ class _Tally:
     bytes: int = 0
     stopped: bool = False
     offset: int = 0
+    dst_at_start: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -129,7 +132,7 @@ class Ingestor:
             self._warn_missing()
         else:
             self._missing_warned_at = None
-        tally = _Tally(offset=last.offset if last else 0)
+        tally = _Tally(offset=last.offset if last else 0, dst_at_start=self._dst_counts())
         for source in plan.sources:
             lines_before = last.lines_read if last and source.offset else 0
             self._read(source, tally, force_backfill=False, keep_checkpoint=True,
@@ -155,7 +158,7 @@ class Ingestor:
         total = sum(s.size for s in sources)
         log.info("replay_started", path=str(self.live), files=len(sources), bytes=total,
                  backfill=backfill)
-        tally = _Tally()
+        tally = _Tally(dst_at_start=self._dst_counts())
         done = 0
         for source in sources:
             self._read(source, tally, force_backfill=backfill,
@@ -345,14 +348,24 @@ class Ingestor:
                         hint="waiting for it to appear (rotation in progress?)")
             self._missing_warned_at = now
 
+    def _dst_counts(self) -> tuple[int, int]:
+        zone = self.parser.timezone
+        return (zone.gaps, zone.overlaps)
+
     def _report(self, tally: _Tally, started: float, missing: bool = False,
                 rotated: bool = False, truncated: bool = False) -> IngestReport:
+        gaps, overlaps = (now - before for now, before in zip(self._dst_counts(),
+                                                              tally.dst_at_start, strict=True))
+        if gaps or overlaps:
+            log.info("dst_ambiguous_times", gaps=gaps, overlaps=overlaps,
+                     timezone=self.settings.log.timezone,
+                     rule="gap: offset before the jump; overlap: first occurrence")
         return IngestReport(
             files=tuple(tally.files), lines_read=tally.lines, events_enqueued=tally.enqueued,
             duplicates=tally.duplicates, skipped=tally.skipped, rejected=tally.rejected,
             bytes_read=tally.bytes, file_missing=missing, rotated=rotated, truncated=truncated,
             stopped=tally.stopped, elapsed_s=time.monotonic() - started, path=str(self.live),
-            offset=tally.offset,
+            offset=tally.offset, dst_gaps=gaps, dst_overlaps=overlaps,
         )
 
 

@@ -104,4 +104,4 @@ def test_sigkill_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path,
     assert set(rows) == expected
     assert offset == size
     # The kills really landed mid-file, at different places.
-    assert 0 < offsets[0] and offsets[-1] < size and len(set(offsets)) == KILLS
+    assert offsets[0] > 0 and offsets[-1] < size and len(set(offsets)) == KILLS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -171,8 +172,8 @@ def test_replay_reads_archives_oldest_first_then_live_and_twice_adds_nothing(
     with engine.connect() as conn:  # oldest archive first: its events got the lowest ids
         first_id = conn.execute(sa.select(events.c.unique_id).order_by(events.c.id)).first()
     assert first_id is not None and first_id[0] == line_unique_id(event_line(1))
-    assert seen[-1][0] == seen[-1][1] and all(a[0] <= b[0] for a, b in zip(seen, seen[1:],
-                                                                           strict=False))
+    assert seen[-1][0] == seen[-1][1]
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
     second = ingestor.replay()
     assert (second.events_enqueued, second.duplicates) == (0, len(expected))
     cp = checkpoint.load(engine, str(live))
