@@ -29,9 +29,10 @@ LATEST_AHEAD = timedelta(days=365)
 
 _NL = 0x0A
 _CR = 0x0D
-# Bytes that may surround an event type in a kv line.
-_KV_BEFORE = frozenset(b" \t")
-_KV_AFTER = frozenset(b" \t\r\n")
+# Bytes that may surround an event type in a kv line: what bytes.split() splits on.
+_KV_BEFORE = frozenset(b" \t\r\x0b\x0c")
+_KV_AFTER = frozenset(b" \t\r\n\x0b\x0c")
+_BOM = b"\xef\xbb\xbf"
 
 
 class LineParser:
@@ -66,7 +67,8 @@ class LineParser:
         event. ``now`` (default: the clock) bounds the time Klaviyo would accept.
         """
         line = line.rstrip(b"\r\n")
-        record = self._reader.read(line)
+        # A UTF-8 byte order mark (first line of a file some editors saved) is not content.
+        record = self._reader.read(line[3:] if line.startswith(_BOM) else line)
         if record is None:
             return None
         event_type, when, fields = record

@@ -98,8 +98,9 @@ _noise = st.sampled_from([
 _events = st.builds(
     lambda kind, sep, rest, cr: b"2020-05-15" + sep + b"12:35:30" + sep + kind + rest + cr,
     st.sampled_from([t.encode() for t in EVENTS]),
-    st.sampled_from([b" ", b"  ", b"\t"]),
-    st.sampled_from([b"", b" customer=1", b"\tcustomer=1 amount=x", b' r="a b"', b" bare"]),
+    st.sampled_from([b" ", b"  ", b"\t", b"\x0b", b"\x0c", b"\r", b" \r"]),
+    st.sampled_from([b"", b" customer=1", b"\tcustomer=1 amount=x", b' r="a b"', b" bare",
+                     b"\x0ccustomer=1", b"\rcustomer=1", b"\x0b"]),
     st.sampled_from([b"", b"\r"]),
 )
 _junk = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b" "))
@@ -203,3 +204,16 @@ def test_metric_names_come_from_settings() -> None:
     entry = parser.parse(b"2020-05-15 12:35:32 started.signup customer=1")
     assert entry is not None and entry.metric == "Started Signup"
     assert parser.parse(b"2020-05-15 12:35:32 cancelled customer=1") is None
+
+
+@pytest.mark.parametrize("fmt", ["kv", "jsonl"])
+def test_a_byte_order_mark_does_not_hide_the_first_line(fmt: str) -> None:
+    parser = LineParser(LogSettings(format=fmt), EVENTS)
+    line = (
+        b"2020-05-15 12:35:32 cancelled customer=1" if fmt == "kv"
+        else b'{"time": "2020-05-15 12:35:32", "event": "cancelled", "customer": "1"}'
+    )
+    chunk = b"\xef\xbb\xbf" + line + b"\n"
+    assert parser.candidates(chunk) == [(0, len(chunk) - 1)]
+    entry = parser.parse(chunk)
+    assert entry is not None and entry.customer_id == "1"
