@@ -141,9 +141,15 @@ class EventMapping:
             properties["CancellationDate"] = _cancellation_date(
                 properties.get("CancellationDate"), occurred_at, timezone, event_type
             )
-        if line_bytes is None or line_bytes * 3 > MAX_STRING_BYTES or len(fields) > MAX_PROPERTIES:
-            # A line decodes to at most 3 bytes of UTF-8 per byte (U+FFFD for a bad one).
-            _check_limits(properties, event_type)
+        if len(properties) > MAX_PROPERTIES:
+            raise ParseError(
+                f"{len(properties)} properties: Klaviyo accepts at most {MAX_PROPERTIES}",
+                event_type,
+            )
+        if line_bytes is None or line_bytes * 3 > MAX_STRING_BYTES:
+            # A line decodes to at most 3 bytes of UTF-8 per byte (U+FFFD for a bad one),
+            # so only long lines can hold a string over the limit.
+            _check_string_sizes(properties, event_type)
         return LogEntry(
             unique_id, event_type, self.metrics[event_type], occurred_at, customer_id, email,
             properties, profile, value,
@@ -223,11 +229,7 @@ def _cancellation_date(
     raise ParseError(f"date: not a date (YYYY-MM-DD): {raw!r}", event_type)
 
 
-def _check_limits(properties: dict[str, Any], event_type: str) -> None:
-    if len(properties) > MAX_PROPERTIES:
-        raise ParseError(
-            f"{len(properties)} properties: Klaviyo accepts at most {MAX_PROPERTIES}", event_type
-        )
+def _check_string_sizes(properties: dict[str, Any], event_type: str) -> None:
     for key, value in properties.items():
         # A str of n characters is at least n bytes in UTF-8 and at most 4n.
         if (

@@ -147,6 +147,11 @@ def test_klaviyo_limits_are_checked_here() -> None:
     many = " ".join(f"k{i}=v" for i in range(MAX_PROPERTIES + 1))
     with pytest.raises(ParseError, match="at most 400"):
         parse(many, "gift.sent")
+    # 400 fields of its own plus the CancellationDate the mapping adds
+    exactly = " ".join(f"k{i}=v" for i in range(MAX_PROPERTIES))
+    with pytest.raises(ParseError, match="401 properties"):
+        parse(exactly, "cancelled")
+    assert len(parse(exactly, "gift.sent").properties) == MAX_PROPERTIES
     with pytest.raises(ParseError, match="property strings"):
         parse(f"customer=1 message={'é' * (MAX_STRING_BYTES // 2 + 1)}", "contact.form")
 
