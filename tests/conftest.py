@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+pytest_plugins = ["tests.klaviyo_standin.fixtures"]
+
 PG_URL = os.environ.get("KLAVIYO_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("KLAVIYO_SYNC_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

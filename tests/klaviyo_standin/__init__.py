@@ -1,0 +1,63 @@
+"""A Klaviyo stand-in for tests: a real HTTP server on 127.0.0.1 that behaves like Klaviyo.
+
+Usage::
+
+    from tests.klaviyo_standin import KlaviyoStandIn
+
+    with KlaviyoStandIn(api_keys={"pk_test_standin"}, enforce_limits=True) as s:
+        post(s.base_url + "/api/event-bulk-create-jobs", ...)
+        assert len(s.events) == 1000
+
+or the pytest fixtures ``klaviyo`` (a started stand-in, limits off) and ``klaviyo_url``
+from :mod:`tests.klaviyo_standin.fixtures`.
+
+Constructor options (all keyword-only after ``api_keys``):
+    ``enforce_limits`` (429s and ``RateLimit-*`` headers; off: neither), ``limits`` (override
+    per endpoint, e.g. ``{"bulk_events": (burst, steady)}``; names in
+    :data:`tests.klaviyo_standin.limits.DEFAULT_LIMITS`), ``window_scale`` (0.1 -> windows of
+    100 ms and 6 s), ``latency_s`` (added to every answer; also settable later),
+    ``seed`` (random faults and ids), ``oauth_clients`` (client id -> secret),
+    ``access_token_ttl_s``, ``bulk_refuses_known_unique_ids`` (a bulk request holding an
+    event already recorded is refused 400, as Klaviyo may; off: silently dropped like the
+    single endpoint), ``report_all_errors`` (400s list every problem, not just the first).
+
+Endpoints (``Authorization: Klaviyo-API-Key <key>`` or ``Bearer <token>``; ``revision``
+header required; bodies ``application/vnd.api+json``):
+    ``POST /api/events`` (202, no body), ``POST /api/event-bulk-create-jobs`` (<= 1,000
+    events, <= 5 MB; 202 with a job document), ``POST /api/profile-import`` (201/200,
+    <= 100 KB), ``POST /api/profile-bulk-import-jobs``,
+    ``POST /api/profile-suppression-bulk-create-jobs`` and ``...-bulk-delete-jobs`` (<= 100
+    emails; 202 "queued"; ``GET .../<id>`` says "complete"), ``GET /api/metrics``,
+    ``GET /api/events`` (see :mod:`tests.klaviyo_standin.reads`), ``POST /oauth/token``
+    (refresh-token grant, rotates the refresh token). Unknown path 404, wrong method 405.
+
+Errors are JSON:API (``errors[].code/title/detail/source.pointer``). In a refused bulk
+request the pointer starts with the offending event's, e.g.
+``/data/attributes/events-bulk-create/data/3/attributes/events/data/0`` (followed by the
+field, for a schema violation; a bad profile points into ``.../data/3/attributes/profile``).
+A repeated unique_id gives code ``duplicate_unique_id``; the detail says "is repeated ...
+in this request" or "already exists".
+
+What it recorded (snapshots): ``events`` (:class:`RecordedEvent`, deduplicated by
+profile, metric and unique_id, or time to the second without one), ``received`` (Counter
+of unique_id -> arrivals in accepted requests, repeats included), ``suppressed`` /
+``unsuppressed`` (email -> when), ``suppression_requests``, ``profiles`` (profile-import
+results keyed by email, else external_id), ``requests`` (:class:`RequestRecord`; status 0
+means the connection was dropped on purpose).
+
+Faults (``s.faults``, thread-safe, ``/api`` only): ``fail_rate(rate, status)``,
+``fail_next(count, status, after_processing=False)``, ``reject_unique_ids({uid: detail})``,
+``auth_failing(on)``, ``rate_limit_next(count, retry_after)``,
+``drop_next(count, after_processing=False)``, ``clear()``. Slow answers: ``s.latency_s``.
+
+Read data: ``add_metric(name) -> id``, ``add_event(metric, email, time, properties,
+external_id=None)``. OAuth: ``issue_oauth_tokens(client_id)`` gives a first token pair;
+``oauth.expire_access_tokens()`` expires every access token.
+"""
+
+from __future__ import annotations
+
+from tests.klaviyo_standin.account import RecordedEvent, RequestRecord
+from tests.klaviyo_standin.server import KlaviyoStandIn
+
+__all__ = ["KlaviyoStandIn", "RecordedEvent", "RequestRecord"]

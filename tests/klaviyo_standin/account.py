@@ -1,0 +1,255 @@
+"""What the stand-in's Klaviyo account holds: events, metrics, profiles, suppressions, jobs.
+
+All state lives here behind one lock, so that checking a bulk request for repeated
+unique_ids and recording it happen atomically even when several senders post at once.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+_ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_ULID_CHARS = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_IDENTIFIERS = ("id", "email", "phone_number", "external_id")
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """One event as the account recorded it (the first of its profile/metric/unique_id)."""
+
+    metric: str
+    profile: dict[str, Any]
+    unique_id: str | None
+    time: datetime
+    properties: dict[str, Any]
+    value: float | None
+    value_currency: str | None
+    backfill: bool
+    received_at: datetime
+    event_id: str = ""
+    metric_id: str = ""
+    profile_id: str = ""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One HTTP request the stand-in answered (status 0: connection dropped on purpose)."""
+
+    method: str
+    path: str
+    status: int
+    items: int
+    at: datetime
+    duration_s: float
+    error_codes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Metric:
+    id: str
+    name: str
+    created: datetime
+
+
+@dataclass(frozen=True)
+class Job:
+    """An asynchronous job (suppression, profile import); the stand-in completes it at once."""
+
+    id: str
+    type: str
+    total_count: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EventCandidate:
+    """An event of a request, validated, not yet recorded; ``pointer`` locates it in the body."""
+
+    pointer: str
+    profile: dict[str, Any]
+    metric: str
+    unique_id: str | None
+    time: datetime
+    properties: dict[str, Any]
+    value: float | None
+    value_currency: str | None
+    backfill: bool
+
+    def dedupe_key(self) -> str:
+        # Without a unique_id Klaviyo dedupes on the time to the second.
+        return self.unique_id if self.unique_id is not None else f"time:{self.time.isoformat()}"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a whole request is refused: the offending item's pointer and Klaviyo's detail."""
+
+    pointer: str
+    detail: str
+
+
+def _identifiers(profile: dict[str, Any]) -> list[tuple[str, str]]:
+    found = []
+    for kind in _IDENTIFIERS:
+        value = profile.get(kind)
+        if value:
+            found.append((kind, value.lower() if kind == "email" else value))
+    return found
+
+
+@dataclass
+class Account:
+    """The account's state. Public attributes are read by the facade under :attr:`lock`."""
+
+    seed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    events: list[RecordedEvent] = field(default_factory=list)
+    events_by_metric: dict[str, list[RecordedEvent]] = field(default_factory=dict)
+    received: Counter[str] = field(default_factory=Counter)
+    metrics: dict[str, Metric] = field(default_factory=dict)  # by name, in creation order
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile_state: dict[str, dict[str, Any]] = field(default_factory=dict)  # by profile id
+    suppressed: dict[str, datetime] = field(default_factory=dict)
+    unsuppressed: dict[str, datetime] = field(default_factory=dict)
+    suppression_requests: list[list[str]] = field(default_factory=list)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    requests: list[RequestRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._profile_ids: dict[tuple[str, str], str] = {}
+        self._seen: set[tuple[str, str, str]] = set()
+
+    # -- ids -------------------------------------------------------------------------------
+
+    def new_id(self, length: int = 6) -> str:
+        """A short Klaviyo-style id (metrics, jobs), from the seeded generator. Under lock."""
+        return "".join(self._rng.choices(_ALPHANUMERIC, k=length))
+
+    def _new_profile_id(self) -> str:
+        return "01" + "".join(self._rng.choices(_ULID_CHARS, k=24))
+
+    # -- metrics and profiles (callers hold the lock) --------------------------------------
+
+    def metric(self, name: str, now: datetime) -> Metric:
+        """The metric called ``name``, created on first use as Klaviyo does."""
+        found = self.metrics.get(name)
+        if found is None:
+            found = self.metrics[name] = Metric(self.new_id(), name, now)
+        return found
+
+    def _known_profile(self, profile: dict[str, Any]) -> str | None:
+        for key in _identifiers(profile):
+            if key in self._profile_ids:
+                return self._profile_ids[key]
+        return None
+
+    def upsert_profile(self, profile: dict[str, Any]) -> str:
+        """The id of the profile these identifiers name (created if new); merges attributes."""
+        profile_id = self._known_profile(profile) or self._new_profile_id()
+        for key in _identifiers(profile):
+            self._profile_ids.setdefault(key, profile_id)
+        state = self.profile_state.setdefault(profile_id, {"properties": {}})
+        for name, value in profile.items():
+            if name == "properties":
+                state["properties"].update(value or {})
+            elif name != "id":
+                state[name] = value
+        return profile_id
+
+    # -- events ----------------------------------------------------------------------------
+
+    def refusal_for(self, candidates: Sequence[EventCandidate],
+                    refuse_known: bool) -> Refusal | None:
+        """Why a bulk request must be refused, if it must (caller holds the lock)."""
+        in_request: set[tuple[Any, str, str]] = set()
+        for event in candidates:
+            known = self._known_profile(event.profile)
+            key = event.dedupe_key()
+            profile_key: Any = known or tuple(_identifiers(event.profile)[:1])
+            if (profile_key, event.metric, key) in in_request:
+                return Refusal(event.pointer, f"The unique_id {event.unique_id!r} is repeated "
+                               "for the same profile and metric in this request; no events "
+                               "were processed.")
+            in_request.add((profile_key, event.metric, key))
+            if refuse_known and known and (known, event.metric, key) in self._seen:
+                return Refusal(event.pointer, f"An event with unique_id {event.unique_id!r} "
+                               "already exists for this profile and metric; no events were "
+                               "processed.")
+        return None
+
+    def record(self, candidates: Iterable[EventCandidate], now: datetime) -> int:
+        """Record the events not seen before; count every arrival. Returns how many are new."""
+        recorded = 0
+        for event in candidates:
+            key = event.dedupe_key()
+            self.received[key] += 1
+            profile_id = self.upsert_profile(event.profile)
+            if (profile_id, event.metric, key) in self._seen:
+                continue
+            self._seen.add((profile_id, event.metric, key))
+            metric = self.metric(event.metric, now)
+            self._store(RecordedEvent(
+                event.metric, event.profile, event.unique_id, event.time, event.properties,
+                event.value, event.value_currency, event.backfill, now,
+                self.new_id(11), metric.id, profile_id))
+            recorded += 1
+        return recorded
+
+    def _store(self, event: RecordedEvent) -> None:
+        self.events.append(event)
+        self.events_by_metric.setdefault(event.metric_id, []).append(event)
+
+    def seed_event(self, metric_name: str, profile: dict[str, Any], moment: datetime,
+                   properties: dict[str, Any], now: datetime) -> RecordedEvent:
+        """Store an event as if the account already had it (not counted as received)."""
+        profile_id = self.upsert_profile(profile)
+        metric = self.metric(metric_name, now)
+        event = RecordedEvent(metric_name, profile, None, moment, properties, None, None,
+                              True, now, self.new_id(11), metric.id, profile_id)
+        self._seen.add((profile_id, metric_name, event_key(event)))
+        self._store(event)
+        return event
+
+    # -- suppressions, jobs ---------------------------------------------------------------
+
+    def suppress(self, emails: list[str], now: datetime) -> None:
+        self.suppression_requests.append(list(emails))
+        for email in emails:
+            self.upsert_profile({"email": email})
+            self.suppressed[email] = now
+            self.unsuppressed.pop(email, None)
+
+    def unsuppress(self, emails: list[str], now: datetime) -> None:
+        for email in emails:
+            self.unsuppressed[email] = now
+            self.suppressed.pop(email, None)
+
+    def import_profile(self, profile: dict[str, Any]) -> tuple[bool, str]:
+        """Create or update a profile from profile-import: (created?, profile id)."""
+        key = profile.get("email") or profile.get("external_id") or profile.get("phone_number") \
+            or profile.get("id")
+        created = self._known_profile(profile) is None
+        profile_id = self.upsert_profile(profile)
+        stored = self.profiles.setdefault(str(key), {"properties": {}})
+        for name, value in profile.items():
+            if name == "properties":
+                stored["properties"].update(value or {})
+            else:
+                stored[name] = value
+        return created, profile_id
+
+    def add_job(self, job_type: str, total: int, now: datetime) -> Job:
+        job = Job(self.new_id(12), job_type, total, now)
+        self.jobs[job.id] = job
+        return job
+
+
+def event_key(event: RecordedEvent) -> str:
+    return event.unique_id if event.unique_id is not None else f"time:{event.time.isoformat()}"

@@ -1,0 +1,35 @@
+"""pytest fixtures for the Klaviyo stand-in (registered by ``tests/conftest.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.klaviyo_standin.server import KlaviyoStandIn
+
+API_KEY = "pk_test_standin"
+OAUTH_CLIENT_ID = "client-id"
+OAUTH_CLIENT_SECRET = "client-secret"
+
+
+@pytest.fixture
+def klaviyo() -> Iterator[KlaviyoStandIn]:
+    """A started stand-in with rate limits off (a test opts in with ``enforce_limits``).
+
+    It accepts ``Klaviyo-API-Key pk_test_standin`` and the OAuth client
+    ``client-id``/``client-secret``.
+    """
+    standin = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False,
+                             oauth_clients={OAUTH_CLIENT_ID: OAUTH_CLIENT_SECRET})
+    standin.start()
+    try:
+        yield standin
+    finally:
+        standin.stop()
+
+
+@pytest.fixture
+def klaviyo_url(klaviyo: KlaviyoStandIn) -> str:
+    """The base URL of the ``klaviyo`` stand-in, e.g. ``http://127.0.0.1:43121``."""
+    return klaviyo.base_url
