@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -112,7 +112,8 @@ class OrderTracker:
 
     def __init__(self, settings: Settings, state_engine: Engine, reader: OrderReader,
                  customers: CustomerDirectory, observer: CustomerObserver | None = None,
-                 text_times: bool = False) -> None:
+                 text_times: bool = False, on_close: Callable[[], None] | None = None
+                 ) -> None:
         self.settings = settings
         self.state_engine = state_engine
         self.reader = reader
@@ -121,6 +122,7 @@ class OrderTracker:
         self.queue = QueueStore(state_engine)
         self._states = status_map(settings.orders)
         self._text_times = text_times  # the business driver returns timestamps as text
+        self._on_close = on_close
 
     def run_once(self, stop: threading.Event | None = None, now: datetime | None = None
                  ) -> OrdersReport:
@@ -165,6 +167,12 @@ class OrderTracker:
                  new=report.orders_new, changed=report.orders_changed,
                  enqueued=report.events_enqueued, unknown_status=report.unknown_status)
         return report
+
+    def close(self) -> None:
+        """Release the business database's connections (when the tracker opened it)."""
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
 
     def reread_all(self) -> None:
         """Forget the watermark: the next pass reads every order again.
@@ -309,6 +317,6 @@ def build_order_tracker(settings: Settings, state_engine: Engine,
         settings, state_engine,
         OrderReader(business, settings.business, settings.orders.page_size),
         SqlCustomerReader(business, settings.business), observer,
-        text_times=business.dialect.name == "sqlite",
+        text_times=business.dialect.name == "sqlite", on_close=business.dispose,
     )
 

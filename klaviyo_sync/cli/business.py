@@ -28,9 +28,12 @@ def orders(app: AppContext, reread_all: bool, as_json: bool) -> None:
     if tracker is None:
         why = "business.url is empty" if not settings.business.url else "orders.enabled = false"
         raise ConfigError(f"the orders pass is off: {why}")
-    if reread_all:
-        tracker.reread_all()
-    report = tracker.run_once()
+    try:
+        if reread_all:
+            tracker.reread_all()
+        report = tracker.run_once()
+    finally:
+        tracker.close()
     if as_json:
         click.echo(json.dumps(asdict(report)))
         return
