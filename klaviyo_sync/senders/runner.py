@@ -11,6 +11,7 @@ sending on would only burn through the queue's patience and Klaviyo's.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business.customers import Customer, CustomerDirectory
@@ -99,6 +101,7 @@ class Runner:
         halt = threading.Event()
         report = SendReport()
         budget = [max_batches]
+        crashed: list[BaseException] = []
         started = time.monotonic()
 
         def take_turn() -> bool:
@@ -121,6 +124,9 @@ class Runner:
                 with report._lock:
                     report.error = report.error or str(exc)
                 halt.set()
+            except BaseException as exc:  # re-raised in the caller's thread below
+                crashed.append(exc)
+                halt.set()
 
         threads = [threading.Thread(target=work, name=f"send-{i}", daemon=True)
                    for i in range(self.settings.sender.concurrency)]
@@ -128,6 +134,8 @@ class Runner:
             thread.start()
         for thread in threads:
             thread.join()
+        if crashed:
+            raise crashed[0]
         self._flush_suppressions(report)
         report.elapsed_s = time.monotonic() - started
         log.info("queue_drained", **{k: v for k, v in report.to_json().items()
@@ -205,17 +213,16 @@ class Runner:
             audit.flush()
         if result.auth_error:
             status = re.search(r": (\d{3})\b", result.auth_error)
-            meta.put_json(self.engine, meta.AUTH_FAILURE, {
+            _put_meta(self.engine, meta.AUTH_FAILURE, json.dumps({
                 "at": utcnow().isoformat() + "+00:00",
                 "status": int(status.group(1)) if status else None,
-                "detail": result.auth_error[:500]})
+                "detail": result.auth_error[:500]}))
             log.error("klaviyo_auth_refused", error=result.auth_error[:300],
                       action="sending stopped; events kept; fix the credentials")
             halt.set()
         elif result.sent or result.already_recorded:
-            with self.engine.begin() as conn:
-                meta.put(conn, meta.LAST_SEND_OK_AT, utcnow().isoformat() + "+00:00")
-                meta.delete(conn, meta.AUTH_FAILURE)
+            _put_meta(self.engine, meta.LAST_SEND_OK_AT, utcnow().isoformat() + "+00:00",
+                      clear=meta.AUTH_FAILURE)
 
     def _flush_suppressions(self, report: SendReport) -> None:
         if self.suppression is None or report.auth_error:
@@ -231,6 +238,21 @@ class Runner:
         if self._on_close is not None:
             self._on_close()
             self._on_close = None
+
+
+def _put_meta(engine: Engine, name: str, value: str, clear: str | None = None) -> None:
+    # meta.put is update-then-insert: two runners (threads or hosts) writing the same
+    # name for the first time can both insert. The loser retries and finds the row.
+    for attempt in (1, 2):
+        try:
+            with engine.begin() as conn:
+                meta.put(conn, name, value)
+                if clear:
+                    meta.delete(conn, clear)
+            return
+        except sa.exc.IntegrityError:
+            if attempt == 2:
+                raise
 
 
 def build_runner(settings: Settings, engine: Engine, worker_id: str | None = None,
