@@ -509,3 +509,58 @@ def test_unsupported_event_filters_are_400(klaviyo, http, bad):
                       headers=headers(), timeout=10)
     assert answer.status_code == 400
     assert answer.json()["errors"][0]["source"] == {"parameter": "filter"}
+
+
+# -- the fast path agrees with the schema ----------------------------------------------------
+
+_ODD_VALUES = [None, 0, 1.5, True, "", "x", "a@b.co", "+15005550006", "EUR", [], {},
+               "y" * 128, "2024-05-01", "2024-05-01T10:00:00Z", "1989-06-01T00:00:00+00:00",
+               {"data": {}}, {f"k{i}": i for i in range(401)}]
+_MISSING = object()
+
+
+def _paths(document: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every key and index path inside a JSON document."""
+    children = document.items() if isinstance(document, dict) else (
+        enumerate(document) if isinstance(document, list) else ())
+    for key, value in children:
+        yield (*prefix, key)
+        yield from _paths(value, (*prefix, key))
+
+
+def _mutated(document: Any, path: tuple[Any, ...], value: Any) -> Any:
+    copy = json.loads(json.dumps(document))
+    parent = copy
+    for key in path[:-1]:
+        parent = parent[key]
+    if value is _MISSING:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return copy
+
+
+@pytest.mark.parametrize("kind", ["single", "bulk"])
+def test_fast_check_gives_the_schemas_verdict_on_every_mutation(kind):
+    from tests.klaviyo_standin import fastcheck, schemas
+
+    if kind == "single":
+        base = single("a", email="ann@example.com", backfill=True)
+        base["data"]["attributes"]["profile"]["data"]["attributes"].update(
+            {"external_id": "7", "phone_number": "+15005550006", "first_name": "Ann",
+             "properties": {"Box": "L"}, "location": {"city": "Paris"}})
+        fast, validator = fastcheck.event_create_ok, schemas.EVENT_CREATE_VALIDATOR
+    else:
+        base = bulk([({"email": "ann@example.com", "external_id": "7", "first_name": "Ann",
+                       "properties": {"Box": "L"}}, [event_attributes("a", backfill=False)])])
+        base["data"]["attributes"]["events-bulk-create"]["data"][0]["id"] = "profile-id"
+        fast, validator = fastcheck.event_bulk_create_ok, schemas.EVENT_BULK_CREATE_VALIDATOR
+    assert fast(base) and not list(validator.errors(base))
+    checked = 0
+    for path in list(_paths(base)):
+        for value in [_MISSING, *_ODD_VALUES]:
+            document = _mutated(base, path, value)
+            schema_ok = not list(validator.errors(document))
+            assert fast(document) == schema_ok, (path, value)
+            checked += 1
+    assert checked > 500

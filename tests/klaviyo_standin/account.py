@@ -125,12 +125,18 @@ class Account:
         self._rng = random.Random(self.seed)
         self._profile_ids: dict[tuple[str, str], str] = {}
         self._seen: set[tuple[str, str, str]] = set()
+        self._event_serial = self._rng.randrange(16**9)
 
     # -- ids -------------------------------------------------------------------------------
 
     def new_id(self, length: int = 6) -> str:
         """A short Klaviyo-style id (metrics, jobs), from the seeded generator. Under lock."""
         return "".join(self._rng.choices(_ALPHANUMERIC, k=length))
+
+    def _next_event_id(self) -> str:
+        # Sequential ids from a seeded start: unique, and cheap for 1,000-event bodies.
+        self._event_serial += 1
+        return f"{self._event_serial:011x}"
 
     def _new_profile_id(self) -> str:
         return "01" + "".join(self._rng.choices(_ULID_CHARS, k=24))
@@ -169,10 +175,15 @@ class Account:
                     refuse_known: bool) -> Refusal | None:
         """Why a bulk request must be refused, if it must (caller holds the lock)."""
         in_request: set[tuple[Any, str, str]] = set()
+        profile_keys: dict[int, tuple[Any, str | None]] = {}  # events of a group share a dict
         for event in candidates:
-            known = self._known_profile(event.profile)
+            found = profile_keys.get(id(event.profile))
+            if found is None:
+                known = self._known_profile(event.profile)
+                found = profile_keys[id(event.profile)] = (
+                    known or tuple(_identifiers(event.profile)[:1]), known)
+            profile_key, known = found
             key = event.dedupe_key()
-            profile_key: Any = known or tuple(_identifiers(event.profile)[:1])
             if (profile_key, event.metric, key) in in_request:
                 return Refusal(event.pointer, f"The unique_id {event.unique_id!r} is repeated "
                                "for the same profile and metric in this request; no events "
@@ -187,10 +198,13 @@ class Account:
     def record(self, candidates: Iterable[EventCandidate], now: datetime) -> int:
         """Record the events not seen before; count every arrival. Returns how many are new."""
         recorded = 0
+        profile_ids: dict[int, str] = {}  # the events of a bulk group share one profile dict
         for event in candidates:
             key = event.dedupe_key()
             self.received[key] += 1
-            profile_id = self.upsert_profile(event.profile)
+            profile_id = profile_ids.get(id(event.profile))
+            if profile_id is None:
+                profile_id = profile_ids[id(event.profile)] = self.upsert_profile(event.profile)
             if (profile_id, event.metric, key) in self._seen:
                 continue
             self._seen.add((profile_id, event.metric, key))
@@ -198,7 +212,7 @@ class Account:
             self._store(RecordedEvent(
                 event.metric, event.profile, event.unique_id, event.time, event.properties,
                 event.value, event.value_currency, event.backfill, now,
-                self.new_id(11), metric.id, profile_id))
+                self._next_event_id(), metric.id, profile_id))
             recorded += 1
         return recorded
 
@@ -212,7 +226,7 @@ class Account:
         profile_id = self.upsert_profile(profile)
         metric = self.metric(metric_name, now)
         event = RecordedEvent(metric_name, profile, None, moment, properties, None, None,
-                              True, now, self.new_id(11), metric.id, profile_id)
+                              True, now, self._next_event_id(), metric.id, profile_id)
         self._seen.add((profile_id, metric_name, event_key(event)))
         self._store(event)
         return event

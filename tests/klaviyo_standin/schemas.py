@@ -18,7 +18,7 @@ from jsonschema.exceptions import ValidationError
 from tests.klaviyo_standin import clock
 
 MAX_EVENT_PROPERTIES = 400
-MAX_STRING_BYTES = 100 * 1024
+MAX_PROPERTY_STRING_CHARS = 100 * 1024  # Klaviyo: "100 KB" per string; counted in characters
 EARLIEST_EVENT_TIME = datetime(1990, 1, 1, tzinfo=UTC)
 LATEST_EVENT_AHEAD = timedelta(days=365)
 
@@ -27,15 +27,22 @@ _FORMATS = FormatChecker(formats=())
 
 @_FORMATS.checks("klaviyo-event-time", raises=ValueError)
 def _is_event_time(value: object) -> bool:
-    """ISO 8601 date-time after 1990 and at most a year ahead, as Klaviyo requires."""
-    if not isinstance(value, str):
-        return True  # the "type" keyword reports non-strings
+    if isinstance(value, str):  # the "type" keyword reports non-strings
+        check_event_time(value)
+    return True
+
+
+def check_event_time(value: str) -> datetime:
+    """An event time Klaviyo accepts: ISO 8601, after 1990, at most a year ahead.
+
+    Raises ValueError with the reason otherwise.
+    """
     moment = parse_event_time(value)
     if moment <= EARLIEST_EVENT_TIME:
         raise ValueError("time must be after the year 1990")
     if moment > clock.now() + LATEST_EVENT_AHEAD:
         raise ValueError("time must be at most one year in the future")
-    return True
+    return moment
 
 
 def parse_event_time(value: str) -> datetime:
@@ -56,10 +63,14 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "type": [kind, "null"]}
 
 
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+PHONE_PATTERN = r"^\+[1-9][0-9]{1,14}$"
+CURRENCY_PATTERN = "^[A-Za-z]{3}$"
+
 _STRING = {"type": "string"}
-_EMAIL = {"type": "string", "pattern": r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+_EMAIL = {"type": "string", "pattern": EMAIL_PATTERN,
           "errorMessage": "is not a valid email address"}
-_PHONE = {"type": "string", "pattern": r"^\+[1-9][0-9]{1,14}$",
+_PHONE = {"type": "string", "pattern": PHONE_PATTERN,
           "errorMessage": "is not a phone number in E.164 format"}
 
 _PROFILE_ATTRIBUTES = {
@@ -130,11 +141,11 @@ _EVENT_ATTRIBUTES: dict[str, Any] = {
     "properties": {
         "type": "object",
         "maxProperties": MAX_EVENT_PROPERTIES,
-        "additionalProperties": {"maxLength": MAX_STRING_BYTES},
+        "additionalProperties": {"maxLength": MAX_PROPERTY_STRING_CHARS},
     },
     "time": {"type": ["string", "null"], "format": "klaviyo-event-time"},
     "value": {"type": ["number", "null"]},
-    "value_currency": {"type": ["string", "null"], "pattern": "^[A-Za-z]{3}$",
+    "value_currency": {"type": ["string", "null"], "pattern": CURRENCY_PATTERN,
                        "errorMessage": "is not an ISO 4217 currency code"},
     "unique_id": _nullable(_STRING),
     "backfill": {"type": ["boolean", "null"]},
