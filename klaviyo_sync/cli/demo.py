@@ -1,1 +1,47 @@
-"""Commands of the demo stage (filled in by its module)."""
+"""`klaviyo-sync demo`: run the whole pipeline on sample data in one folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from klaviyo_sync import logconfig
+from klaviyo_sync.cli import cli
+
+
+@cli.command("demo")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("klaviyo-sync-demo"), show_default=True,
+              help="Folder for the sample log, databases, settings and outbox (recreated).")
+def demo(folder: Path) -> None:
+    """Write a sample log and business database, ingest them, and dry-run the delivery.
+
+    Nothing is sent to Klaviyo: the dry-run sender writes the exact request bodies it
+    would send to OUTBOX. Afterwards every other command works on the demo folder with
+    `--config DIR/settings.toml`.
+    """
+    from klaviyo_sync.demo import run_demo
+
+    logconfig.configure("warning")
+    report = run_demo(folder)
+    cfg = report.settings_path
+    click.echo(f"Demo folder: {report.folder}")
+    click.echo(f"  sample log: {', '.join(p.name for p in report.log_files)} "
+               f"({report.log_lines} lines, rotated archives included)")
+    click.echo(f"  business database: {report.folder / 'business.db'}")
+    click.echo("\nLog events queued (replay, oldest archive first):")
+    for metric, count in sorted(report.events_by_metric.items()):
+        click.echo(f"  {count:>5}  {metric}")
+    click.echo(f"  {report.rejects:>5}  malformed lines kept as rejects (`rejects list`)")
+    click.echo(f"\nOrders pass: {report.order_events} order events enqueued")
+    click.echo(f"Dry-run send: {report.sent} events sent, {report.dead} dead-lettered, "
+               f"{report.suppressed} emails suppressed")
+    click.echo(f"  {report.outbox_requests} request bodies written to "
+               f"{report.folder / 'outbox.jsonl'}")
+    click.echo(f"\nMissed signups: {len(report.missed_signups)} people started signing up "
+               "but now lack a box, a schedule or Active status")
+    click.echo("\nTry next:")
+    for command in ("status", "queue list --limit 10", "rejects list", "missed-signups",
+                    "audit"):
+        click.echo(f"  klaviyo-sync --config {cfg} {command}")
