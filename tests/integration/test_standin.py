@@ -286,6 +286,9 @@ def test_burst_and_steady_windows_answer_429_with_retry_after(http):
             for attempt in range(3):
                 answers.append(post(http, url, bulk_of(1, prefix=f"r{index}-{attempt}-")))
             moment.now_s += 0.1
+        moment.now_s = 1206.0  # the next steady window
+        later = post(http, url, bulk_of(1, prefix="later-"))
+    assert later.status_code == 202 and later.headers["RateLimit-Remaining"] == "4"
     statuses = [a.status_code for a in answers]
     assert statuses == [202, 202, 429, 202, 202, 429, 202, 429, 429]
     burst, steady = answers[2], answers[7]
@@ -297,10 +300,8 @@ def test_burst_and_steady_windows_answer_429_with_retry_after(http):
     assert [a.headers["RateLimit-Remaining"] for a in accepted] == ["4", "3", "2", "1", "0"]
     assert {a.headers["RateLimit-Limit"] for a in accepted} == {"5"}
     assert {a.headers["RateLimit-Reset"] for a in accepted} == {"6"}
-    assert len(standin.events) == 5
+    assert len(standin.events) == 6
     assert sum(r.status == 429 for r in standin.requests) == 4
-    moment.now_s = 1206.0
-    assert post(http, url, bulk_of(1, prefix="later-")).status_code == 202
 
 
 def test_limits_hold_on_the_real_clock(http):
@@ -397,6 +398,41 @@ def test_dropped_connection_gives_no_answer(klaviyo, http, after_processing):
     assert len(klaviyo.events) == (2 if after_processing else 0)
     assert post(http, f"{klaviyo.base_url}{BULK}", bulk_of(2)).status_code in (202, 400)
     assert klaviyo.requests[0].status == 0
+
+
+def test_a_stopped_standin_hangs_up_on_kept_alive_connections(http):
+    standin = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
+    url = f"{standin.start()}/api/events"
+    assert post(http, url, single("a")).status_code == 202  # the session keeps it alive
+    standin.stop()
+    with pytest.raises(requests.ConnectionError):
+        post(http, url, single("b"))
+
+
+def test_a_bug_in_the_standin_is_a_500_that_says_so(http, monkeypatch):
+    def broken(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    with KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False) as standin:
+        monkeypatch.setattr(standin._dispatcher, "dispatch", broken)
+        answer = post(http, f"{standin.base_url}/api/events", single("a"))
+    assert answer.status_code == 500
+    assert answer.json()["errors"][0]["code"] == "standin_bug"
+    assert "RuntimeError: boom" in standin.internal_errors[0]
+
+
+def test_it_keeps_its_own_clock_while_a_test_freezes_time(http):
+    from freezegun import freeze_time
+
+    with KlaviyoStandIn(api_keys={API_KEY}, limits={"events": (1, 100)},
+                        window_scale=0.1) as standin, freeze_time("2021-03-04 05:06:07"):
+        url = f"{standin.base_url}/api/events"
+        first = post(http, url, single("a", time=...))
+        refused = post(http, url, single("b", time=...))
+        time.sleep(0.11)  # real time moves on; the burst window must too
+        later = post(http, url, single("c", time=...))
+    assert [first.status_code, refused.status_code, later.status_code] == [202, 429, 202]
+    assert standin.events[0].time.year > 2021  # stamped with the real time
 
 
 def test_latency_slows_every_answer(klaviyo, http):

@@ -19,7 +19,9 @@ Constructor options (all keyword-only after ``api_keys``):
     ``seed`` (random faults and ids), ``oauth_clients`` (client id -> secret),
     ``access_token_ttl_s``, ``bulk_refuses_known_unique_ids`` (a bulk request holding an
     event already recorded is refused 400, as Klaviyo may; off: silently dropped like the
-    single endpoint), ``report_all_errors`` (400s list every problem, not just the first).
+    single endpoint), ``report_all_errors`` (400s list every problem, not just the first),
+    ``monotonic`` (the rate-limit windows' clock, for tests that step through windows).
+    The stand-in keeps its own clock: freezegun in the test does not stop its windows.
 
 Endpoints (``Authorization: Klaviyo-API-Key <key>`` or ``Bearer <token>``; ``revision``
 header required; bodies ``application/vnd.api+json``):
@@ -43,7 +45,8 @@ profile, metric and unique_id, or time to the second without one), ``received`` 
 of unique_id -> arrivals in accepted requests, repeats included), ``suppressed`` /
 ``unsuppressed`` (email -> when), ``suppression_requests``, ``profiles`` (profile-import
 results keyed by email, else external_id), ``requests`` (:class:`RequestRecord`; status 0
-means the connection was dropped on purpose).
+means the connection was dropped on purpose), ``internal_errors`` (tracebacks of stand-in
+bugs, answered 500 ``standin_bug``; the ``klaviyo`` fixture fails a test that met one).
 
 Faults (``s.faults``, thread-safe, ``/api`` only): ``fail_rate(rate, status)``,
 ``fail_next(count, status, after_processing=False)``, ``reject_unique_ids({uid: detail})``,

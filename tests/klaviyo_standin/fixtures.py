@@ -18,7 +18,8 @@ def klaviyo() -> Iterator[KlaviyoStandIn]:
     """A started stand-in with rate limits off (a test opts in with ``enforce_limits``).
 
     It accepts ``Klaviyo-API-Key pk_test_standin`` and the OAuth client
-    ``client-id``/``client-secret``.
+    ``client-id``/``client-secret``. A bug in the stand-in itself (answered 500
+    ``standin_bug``) fails the test at teardown, so it is never mistaken for a fault.
     """
     standin = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False,
                              oauth_clients={OAUTH_CLIENT_ID: OAUTH_CLIENT_SECRET})
@@ -27,6 +28,7 @@ def klaviyo() -> Iterator[KlaviyoStandIn]:
         yield standin
     finally:
         standin.stop()
+    assert not standin.internal_errors, standin.internal_errors[0]
 
 
 @pytest.fixture

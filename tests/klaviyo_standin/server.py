@@ -1,16 +1,16 @@
-"""The stand-in's HTTP server: routing, auth, revision, rate limits and faults, then endpoints.
+"""The stand-in itself: a threaded HTTP server on loopback and the object tests hold.
 
-Every ``/api`` request goes through the same gate, in this order: route (404/405), a
-dropped connection if one is due, auth (401), ``revision`` (400), rate limits (429), an
-injected server error (5xx), body checks (411/413/415/400), then the endpoint.
+Requests are answered by :class:`~tests.klaviyo_standin.dispatcher.Dispatcher`; this module
+moves bytes, keeps the server's lifecycle, and exposes what the account recorded.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import contextlib
+import socket
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -18,38 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.klaviyo_standin import clock, endpoints, reads
+from tests.klaviyo_standin import clock
 from tests.klaviyo_standin.account import Account, RecordedEvent, RequestRecord
-from tests.klaviyo_standin.faults import Faults, Moment
-from tests.klaviyo_standin.jsonapi import Call, Reply, error
-from tests.klaviyo_standin.limits import RateLimiter, Verdict
-from tests.klaviyo_standin.oauth import OAuthServer, TokenState
-
-Handler = Callable[[Call], Reply]
-
-MB = 1024 * 1024
-_REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[A-Za-z0-9_-]+)?$")
-_JOB = r"/(?P<id>[A-Za-z0-9]+)/?"
-
-# path pattern -> {method: (rate-limit endpoint, handler, body limit in bytes)}
-ROUTES: list[tuple[re.Pattern[str], dict[str, tuple[str, Handler, int]]]] = [
-    (re.compile(r"/api/events/?"), {"POST": ("events", endpoints.create_event, 5 * MB),
-                                    "GET": ("get_events", reads.get_events, 0)}),
-    (re.compile(r"/api/event-bulk-create-jobs/?"),
-     {"POST": ("bulk_events", endpoints.bulk_create_events, 5 * MB)}),
-    (re.compile(r"/api/profile-import/?"),
-     {"POST": ("profile_import", endpoints.import_profile, 100 * 1024)}),
-    (re.compile(r"/api/profile-bulk-import-jobs/?"),
-     {"POST": ("profile_bulk_import", endpoints.bulk_import_profiles, 5 * MB)}),
-    (re.compile(r"/api/profile-suppression-bulk-create-jobs/?"),
-     {"POST": ("suppress", endpoints.suppress, 5 * MB)}),
-    (re.compile(r"/api/profile-suppression-bulk-delete-jobs/?"),
-     {"POST": ("unsuppress", endpoints.unsuppress, 5 * MB)}),
-    (re.compile(r"/api/metrics/?"), {"GET": ("metrics", reads.get_metrics, 0)}),
-]
-for _jobs in ("profile-bulk-import-jobs", "profile-suppression-bulk-create-jobs",
-              "profile-suppression-bulk-delete-jobs"):
-    ROUTES.append((re.compile(f"/api/{_jobs}{_JOB}"), {"GET": ("jobs", endpoints.get_job, 0)}))
+from tests.klaviyo_standin.dispatcher import MB, Dispatcher
+from tests.klaviyo_standin.faults import Faults
+from tests.klaviyo_standin.jsonapi import Reply, error
+from tests.klaviyo_standin.limits import RateLimiter
+from tests.klaviyo_standin.oauth import OAuthServer
 
 _MAX_READ = 64 * MB  # bodies beyond this are not even read: the connection is closed
 
@@ -118,6 +93,31 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], standin: KlaviyoStandIn) -> None:
         super().__init__(address, _RequestHandler)
         self.standin = standin
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        with self._connections_lock:
+            self._connections.add(connection)
+        return connection, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Hang up on kept-alive clients, so a stopped stand-in really stops answering."""
+        with self._connections_lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already gone
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-answer (a SIGKILLed sender, a stop()) is normal here.
+        pass
 
 
 class KlaviyoStandIn:
@@ -137,13 +137,15 @@ class KlaviyoStandIn:
         self.enforce_limits = enforce_limits
         self.limiter = RateLimiter(limits, window_scale)
         # The rate-limit windows' clock; a test may pass its own to step through windows.
-        self._monotonic = monotonic or clock.monotonic
+        self.monotonic = monotonic or clock.monotonic
         self.latency_s = latency_s
         self.faults = Faults(seed)
         self.oauth = OAuthServer(oauth_clients or {}, access_token_ttl_s)
         self.bulk_refuses_known_unique_ids = bulk_refuses_known_unique_ids
         self.report_all_errors = report_all_errors
         self.account = Account(seed)
+        self.internal_errors: list[str] = []  # tracebacks of stand-in bugs (answered 500)
+        self._dispatcher = Dispatcher(self)
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -169,6 +171,7 @@ class KlaviyoStandIn:
             return
         self._server.shutdown()
         self._server.server_close()
+        self._server.close_connections()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = self._thread = None
@@ -253,118 +256,10 @@ class KlaviyoStandIn:
         """Answer one request (called by the handler threads)."""
         if self.latency_s > 0:
             time.sleep(self.latency_s)
-        if path.rstrip("/") == "/oauth/token":
-            if method != "POST":
-                return Reply(405, {"error": "invalid_request"}, headers={"Allow": "POST"},
-                             content_type="application/json")
-            answer = self.oauth.token_endpoint(headers.get("authorization"), body)
-            return Reply(answer.status, answer.body, content_type="application/json")
-        route = self._route(method, path)
-        if isinstance(route, Reply):
-            return route
-        (limit_name, handler, max_bytes), path_args = route
-        drop = self.faults.take_drop()
-        if drop is Moment.BEFORE:
-            return Reply(0, drop=True)
-        quota = self._authenticate(headers)
-        if isinstance(quota, Reply):
-            return quota
-        revision = headers.get("revision")
-        if not revision or not _REVISION.match(revision):
-            return error(400, "The revision header is missing or invalid (YYYY-MM-DD).",
-                         parameter="revision")
-        verdict = self._rate_limit(limit_name, quota)
-        if isinstance(verdict, Reply):
-            return verdict
-        reply = self._serve(method, path, query, headers, body, handler, max_bytes, path_args)
-        if verdict is not None:
-            reply.headers.update(verdict.headers())
-        if drop is Moment.AFTER:
-            return Reply(0, drop=True, items=reply.items)
-        return reply
-
-    def _route(self, method: str, path: str
-               ) -> Reply | tuple[tuple[str, Handler, int], tuple[str, ...]]:
-        for pattern, methods in ROUTES:
-            match = pattern.fullmatch(path)
-            if match is None:
-                continue
-            if method not in methods:
-                allowed = ", ".join(sorted(methods))
-                reply = error(405, f"Method {method} not allowed; use {allowed}.")
-                reply.headers["Allow"] = allowed
-                return reply
-            return methods[method], tuple(match.groups())
-        return error(404, f"No endpoint at {path}.")
-
-    def _authenticate(self, headers: dict[str, str]) -> str | Reply:
-        """The rate-limit quota of the caller: "account" for keys, the client id for OAuth."""
-        if self.faults.is_auth_failing():
-            return error(401, "Incorrect authentication credentials.",
-                         code="authentication_failed", title="Incorrect authentication "
-                         "credentials.")
-        authorization = headers.get("authorization", "")
-        scheme, _, credential = authorization.partition(" ")
-        if not authorization:
-            return error(401, "Authentication credentials were not provided.")
-        if scheme == "Klaviyo-API-Key" and credential.strip() in self.api_keys:
-            return "account"
-        if scheme == "Bearer":
-            state, client_id = self.oauth.check_bearer(credential.strip())
-            if state is TokenState.VALID and client_id is not None:
-                return f"oauth:{client_id}"
-            detail = "The access token has expired." if state is TokenState.EXPIRED \
-                else "Incorrect authentication credentials."
-            return error(401, detail, code="authentication_failed",
-                         title="Incorrect authentication credentials.")
-        return error(401, "Incorrect authentication credentials.",
-                     code="authentication_failed", title="Incorrect authentication credentials.")
-
-    def _rate_limit(self, limit_name: str, quota: str) -> Verdict | Reply | None:
-        forced = self.faults.take_rate_limit()
-        if forced is not None:
-            reply = error(429, f"Request was throttled. Expected available in {forced} second"
-                          f"{'s' if forced != 1 else ''}.")
-            reply.headers["Retry-After"] = str(forced)
-            return reply
-        if not self.enforce_limits:
-            return None  # no RateLimit-* headers either: nothing to pace by
-        verdict = self.limiter.acquire(limit_name, quota, self._monotonic())
-        if verdict.allowed:
-            return verdict
-        reply = error(429, f"Request was throttled. Expected available in "
-                      f"{verdict.retry_after_s} second{'s' if verdict.retry_after_s != 1 else ''}.")
-        reply.headers.update(verdict.headers())
-        return reply
-
-    def _serve(self, method: str, path: str, query: dict[str, list[str]],
-               headers: dict[str, str], body: bytes, handler: Handler, max_bytes: int,
-               path_args: tuple[str, ...]) -> Reply:
-        failure = self.faults.take_failure()
-        if failure is not None and failure.moment is Moment.BEFORE:
-            return error(failure.status, "Injected server error; nothing was processed.")
-        call = Call(self, method, path, query, headers, body, clock.now(), path_args)
-        if method == "POST":
-            refused = self._parse_body(call, max_bytes)
-            if refused is not None:
-                return refused
-        reply = handler(call)
-        if failure is not None:  # after processing: the work is done, the answer is lost
-            return error(failure.status, "Injected server error after processing.",
-                         items=reply.items)
-        return reply
-
-    @staticmethod
-    def _parse_body(call: Call, max_bytes: int) -> Reply | None:
-        media_type = call.headers.get("content-type", "").split(";")[0].strip()
-        if media_type not in ("application/vnd.api+json", "application/json"):
-            return error(415, f"Content-Type must be application/vnd.api+json, "
-                         f"not {media_type or 'missing'}.")
-        if len(call.body) > max_bytes:
-            return error(413, f"The payload is {len(call.body)} bytes; at most {max_bytes} "
-                         "are accepted.")
         try:
-            call.document = json.loads(call.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return error(400, f"The body is not valid JSON: {exc}", pointer="")
-        return None
+            return self._dispatcher.dispatch(method, path, query, headers, body)
+        except Exception as exc:  # a bug in the stand-in: say so instead of hanging up
+            detail = "".join(traceback.format_exception(exc))
+            with self.account.lock:
+                self.internal_errors.append(detail)
+            return error(500, f"Stand-in bug: {detail}", code="standin_bug")
