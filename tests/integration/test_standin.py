@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -600,3 +605,58 @@ def test_fast_check_gives_the_schemas_verdict_on_every_mutation(kind):
             assert fast(document) == schema_ok, (path, value)
             checked += 1
     assert checked > 500
+
+
+# -- concurrency, process of its own ---------------------------------------------------------
+
+
+def test_concurrent_senders_of_the_same_events_record_each_once():
+    with KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False,
+                        bulk_refuses_known_unique_ids=False) as standin:
+        bodies = [json.dumps(bulk_of(100, prefix=f"b{i}-")) for i in range(5)]
+
+        def send_all() -> list[int]:
+            with requests.Session() as session:
+                return [session.post(f"{standin.base_url}{BULK}", data=body, headers=headers(),
+                                     timeout=10).status_code for body in bodies]
+
+        threads = [ThreadWithResult(send_all) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        results = [thread.join_result() for thread in threads]
+    assert all(statuses == [202] * 5 for statuses in results)
+    assert len(standin.events) == 500
+    assert len({e.event_id for e in standin.events}) == 500
+    assert set(standin.received.values()) == {4}
+    assert standin.stats()["received_more_than_once"] == 500
+
+
+class ThreadWithResult(threading.Thread):
+    def __init__(self, target: Any) -> None:
+        super().__init__(daemon=True)
+        self._target_fn, self._result = target, None
+
+    def run(self) -> None:
+        self._result = self._target_fn()
+
+    def join_result(self) -> Any:
+        self.join(timeout=30)
+        return self._result
+
+
+def test_runs_as_a_process_of_its_own_and_reports_its_counts(http):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.klaviyo_standin", "--no-limits"],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        base_url = process.stdout.readline().strip()
+        assert base_url.startswith("http://127.0.0.1:")
+        assert post(http, f"{base_url}{BULK}", bulk_of(10)).status_code == 202
+        live = http.get(f"{base_url}/_standin/stats", timeout=10).json()
+        assert live["events"] == 10 and live["requests"] == {"202": 1}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode == 0
+    assert json.loads(out.strip().splitlines()[-1])["events"] == 10

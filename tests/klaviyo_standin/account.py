@@ -185,9 +185,10 @@ class Account:
             profile_key, known = found
             key = event.dedupe_key()
             if (profile_key, event.metric, key) in in_request:
-                return Refusal(event.pointer, f"The unique_id {event.unique_id!r} is repeated "
-                               "for the same profile and metric in this request; no events "
-                               "were processed.")
+                what = f"The unique_id {event.unique_id!r} is repeated" if event.unique_id \
+                    is not None else "Without a unique_id, the time to the second is repeated"
+                return Refusal(event.pointer, f"{what} for the same profile and metric in this "
+                               "request; no events were processed.")
             in_request.add((profile_key, event.metric, key))
             if refuse_known and known and (known, event.metric, key) in self._seen:
                 return Refusal(event.pointer, f"An event with unique_id {event.unique_id!r} "

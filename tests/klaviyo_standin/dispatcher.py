@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 Handler = Callable[[Call], Reply]
 
 MB = 1024 * 1024
+#: Not Klaviyo's: counts for a benchmark that runs the stand-in in another process.
+STATS_PATH = "/_standin/stats"
 _REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[A-Za-z0-9_-]+)?$")
 _JOB = r"/(?P<id>[A-Za-z0-9]+)/?"
 
@@ -56,6 +58,8 @@ class Dispatcher:
     def dispatch(self, method: str, path: str, query: dict[str, list[str]],
                  headers: dict[str, str], body: bytes) -> Reply:
         """Answer one request, through every gate in the module docstring's order."""
+        if path == STATS_PATH and method == "GET":
+            return Reply(200, self.standin.stats(), content_type="application/json")
         if path.rstrip("/") == "/oauth/token":
             if method != "POST":
                 return Reply(405, {"error": "invalid_request"}, headers={"Allow": "POST"},

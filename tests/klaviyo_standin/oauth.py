@@ -18,6 +18,11 @@ from urllib.parse import parse_qs
 from tests.klaviyo_standin import clock
 
 
+def _seconds(value: float) -> float | int:
+    # Whole seconds as Klaviyo sends them; a test's sub-second lifetime stays exact.
+    return int(value) if value == int(value) else value
+
+
 class TokenState(Enum):
     VALID = "valid"
     EXPIRED = "expired"
@@ -55,7 +60,7 @@ class OAuthServer:
         self._access[access] = (client_id, clock.monotonic() + self.access_token_ttl_s)
         self._refresh[refresh] = client_id
         return {"access_token": access, "token_type": "Bearer",
-                "expires_in": self.access_token_ttl_s, "refresh_token": refresh,
+                "expires_in": _seconds(self.access_token_ttl_s), "refresh_token": refresh,
                 "scope": "events:read events:write metrics:read profiles:read "
                          "profiles:write subscriptions:write"}
 

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.klaviyo_standin import clock
 from tests.klaviyo_standin.account import Account, RecordedEvent, RequestRecord
-from tests.klaviyo_standin.dispatcher import MB, Dispatcher
+from tests.klaviyo_standin.dispatcher import MB, STATS_PATH, Dispatcher
 from tests.klaviyo_standin.faults import Faults
 from tests.klaviyo_standin.jsonapi import Reply, error
 from tests.klaviyo_standin.limits import RateLimiter
@@ -68,7 +68,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         reply = standin.dispatch(method, url.path, parse_qs(url.query), headers, body)
         # Recorded before answering, so a test that got its answer sees the record.
-        standin.record_request(method, url.path, reply, clock.monotonic() - started)
+        if url.path != STATS_PATH:
+            standin.record_request(method, url.path, reply, clock.monotonic() - started)
         if reply.drop:
             self.close_connection = True  # no answer at all: the client sees a reset
         else:
@@ -219,6 +220,20 @@ class KlaviyoStandIn:
     def requests(self) -> list[RequestRecord]:
         with self.account.lock:
             return list(self.account.requests)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts of what was recorded (also served as JSON at ``GET /_standin/stats``)."""
+        with self.account.lock:
+            statuses = Counter(str(r.status) for r in self.account.requests)
+            return {
+                "events": len(self.account.events),
+                "arrivals": sum(self.account.received.values()),
+                "received_more_than_once": sum(
+                    1 for count in self.account.received.values() if count > 1),
+                "requests": dict(sorted(statuses.items())),
+                "suppressed": len(self.account.suppressed),
+                "profiles": len(self.account.profiles),
+            }
 
     # -- data for the read endpoints, tokens ----------------------------------------------
 
