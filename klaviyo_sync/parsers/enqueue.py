@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
@@ -29,7 +30,33 @@ _SQLITE_INSERT = (
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT (unique_id) DO NOTHING"
 )
 _PENDING = EventState.PENDING.value
+# The page cache the bulk insert wants (KiB, as a negative cache_size): the unique index
+# on random-looking ids touches pages all over; with SQLite's default 2 MB most inserts
+# miss the cache, and a year's replay runs at half speed.
+_SQLITE_CACHE_KIB = 16384
 _dumps = json.JSONEncoder(separators=(", ", ": ")).encode  # what json.dumps() gives
+_INF = float("inf")
+
+
+def json_text(obj: dict[str, Any]) -> str:
+    """``json.dumps(obj)``, twice as fast for the flat objects log lines make."""
+    parts = []
+    for key, value in obj.items():
+        kind = type(value)
+        if kind is str:
+            text = _quote(value)
+        elif kind is int or (kind is float and abs(value) < _INF):  # not NaN, not infinite
+            text = repr(value)
+        elif value is None:
+            text = "null"
+        elif kind is bool:
+            text = "true" if value else "false"
+        else:
+            return _dumps(obj)  # nested values, NaN: the standard encoder decides
+        if type(key) is not str:
+            return _dumps(obj)
+        parts.append(_quote(key) + ": " + text)
+    return "{" + ", ".join(parts) + "}"
 
 
 def sqlite_time(moment: datetime) -> str:
@@ -56,7 +83,7 @@ class BulkEnqueuer:
         return (
             entry.unique_id, entry.metric, "log", entry.customer_id, entry.email,
             entry.occurred_at.isoformat(sep=" ", timespec="microseconds"),
-            _dumps(entry.properties), _dumps(profile) if profile else "null", entry.value,
+            json_text(entry.properties), json_text(profile) if profile else "null", entry.value,
             entry.value_currency, 1 if backfill else 0, _PENDING, 0, self._now_text,
             self._now_text,
         )
@@ -70,6 +97,7 @@ class BulkEnqueuer:
             return self.store.enqueue(conn, rows, now)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
+            cursor.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
             cursor.executemany(_SQLITE_INSERT, rows)
             return max(cursor.rowcount, 0)
         finally:

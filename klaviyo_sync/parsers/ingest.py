@@ -9,11 +9,13 @@ committed together with everything they produced.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -43,6 +45,7 @@ from klaviyo_sync.parsers.tailer import (
     read_chunks,
     source_for,
 )
+from klaviyo_sync.parsers.writer import OrderedWriter
 
 log = get_logger(__name__)
 
@@ -103,10 +106,15 @@ class _Tally:
 
 @dataclass
 class _Parsed:
+    """One chunk's worth of work for one transaction."""
+
     rows: list[Any] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     lines: int = 0
     skipped: int = 0
+    path: str = ""
+    bytes: int = 0
+    checkpoint: Checkpoint | None = None
 
 
 class Ingestor:
@@ -133,12 +141,13 @@ class Ingestor:
         else:
             self._missing_warned_at = None
         tally = _Tally(offset=last.offset if last else 0, dst_at_start=self._dst_counts())
-        for source in plan.sources:
-            lines_before = last.lines_read if last and source.offset else 0
-            self._read(source, tally, force_backfill=False, keep_checkpoint=True,
-                       lines_before=lines_before, stop=stop)
-            if tally.stopped:
-                break
+        with self._writer(tally) as writer:
+            for source in plan.sources:
+                lines_before = last.lines_read if last and source.offset else 0
+                self._read(source, tally, writer, force_backfill=False, keep_checkpoint=True,
+                           lines_before=lines_before, stop=stop)
+                if tally.stopped:
+                    break
         return self._report(tally, started, missing=plan.missing, rotated=plan.rotated,
                             truncated=plan.truncated)
 
@@ -160,22 +169,33 @@ class Ingestor:
                  backfill=backfill)
         tally = _Tally(dst_at_start=self._dst_counts())
         done = 0
-        for source in sources:
-            self._read(source, tally, force_backfill=backfill,
-                       keep_checkpoint=source.path == self.live, lines_before=0, stop=stop,
-                       progress=progress, progress_base=done, progress_total=total)
-            done += source.size
-            if progress is not None:
-                progress(min(done, total), total)
-            if tally.stopped:
-                break
+        with self._writer(tally) as writer:
+            for source in sources:
+                self._read(source, tally, writer, force_backfill=backfill,
+                           keep_checkpoint=source.path == self.live, lines_before=0,
+                           stop=stop, progress=progress, progress_base=done,
+                           progress_total=total)
+                done += source.size
+                if progress is not None:
+                    progress(min(done, total), total)
+                if tally.stopped:
+                    break
         report = self._report(tally, started, missing=not live_exists)
         log.info("replay_finished", **report.to_json())
         return report
 
     # --- reading one file -----------------------------------------------------------------
 
-    def _read(self, source: Source, tally: _Tally, *, force_backfill: bool,
+    @contextmanager
+    def _writer(self, tally: _Tally) -> Iterator[OrderedWriter[_Parsed, tuple[int, int]]]:
+        writer = OrderedWriter(self._commit, functools.partial(self._committed, tally))
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+    def _read(self, source: Source, tally: _Tally,
+              writer: OrderedWriter[_Parsed, tuple[int, int]], *, force_backfill: bool,
               keep_checkpoint: bool, lines_before: int, stop: threading.Event | None,
               progress: Progress | None = None, progress_base: int = 0,
               progress_total: int = 0) -> None:
@@ -202,17 +222,13 @@ class Ingestor:
                 lines_read += parsed.lines
                 if keep_checkpoint:
                     identity = self._grown_identity(identity, fh, source, chunk.end)
-                cp = (Checkpoint(str(self.live), str(source.path), identity, chunk.end,
-                                 max(source.size, chunk.end), lines_read, utcnow())
-                      if keep_checkpoint else None)
-                inserted, new_rejects = self._commit(parsed, cp)
-                offset = chunk.end
-                self._count(tally, parsed, inserted, chunk)
                 if keep_checkpoint:
-                    tally.offset = offset
-                log.debug("chunk_ingested", path=str(source.path), offset=chunk.end,
-                          lines=parsed.lines, events=inserted,
-                          duplicates=len(parsed.rows) - inserted, rejects=new_rejects)
+                    parsed.checkpoint = Checkpoint(str(self.live), str(source.path), identity,
+                                                   chunk.end, max(source.size, chunk.end),
+                                                   lines_read, utcnow())
+                parsed.bytes = chunk.end - chunk.start
+                writer.submit(parsed)
+                offset = chunk.end
                 if progress is not None:
                     done = chunk.end if not is_gzip(source.path) else _raw_position(fh)
                     progress(min(progress_base + done, progress_total), progress_total)
@@ -224,13 +240,13 @@ class Ingestor:
         if keep_checkpoint and offset == source.offset:
             # Nothing new, but the checkpoint must still move to this file (after a
             # rotation) so the next pass does not look for the old one again.
-            self._commit(_Parsed(), Checkpoint(str(self.live), str(source.path), identity,
-                                               offset, source.size, lines_read, utcnow()))
-            tally.offset = offset
+            writer.submit(_Parsed(path=str(source.path), checkpoint=Checkpoint(
+                str(self.live), str(source.path), identity, offset, source.size, lines_read,
+                utcnow())))
 
     def _parse_chunk(self, chunk: Chunk, file: str, force_backfill: bool) -> _Parsed:
         now = utcnow()
-        out = _Parsed()
+        out = _Parsed(path=file)
         if chunk.long_line is not None:
             self._long_line(chunk, file, now, out)
             return out
@@ -290,13 +306,14 @@ class Ingestor:
 
     # --- the database -------------------------------------------------------------------
 
-    def _commit(self, parsed: _Parsed, cp: Checkpoint | None) -> tuple[int, int]:
+    def _commit(self, parsed: _Parsed) -> tuple[int, int]:
+        """One chunk's transaction: its events, its rejects, the checkpoint past it."""
         try:
             with self._begin() as conn:
                 inserted = self.enqueuer.insert(conn, parsed.rows)
                 new_rejects = RejectStore.add(conn, parsed.rejects) if parsed.rejects else 0
-                if cp is not None:
-                    checkpoint.save(conn, cp)
+                if parsed.checkpoint is not None:
+                    checkpoint.save(conn, parsed.checkpoint)
         except (sa.exc.DBAPIError, sqlite3.Error) as exc:
             # sqlite3.Error: the SQLite bulk insert talks to the driver directly.
             raise StateError(f"cannot write to the state database: {_short(exc)}") from exc
@@ -332,13 +349,20 @@ class Ingestor:
                                    fingerprint_len=len(head))
 
     @staticmethod
-    def _count(tally: _Tally, parsed: _Parsed, inserted: int, chunk: Chunk) -> None:
+    def _committed(tally: _Tally, parsed: _Parsed, result: tuple[int, int]) -> None:
+        inserted, new_rejects = result
         tally.lines += parsed.lines
         tally.enqueued += inserted
         tally.duplicates += len(parsed.rows) - inserted
         tally.skipped += parsed.skipped
         tally.rejected += len(parsed.rejects)
-        tally.bytes += chunk.end - chunk.start
+        tally.bytes += parsed.bytes
+        if parsed.checkpoint is not None:
+            tally.offset = parsed.checkpoint.offset
+        log.debug("chunk_ingested", path=parsed.path, bytes=parsed.bytes,
+                  offset=parsed.checkpoint.offset if parsed.checkpoint else None,
+                  lines=parsed.lines, events=inserted, duplicates=len(parsed.rows) - inserted,
+                  rejects=new_rejects)
 
     def _warn_missing(self) -> None:
         now = utcnow()

@@ -1,0 +1,89 @@
+"""The ingest's bulk insert and its background writer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
+
+from klaviyo_sync.parsers.enqueue import BulkEnqueuer, json_text
+from klaviyo_sync.parsers.entry import LogEntry
+from klaviyo_sync.parsers.writer import OrderedWriter
+from klaviyo_sync.queue import QueueStore
+from klaviyo_sync.state.schema import events
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, 6)
+
+flat_values = st.one_of(st.text(), st.integers(), st.floats(), st.none(), st.booleans())
+json_values = st.recursive(flat_values, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(), inner, max_size=3), max_leaves=8)
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=8))
+def test_json_text_is_exactly_json_dumps(obj: dict) -> None:
+    assert json_text(obj) == json.dumps(obj)
+
+
+def entries() -> list[LogEntry]:
+    return [
+        LogEntry("log:a", "started.signup", "Started Signup", datetime(2020, 5, 15, 12, 35, 32),
+                 "1141260", "k@example.com", {"box": "705", "n": 1.5, "names": ["é", None]},
+                 {"first_name": "Zoë"}, 47.95, "USD"),
+        LogEntry("log:b", "cancelled", "cancelled", datetime(2020, 5, 15, 12, 40, 28, 123),
+                 None, None, {}, {}, None, None),
+    ]
+
+
+def test_fast_rows_read_back_exactly_like_queue_store_rows(state_engine: sa.Engine) -> None:
+    bulk = BulkEnqueuer(state_engine)
+    with state_engine.begin() as conn:
+        assert bulk.insert(conn, [bulk.row(e, True, NOW) for e in entries()], NOW) == 2
+        assert bulk.insert(conn, [bulk.row(e, True, NOW) for e in entries()], NOW) == 0
+    QueueStore(state_engine).enqueue_many(
+        [replace(e.to_new_event(True), unique_id=e.unique_id + "-store") for e in entries()],
+        NOW)
+    with state_engine.connect() as conn:
+        rows = {r.unique_id: r._asdict() for r in conn.execute(sa.select(events))}
+        # Raw column values too (profile NULL vs JSON null, time format), not only decoded.
+        raw = {r[0]: tuple(r[1:]) for r in conn.execute(sa.text(
+            "SELECT unique_id, CAST(properties AS TEXT), CAST(profile AS TEXT), "
+            "CAST(occurred_at AS TEXT) FROM events"))}
+    for e in entries():
+        fast, slow = dict(rows[e.unique_id]), dict(rows[e.unique_id + "-store"])
+        for row in (fast, slow):
+            row.pop("id"), row.pop("unique_id")
+        assert fast == slow
+        assert raw[e.unique_id] == raw[e.unique_id + "-store"]
+
+
+def test_writer_commits_in_order_and_reports_each() -> None:
+    committed: list[int] = []
+    done: list[tuple[int, int]] = []
+    writer: OrderedWriter[int, int] = OrderedWriter(
+        lambda n: committed.append(n) or n * 2, lambda n, r: done.append((n, r)))
+    for n in range(50):
+        writer.submit(n)
+    writer.close()
+    assert committed == list(range(50)) and done == [(n, n * 2) for n in range(50)]
+
+
+def test_writer_stops_at_the_first_error_and_hands_it_over() -> None:
+    committed: list[int] = []
+
+    def commit(n: int) -> None:
+        if n == 3:
+            raise RuntimeError("disk full")
+        committed.append(n)
+
+    writer: OrderedWriter[int, None] = OrderedWriter(commit, lambda n, r: None)
+    with pytest.raises(RuntimeError, match="disk full"):  # by submit, or at the latest close
+        for n in range(100):
+            writer.submit(n)
+        writer.close()
+    writer.close()  # once handed over, the error is not raised again
+    assert committed == [0, 1, 2]
