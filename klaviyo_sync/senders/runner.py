@@ -39,6 +39,9 @@ from klaviyo_sync.state import meta
 
 log = get_logger(__name__)
 
+#: Seconds between writes of the last-send marker and of buffered audit rows.
+MARK_EVERY_S = 1.0
+
 
 @dataclass
 class SendReport:
@@ -92,6 +95,9 @@ class Runner:
         self.lease = timedelta(seconds=s.lease_s)
         self._on_close = on_close
         self._hook_lock = threading.Lock()
+        self._mark_lock = threading.Lock()
+        self._marked_at = self._audited_at = float("-inf")
+        self._sent_since_mark = False
 
     def drain(self, stop: threading.Event | None = None, max_batches: int | None = None
               ) -> SendReport:
@@ -136,6 +142,9 @@ class Runner:
             thread.join()
         if crashed:
             raise crashed[0]
+        self._flush_audit(force=True)
+        if self._sent_since_mark and not report.auth_error:
+            self._mark_send_ok(force=True)
         self._flush_suppressions(report)
         report.elapsed_s = time.monotonic() - started
         log.info("queue_drained", **{k: v for k, v in report.to_json().items()
@@ -208,9 +217,7 @@ class Runner:
             self.store.release(result.deferred, worker,
                                timedelta(seconds=result.deferred_for_s),
                                "credentials refused" if result.auth_error else "rate limited")
-        audit = getattr(self.sender, "audit", None)
-        if audit is not None:
-            audit.flush()
+        self._flush_audit(force=bool(result.auth_error))
         if result.auth_error:
             status = re.search(r": (\d{3})\b", result.auth_error)
             _put_meta(self.engine, meta.AUTH_FAILURE, json.dumps({
@@ -221,8 +228,32 @@ class Runner:
                       action="sending stopped; events kept; fix the credentials")
             halt.set()
         elif result.sent or result.already_recorded:
-            _put_meta(self.engine, meta.LAST_SEND_OK_AT, utcnow().isoformat() + "+00:00",
-                      clear=meta.AUTH_FAILURE)
+            self._mark_send_ok()
+
+    # Health markers and audit rows are written at most every MARK_EVERY_S per runner,
+    # not per batch: on a busy queue they would otherwise cost two commits per batch
+    # for no information. drain() writes them once more at its end.
+
+    def _mark_send_ok(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._mark_lock:
+            self._sent_since_mark = True
+            if not force and now - self._marked_at < MARK_EVERY_S:
+                return
+            self._marked_at, self._sent_since_mark = now, False
+        _put_meta(self.engine, meta.LAST_SEND_OK_AT, utcnow().isoformat() + "+00:00",
+                  clear=meta.AUTH_FAILURE)
+
+    def _flush_audit(self, force: bool = False) -> None:
+        audit = getattr(self.sender, "audit", None)
+        if audit is None:
+            return
+        now = time.monotonic()
+        with self._mark_lock:
+            if not force and now - self._audited_at < MARK_EVERY_S:
+                return
+            self._audited_at = now
+        audit.flush()
 
     def _flush_suppressions(self, report: SendReport) -> None:
         if self.suppression is None or report.auth_error:
