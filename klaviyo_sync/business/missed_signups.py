@@ -173,7 +173,7 @@ def render(rows: Iterable[MissedSignup], fmt: str) -> str:
         return out.getvalue()
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r} (use {', '.join(FORMATS)})")
-    table = [[c.replace("_at", "").replace("_", " ") for c in COLUMNS]]
+    table = [[c.removesuffix("_at").replace("_", " ") for c in COLUMNS]]
     table += [[_short_time(v) if COLUMNS[i].endswith("_at") else v for i, v in enumerate(row)]
               for row in cells]
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
