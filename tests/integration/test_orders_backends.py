@@ -58,3 +58,26 @@ def test_transitions_and_late_rows_on_each_backend(business_url: str, tmp_path: 
     tracker.close()
     shop.close()
     state.dispose()
+
+
+def test_customer_lookup_uses_the_id_columns_own_type(business_url: str) -> None:
+    from klaviyo_sync.business.customers import SqlCustomerReader
+    from klaviyo_sync.business.db import open_business
+
+    settings = BusinessSettings(url=business_url, customers_table="accounts")
+    writer = sa.create_engine(business_url)
+    md = sa.MetaData()
+    accounts = sa.Table("accounts", md, sa.Column("id", sa.String(20), primary_key=True),
+                        sa.Column("email", sa.String(100)), sa.Column("first_name", sa.String(9)),
+                        sa.Column("last_name", sa.String(9)), sa.Column("status", sa.String(9)),
+                        sa.Column("schedule", sa.String(9)), sa.Column("box", sa.String(9)),
+                        sa.Column("signup_date", sa.Date), sa.Column("email_opt_in", sa.Boolean))
+    md.create_all(writer)
+    with writer.begin() as conn:
+        conn.execute(accounts.insert(), [{"id": "A-1", "email": "a@x.org"},
+                                         {"id": "007", "email": "b@x.org"}])
+    writer.dispose()
+    reader = SqlCustomerReader(open_business(business_url), settings)
+    found = reader.lookup(["A-1", "007", "7", "missing"])
+    assert {k: c.email for k, c in found.items()} == {"A-1": "a@x.org", "007": "b@x.org"}
+    reader.engine.dispose()
