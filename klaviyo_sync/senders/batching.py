@@ -10,18 +10,15 @@ instead: that endpoint has its own, larger quota (350/s against the bulk endpoin
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from klaviyo_sync.senders.base import OutgoingEvent
-from klaviyo_sync.senders.payloads import bulk_entries, event_attributes
+from klaviyo_sync.senders.payloads import BulkEncoder
 
 #: Bytes of a bulk body besides its entries' content (envelope, entry wrappers).
 _ENVELOPE_BYTES = 200
 _ENTRY_BYTES = 160
-#: ``{"type":"event","attributes":...},`` around each event's attributes.
-_EVENT_WRAPPER_BYTES = 32
 
 
 class JobKind(enum.StrEnum):
@@ -42,13 +39,10 @@ class BatchCaps:
     single_threshold: int = 3
 
 
-def _size(obj: object) -> int:
-    return len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)
-               .encode("utf-8"))
-
-
-def plan(events: Sequence[OutgoingEvent], caps: BatchCaps) -> list[Job]:
+def plan(events: Sequence[OutgoingEvent], caps: BatchCaps,
+         encoder: BulkEncoder | None = None) -> list[Job]:
     """Requests that together carry every event exactly once."""
+    encoder = encoder or BulkEncoder()
     if len(events) <= caps.single_threshold:
         return [Job(JobKind.SINGLE, (e,)) for e in events]
     jobs: list[list[OutgoingEvent]] = []
@@ -65,14 +59,14 @@ def plan(events: Sequence[OutgoingEvent], caps: BatchCaps) -> list[Job]:
 
     pending: Sequence[OutgoingEvent] = events
     while pending:
-        for _key, group in bulk_entries(pending):
-            entry_bytes = _ENTRY_BYTES + _size(group[0].profile)
+        for group in encoder.entries(pending):
+            entry_bytes = _ENTRY_BYTES + len(encoder.profile_json(group[0]).encode("utf-8"))
             first_in_entry = True
             for event in group:
                 if event.unique_id in current_ids:
                     spill.append(event)
                     continue
-                size = _size(event_attributes(event)) + _EVENT_WRAPPER_BYTES
+                size = len(encoder.fragment(event).encode("utf-8")) + 1
                 extra = size + (entry_bytes if first_in_entry else 0)
                 if current and (len(current) >= caps.max_events
                                 or current_bytes + extra > caps.max_bytes):

@@ -103,7 +103,7 @@ class KlaviyoClient:
     def post_event(self, event: OutgoingEvent) -> None:
         self.request("POST", "/api/events", payloads.single_event_body(event), items=1)
 
-    def post_bulk(self, body: dict[str, Any], items: int) -> None:
+    def post_bulk(self, body: bytes, items: int) -> None:
         self.request("POST", "/api/event-bulk-create-jobs", body, items=items)
 
     def suppress_profiles(self, emails: Sequence[str]) -> None:
@@ -158,12 +158,12 @@ class KlaviyoClient:
 
     # --- one request ----------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None,
+    def request(self, method: str, path: str, body: dict[str, Any] | bytes | None,
                 items: int = 0, query: dict[str, str] | None = None,
                 endpoint: str | None = None) -> requests.Response:
         """Send one request (waiting out 429s), classify the answer, audit it."""
         endpoint = endpoint or f"{method} {path}"
-        data = payloads.encode(body) if body is not None else None
+        data = payloads.encode(body) if isinstance(body, dict) else body
         refreshed = False
         waits = 0
         while True:

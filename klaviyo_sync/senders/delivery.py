@@ -24,7 +24,7 @@ from klaviyo_sync.exceptions import (
 )
 from klaviyo_sync.senders.base import DeliveryReport, OutgoingEvent
 from klaviyo_sync.senders.batching import BatchCaps, JobKind, plan
-from klaviyo_sync.senders.payloads import bulk_body
+from klaviyo_sync.senders.payloads import BulkEncoder
 
 _POINTER = re.compile(r"events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?")
 _ALREADY = re.compile(r"already|duplicate|exists|recorded", re.IGNORECASE)
@@ -33,27 +33,28 @@ _ALREADY = re.compile(r"already|duplicate|exists|recorded", re.IGNORECASE)
 class EventTransport(Protocol):
     def post_event(self, event: OutgoingEvent) -> None: ...
 
-    def post_bulk(self, body: dict[str, Any], items: int) -> None: ...
+    def post_bulk(self, body: bytes, items: int) -> None: ...
 
 
 def deliver(transport: EventTransport, events: Sequence[OutgoingEvent], caps: BatchCaps
             ) -> DeliveryReport:
     """Send ``events``; every event ends in exactly one bucket of the report."""
     report = DeliveryReport()
-    for job in plan(events, caps):
+    encoder = BulkEncoder()
+    for job in plan(events, caps, encoder):
         if job.kind is JobKind.SINGLE:
             _single(transport, job.events[0], report)
         else:
-            _bulk(transport, list(job.events), report)
+            _bulk(transport, list(job.events), report, encoder)
     return report
 
 
-def _run(transport: EventTransport, events: list[OutgoingEvent], report: DeliveryReport
-         ) -> None:
+def _run(transport: EventTransport, events: list[OutgoingEvent], report: DeliveryReport,
+         encoder: BulkEncoder) -> None:
     if len(events) == 1:
         _single(transport, events[0], report)
     elif events:
-        _bulk(transport, events, report)
+        _bulk(transport, events, report, encoder)
 
 
 def _single(transport: EventTransport, event: OutgoingEvent, report: DeliveryReport) -> None:
@@ -71,21 +72,21 @@ def _single(transport: EventTransport, event: OutgoingEvent, report: DeliveryRep
         report.sent.append(event.queue_id)
 
 
-def _bulk(transport: EventTransport, events: list[OutgoingEvent], report: DeliveryReport
-          ) -> None:
+def _bulk(transport: EventTransport, events: list[OutgoingEvent], report: DeliveryReport,
+          encoder: BulkEncoder) -> None:
     if report.halted:
         report.deferred += [e.queue_id for e in events]
         return
-    body, entries = bulk_body(events)
+    body, entries = encoder.bulk(events)
     report.requests += 1
     try:
         transport.post_bulk(body, len(events))
     except PayloadTooLargeError:
         half = len(events) // 2
-        _run(transport, events[:half], report)
-        _run(transport, events[half:], report)
+        _run(transport, events[:half], report, encoder)
+        _run(transport, events[half:], report, encoder)
     except RejectedSendError as exc:
-        _isolate(transport, events, entries, exc, report)
+        _isolate(transport, events, entries, exc, report, encoder)
     except (RateLimitedError, AuthError, RetryableSendError) as exc:
         _outcome_for_all(exc, events, report)
     else:
@@ -112,7 +113,7 @@ def _outcome_for_all(exc: Exception, events: list[OutgoingEvent], report: Delive
 
 def _isolate(transport: EventTransport, events: list[OutgoingEvent],
              entries: list[list[OutgoingEvent]], exc: RejectedSendError,
-             report: DeliveryReport) -> None:
+             report: DeliveryReport, encoder: BulkEncoder) -> None:
     suspects: dict[int, OutgoingEvent] = {}
     recorded: set[int] = set()
     for error in exc.errors:
@@ -137,8 +138,8 @@ def _isolate(transport: EventTransport, events: list[OutgoingEvent],
             report.dead[events[0].queue_id] = str(exc)
             return
         half = len(events) // 2
-        _run(transport, events[:half], report)
-        _run(transport, events[half:], report)
+        _run(transport, events[:half], report, encoder)
+        _run(transport, events[half:], report, encoder)
         return
     report.already_recorded += sorted(recorded)
     rest = [e for e in events if e.queue_id not in suspects]
@@ -152,7 +153,7 @@ def _isolate(transport: EventTransport, events: list[OutgoingEvent],
         for event in [e for e in rest if e.resend]:
             _single(transport, event, report)
         rest = [e for e in rest if not e.resend]
-    _run(transport, rest, report)
+    _run(transport, rest, report, encoder)
 
 
 class ProfileTransport(Protocol):

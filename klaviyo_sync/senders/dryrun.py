@@ -36,11 +36,12 @@ class DryRunSender:
         self._lock = threading.Lock()
         self.requests = 0
 
-    def _write(self, path: str, body: dict[str, Any], items: int) -> None:
-        line = json.dumps({"method": "POST", "path": path, "items": items, "body": body},
-                          separators=(",", ":"), ensure_ascii=False, default=str)
+    def _write(self, path: str, body: dict[str, Any] | bytes, items: int) -> None:
+        raw = body if isinstance(body, bytes) else payloads.encode(body)
+        head = json.dumps({"method": "POST", "path": path, "items": items})[:-1]
+        line = head.encode("utf-8") + b',"body":' + raw + b"}\n"
         with self._lock:
-            self._file.write(line.encode("utf-8") + b"\n")
+            self._file.write(line)
             self._file.flush()
             os.fsync(self._file.fileno())
             self.requests += 1
@@ -51,7 +52,7 @@ class DryRunSender:
     def post_event(self, event: OutgoingEvent) -> None:
         self._write("/api/events", payloads.single_event_body(event), 1)
 
-    def post_bulk(self, body: dict[str, Any], items: int) -> None:
+    def post_bulk(self, body: bytes, items: int) -> None:
         self._write("/api/event-bulk-create-jobs", body, items)
 
     def suppress_profiles(self, emails: Sequence[str]) -> None:

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from klaviyo_sync.senders.base import OutgoingEvent
 from klaviyo_sync.senders.batching import BatchCaps, JobKind, plan
-from klaviyo_sync.senders.payloads import bulk_body, encode, single_event_body
+from klaviyo_sync.senders.payloads import BulkEncoder, bulk_body, encode, single_event_body
 
 
 def make_event(n: int, email: str | None = None, uid: str | None = None, size: int = 10,
@@ -72,3 +72,11 @@ def test_event_body_has_time_in_utc_with_offset_value_currency_and_backfill() ->
     assert [e["attributes"]["backfill"] for e in entries] == [True, False]
     assert "backfill" not in entries[0]["attributes"]["events"]["data"][0]["attributes"]
     json.loads(encode(body))
+
+
+def test_encoder_joins_fragments_into_exactly_the_bulk_body() -> None:
+    events = [make_event(i, value=1.5, backfill=i % 2 == 0) for i in range(40)]
+    events.append(make_event(99, email="zoë@example.com", properties={"note": "naïve ☃"}))
+    raw, entries = BulkEncoder().bulk(events)
+    body, expected_entries = bulk_body(events)
+    assert json.loads(raw) == body and entries == expected_entries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from klaviyo_sync.exceptions import (
@@ -41,7 +42,8 @@ class FakeKlaviyo:
                                     [{"code": "invalid", "detail": "bad"}], 400)
         self.recorded[event.unique_id] = self.recorded.get(event.unique_id, 0) + 1
 
-    def post_bulk(self, body: dict[str, Any], items: int) -> None:
+    def post_bulk(self, raw: bytes, items: int) -> None:
+        body: dict[str, Any] = json.loads(raw)
         self.calls.append(("bulk", items))
         if self.fail_with:
             raise self.fail_with
