@@ -30,8 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
