@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
 from klaviyo_sync.daemon.locks import RoleLock, role_lock
-from klaviyo_sync.exceptions import KlaviyoSyncError
+from klaviyo_sync.exceptions import AuthError, KlaviyoSyncError, SendError
 from klaviyo_sync.logconfig import get_logger
 from klaviyo_sync.queue.models import EventState
 from klaviyo_sync.state import meta
@@ -94,9 +94,16 @@ class Pipeline:
         if not self._delivery.acquire(blocking=False):
             return None
         try:
-            return self.runner.drain(stop=stop)
+            report = self.runner.drain(stop=stop)
         finally:
             self._delivery.release()
+        # The runner stops at refused credentials or a database error and says so in its
+        # report; raising makes the job back off instead of knocking every 10 s.
+        if getattr(report, "auth_error", None):
+            raise AuthError(f"Klaviyo refused the credentials: {report.auth_error}")
+        if getattr(report, "error", None):
+            raise SendError(f"delivery stopped: {report.error}")
+        return report
 
     def retry(self, stop: threading.Event) -> Any:
         """Deliver due retries between send passes (a cheap indexed check first)."""
@@ -114,9 +121,7 @@ class Pipeline:
         """Delete sent events and audit rows past their retention."""
         from klaviyo_sync.senders.runner import prune
 
-        result = prune(self.settings, self.engine)
-        log.info("pruned", **{k: v for k, v in dict(result).items() if isinstance(v, int)})
-        return result
+        return prune(self.settings, self.engine)
 
     def new_requests(self) -> list[tuple[int | None, float]]:
         """(status code, duration ms) of requests this process made since the last call."""

@@ -97,6 +97,7 @@ class Runtime:
             self.http = HealthServer(settings.daemon.http_listen, metrics)
 
     def start(self) -> None:
+        _quiet_apscheduler()
         sched = self.settings.schedule
         now = datetime.now(UTC)
         every = {"tail": sched.tail_s, "send": sched.send_s, "retry": sched.retry_s}
@@ -211,7 +212,6 @@ class Daemon:
             self.notifier.close()
 
     def _run(self) -> int:
-        _quiet_apscheduler()
         runtime = self._start(self.settings)
         if runtime is None:
             return 0
