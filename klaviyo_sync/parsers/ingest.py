@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
@@ -50,6 +50,11 @@ from klaviyo_sync.parsers.writer import OrderedWriter
 log = get_logger(__name__)
 
 Progress = Callable[[int, int], None]
+
+# A transaction takes up to this many chunks' worth of bytes, or stays open this long,
+# whichever comes first (see parsers/writer.py for why grouping pays).
+_GROUP_COMMIT_CHUNKS = 4
+_GROUP_COMMIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,12 @@ class Ingestor:
 
     @contextmanager
     def _writer(self, tally: _Tally) -> Iterator[OrderedWriter[_Parsed, tuple[int, int]]]:
-        writer = OrderedWriter(self._commit, functools.partial(self._committed, tally))
+        writer = OrderedWriter(self._transaction,
+                               functools.partial(self._apply, self.enqueuer),
+                               functools.partial(self._committed, tally),
+                               weight=lambda parsed: parsed.bytes + 1,
+                               max_weight=_GROUP_COMMIT_CHUNKS * self.settings.log.read_chunk_bytes,
+                               max_open_s=_GROUP_COMMIT_S)
         try:
             yield writer
         finally:
@@ -306,25 +316,29 @@ class Ingestor:
 
     # --- the database -------------------------------------------------------------------
 
-    def _commit(self, parsed: _Parsed) -> tuple[int, int]:
-        """One chunk's transaction: its events, its rejects, the checkpoint past it."""
+    @staticmethod
+    def _apply(enqueuer: BulkEnqueuer, conn: Connection, parsed: _Parsed) -> tuple[int, int]:
+        """One chunk's writes: its events, its rejects, the checkpoint just past it."""
+        inserted = enqueuer.insert(conn, parsed.rows)
+        new_rejects = RejectStore.add(conn, parsed.rejects) if parsed.rejects else 0
+        if parsed.checkpoint is not None:
+            checkpoint.save(conn, parsed.checkpoint)
+        return inserted, new_rejects
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
         try:
-            with self._begin() as conn:
-                inserted = self.enqueuer.insert(conn, parsed.rows)
-                new_rejects = RejectStore.add(conn, parsed.rejects) if parsed.rejects else 0
-                if parsed.checkpoint is not None:
-                    checkpoint.save(conn, parsed.checkpoint)
+            if self.engine.dialect.name == "sqlite":
+                # Take the write lock at BEGIN, as the queue does: no read-to-write
+                # upgrade that could fail with SQLITE_BUSY halfway through a chunk.
+                begin = self.engine.execution_options(sqlite_begin="IMMEDIATE").begin()
+            else:
+                begin = self.engine.begin()
+            with begin as conn:
+                yield conn
         except (sa.exc.DBAPIError, sqlite3.Error) as exc:
             # sqlite3.Error: the SQLite bulk insert talks to the driver directly.
             raise StateError(f"cannot write to the state database: {_short(exc)}") from exc
-        return inserted, new_rejects
-
-    def _begin(self) -> Any:
-        if self.engine.dialect.name == "sqlite":
-            # Take the write lock at BEGIN, as the queue does: no read-to-write upgrade
-            # that could fail with SQLITE_BUSY halfway through a chunk.
-            return self.engine.execution_options(sqlite_begin="IMMEDIATE").begin()
-        return self.engine.begin()
 
     def _load_checkpoint(self) -> Checkpoint | None:
         try:

@@ -67,7 +67,7 @@ def test_sigkill_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path,
     expected = write_log(log, LINES)
     size = log.stat().st_size
     cfg = tmp_path / "settings.toml"
-    cfg.write_text(f'[log]\npath = "{log}"\nread_chunk_bytes = 65536\n'
+    cfg.write_text(f'[log]\npath = "{log}"\nread_chunk_bytes = 16384\n'
                    f'[state]\nurl = "{state_url}"\n[logging]\nlevel = "warning"\n')
     subprocess.run([sys.executable, "-m", "klaviyo_sync", "--config", str(cfg), "db",
                     "upgrade"], check=True, capture_output=True)

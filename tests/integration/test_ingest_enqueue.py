@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 
@@ -61,29 +64,62 @@ def test_fast_rows_read_back_exactly_like_queue_store_rows(state_engine: sa.Engi
         assert raw[e.unique_id] == raw[e.unique_id + "-store"]
 
 
-def test_writer_commits_in_order_and_reports_each() -> None:
-    committed: list[int] = []
+class FakeDatabase:
+    """Transactions over a list: committed items become visible only at commit."""
+
+    def __init__(self) -> None:
+        self.committed: list[int] = []
+        self.transactions: list[list[int]] = []
+
+    @contextmanager
+    def begin(self) -> Iterator[list[int]]:
+        pending: list[int] = []
+        yield pending  # an exception here rolls back: pending is dropped
+        self.committed += pending
+        self.transactions.append(pending)
+
+
+def test_writer_commits_in_order_and_reports_each_after_its_commit() -> None:
+    db = FakeDatabase()
     done: list[tuple[int, int]] = []
+
+    def on_done(n: int, result: int) -> None:
+        assert n in db.committed  # reported only once committed
+        done.append((n, result))
+
     writer: OrderedWriter[int, int] = OrderedWriter(
-        lambda n: committed.append(n) or n * 2, lambda n, r: done.append((n, r)))
+        db.begin, lambda conn, n: conn.append(n) or n * 2, on_done, max_weight=7)
     for n in range(50):
         writer.submit(n)
     writer.close()
-    assert committed == list(range(50)) and done == [(n, n * 2) for n in range(50)]
+    assert db.committed == list(range(50)) and done == [(n, n * 2) for n in range(50)]
+    assert all(len(t) <= 7 for t in db.transactions)
 
 
-def test_writer_stops_at_the_first_error_and_hands_it_over() -> None:
-    committed: list[int] = []
+def test_a_lone_item_is_committed_as_soon_as_the_writer_is_closed() -> None:
+    db = FakeDatabase()
+    writer: OrderedWriter[int, None] = OrderedWriter(db.begin, lambda conn, n: conn.append(n),
+                                                     lambda n, r: None, max_open_s=30)
+    started = time.monotonic()
+    writer.submit(1)
+    writer.close()
+    assert db.committed == [1] and time.monotonic() - started < 5
 
-    def commit(n: int) -> None:
-        if n == 3:
+
+def test_writer_stops_at_the_first_error_and_rolls_its_transaction_back() -> None:
+    db = FakeDatabase()
+
+    def apply(conn: list[int], n: int) -> None:
+        if n == 30:
             raise RuntimeError("disk full")
-        committed.append(n)
+        conn.append(n)
 
-    writer: OrderedWriter[int, None] = OrderedWriter(commit, lambda n, r: None)
+    writer: OrderedWriter[int, None] = OrderedWriter(db.begin, apply, lambda n, r: None,
+                                                     max_weight=10)
     with pytest.raises(RuntimeError, match="disk full"):  # by submit, or at the latest close
         for n in range(100):
             writer.submit(n)
         writer.close()
     writer.close()  # once handed over, the error is not raised again
-    assert committed == [0, 1, 2]
+    assert db.committed == list(range(len(db.committed))) and len(db.committed) <= 30
+    assert 30 not in db.committed
