@@ -5,9 +5,10 @@ Two things make a replay fast without weakening what a commit means:
 - Parsing and writing overlap: SQLite and psycopg release the GIL while the database
   works, so chunk N is inserted on the second core while chunk N+1 is parsed.
 - Group commit: chunks that arrive while a transaction is open join it, up to
-  ``max_weight`` (the ingest counts bytes: a few chunks) or ``max_open_s`` seconds. Content-derived ids make the
-  unique index's pages random, so every commit rewrites most of the index; committing
-  every 1 MB chunk of a dense replay spends more time rewriting the index than inserting.
+  ``max_weight`` (the ingest counts bytes: a few chunks) or ``max_open_s`` seconds.
+  Content-derived ids make the unique index's pages random, so every commit rewrites
+  most of the index; committing every 1 MB chunk of a dense replay spends more time
+  rewriting the index than inserting.
 
 Each chunk still goes in one transaction together with the checkpoint just past it, in
 file order; a transaction only ever covers whole chunks. A kill -9 rolls back to the last
