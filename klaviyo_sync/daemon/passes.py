@@ -8,6 +8,7 @@ passes one at a time in this process (they share one runner).
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -83,6 +84,11 @@ class Pipeline:
 
     def tail(self, stop: threading.Event) -> Any:
         """Read what is new in the log, if this daemon is the one tailing it."""
+        # A host that cannot see the log never takes the tail from one that can; the
+        # holder keeps the lock through a rotation gap.
+        held = getattr(self.tail_lock, "held", True)
+        if not held and not os.path.exists(self.settings.log.path):
+            return None
         if not self._holds(self.tail_lock, "tail"):
             return None
         report = self.ingestor.run_once(stop)
