@@ -8,9 +8,7 @@ committed together with everything they produced.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import os
 import sqlite3
 import threading
 import time
@@ -33,10 +31,9 @@ from klaviyo_sync.parsers.checkpoint import Checkpoint
 from klaviyo_sync.parsers.enqueue import BulkEnqueuer
 from klaviyo_sync.parsers.line_parser import LineParser
 from klaviyo_sync.parsers.rejects import RejectStore, reject_row
+from klaviyo_sync.parsers.report import IngestReport, Tally
 from klaviyo_sync.parsers.tailer import (
-    FINGERPRINT_BYTES,
     Chunk,
-    FileIdentity,
     Source,
     archives,
     is_gzip,
@@ -55,58 +52,6 @@ Progress = Callable[[int, int], None]
 # whichever comes first (see parsers/writer.py for why grouping pays).
 _GROUP_COMMIT_CHUNKS = 4
 _GROUP_COMMIT_S = 1.0
-
-
-@dataclass(frozen=True)
-class IngestReport:
-    """What one tail pass or replay did."""
-
-    files: tuple[str, ...] = ()
-    lines_read: int = 0
-    events_enqueued: int = 0
-    duplicates: int = 0  # event lines already in the queue (replays, re-reads after a crash)
-    skipped: int = 0  # lines of event types that are not synced
-    rejected: int = 0  # lines of synced types that could not be parsed
-    bytes_read: int = 0
-    file_missing: bool = False
-    rotated: bool = False
-    truncated: bool = False
-    stopped: bool = False  # the stop event cut the pass short
-    elapsed_s: float = 0.0
-    path: str = ""
-    offset: int = 0  # where the checkpoint stands now
-    dst_gaps: int = 0  # local times that never happened (read as documented in settings)
-    dst_overlaps: int = 0  # local times that happened twice (the first one is taken)
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["files"] = list(self.files)
-        return data
-
-    def summary(self) -> str:
-        """One line for people."""
-        rate = self.lines_read / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        text = (f"{self.lines_read} lines read from {len(self.files)} file(s): "
-                f"{self.events_enqueued} events queued, {self.duplicates} already queued, "
-                f"{self.skipped} skipped, {self.rejected} rejected "
-                f"({self.bytes_read} bytes in {self.elapsed_s:.1f}s, {rate:,.0f} lines/s)")
-        if self.file_missing:
-            text += f"; {self.path} is missing"
-        return text
-
-
-@dataclass
-class _Tally:
-    files: list[str] = field(default_factory=list)
-    lines: int = 0
-    enqueued: int = 0
-    duplicates: int = 0
-    skipped: int = 0
-    rejected: int = 0
-    bytes: int = 0
-    stopped: bool = False
-    offset: int = 0
-    dst_at_start: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -145,7 +90,7 @@ class Ingestor:
             self._warn_missing()
         else:
             self._missing_warned_at = None
-        tally = _Tally(offset=last.offset if last else 0, dst_at_start=self._dst_counts())
+        tally = Tally(offset=last.offset if last else 0, dst_at_start=self._dst_counts())
         with self._writer(tally) as writer:
             for source in plan.sources:
                 lines_before = last.lines_read if last and source.offset else 0
@@ -172,7 +117,7 @@ class Ingestor:
         total = sum(s.size for s in sources)
         log.info("replay_started", path=str(self.live), files=len(sources), bytes=total,
                  backfill=backfill)
-        tally = _Tally(dst_at_start=self._dst_counts())
+        tally = Tally(dst_at_start=self._dst_counts())
         done = 0
         with self._writer(tally) as writer:
             for source in sources:
@@ -192,7 +137,7 @@ class Ingestor:
     # --- reading one file -----------------------------------------------------------------
 
     @contextmanager
-    def _writer(self, tally: _Tally) -> Iterator[OrderedWriter[_Parsed, tuple[int, int]]]:
+    def _writer(self, tally: Tally) -> Iterator[OrderedWriter[_Parsed, tuple[int, int]]]:
         writer = OrderedWriter(self._transaction,
                                functools.partial(self._apply, self.enqueuer),
                                functools.partial(self._committed, tally),
@@ -204,7 +149,7 @@ class Ingestor:
         finally:
             writer.close()
 
-    def _read(self, source: Source, tally: _Tally,
+    def _read(self, source: Source, tally: Tally,
               writer: OrderedWriter[_Parsed, tuple[int, int]], *, force_backfill: bool,
               keep_checkpoint: bool, lines_before: int, stop: threading.Event | None,
               progress: Progress | None = None, progress_base: int = 0,
@@ -231,8 +176,8 @@ class Ingestor:
                 parsed = self._parse_chunk(chunk, str(source.path), force_backfill)
                 lines_read += parsed.lines
                 if keep_checkpoint:
-                    identity = self._grown_identity(identity, fh, source, chunk.end)
-                if keep_checkpoint:
+                    if not is_gzip(source.path):  # a .gz is only ever finished, not grown
+                        identity = identity.grown(fh, chunk.end)
                     parsed.checkpoint = Checkpoint(str(self.live), str(source.path), identity,
                                                    chunk.end, max(source.size, chunk.end),
                                                    lines_read, utcnow())
@@ -282,6 +227,13 @@ class Ingestor:
             except ParseError as exc:
                 out.rejects.append(reject_row(file, chunk.start + start, line, str(exc),
                                               exc.event_type, now))
+                continue
+            except Exception as exc:  # a parser bug must not halt the whole log
+                log.error("line_parse_crashed", file=file, offset=chunk.start + start,
+                          exc_info=True)
+                out.rejects.append(reject_row(
+                    file, chunk.start + start, line,
+                    f"unexpected parser error {type(exc).__name__}: {exc}", None, now))
                 continue
             if entry is None:
                 out.skipped += 1
@@ -349,21 +301,7 @@ class Ingestor:
     # --- bookkeeping --------------------------------------------------------------------
 
     @staticmethod
-    def _grown_identity(identity: FileIdentity, fh: Any, source: Source, end: int
-                        ) -> FileIdentity:
-        # A file first seen shorter than the fingerprint size gets a longer (stronger)
-        # fingerprint once it has grown, read from the same open file.
-        if identity.fingerprint_len >= FINGERPRINT_BYTES or end <= identity.fingerprint_len \
-                or is_gzip(source.path):
-            return identity
-        import hashlib
-
-        head = os.pread(fh.fileno(), FINGERPRINT_BYTES, 0)
-        return dataclasses.replace(identity, fingerprint=hashlib.sha256(head).hexdigest(),
-                                   fingerprint_len=len(head))
-
-    @staticmethod
-    def _committed(tally: _Tally, parsed: _Parsed, result: tuple[int, int]) -> None:
+    def _committed(tally: Tally, parsed: _Parsed, result: tuple[int, int]) -> None:
         inserted, new_rejects = result
         tally.lines += parsed.lines
         tally.enqueued += inserted
@@ -390,7 +328,7 @@ class Ingestor:
         zone = self.parser.timezone
         return (zone.gaps, zone.overlaps)
 
-    def _report(self, tally: _Tally, started: float, missing: bool = False,
+    def _report(self, tally: Tally, started: float, missing: bool = False,
                 rotated: bool = False, truncated: bool = False) -> IngestReport:
         gaps, overlaps = (now - before for now, before in zip(self._dst_counts(),
                                                               tally.dst_at_start, strict=True))

@@ -45,6 +45,15 @@ class FileIdentity:
             head = fh.read(FINGERPRINT_BYTES)
         return cls(st.st_dev, st.st_ino, hashlib.sha256(head).hexdigest(), len(head))
 
+    def grown(self, fh: BinaryIO, readable: int) -> FileIdentity:
+        """A stronger fingerprint of the same open plain file, once it has grown past the
+        bytes the first one was taken of (``readable``: bytes known to exist)."""
+        if self.fingerprint_len >= FINGERPRINT_BYTES or readable <= self.fingerprint_len:
+            return self
+        head = os.pread(fh.fileno(), FINGERPRINT_BYTES, 0)
+        return FileIdentity(self.device, self.inode, hashlib.sha256(head).hexdigest(),
+                            len(head))
+
     def same_inode(self, st: os.stat_result) -> bool:
         return (self.device, self.inode) == (st.st_dev, st.st_ino)
 

@@ -221,3 +221,14 @@ def test_an_unreadable_file_is_a_log_source_error(tmp_path: Path) -> None:
     live.chmod(0)
     with pytest.raises(LogSourceError, match=r"system\.log"):
         plan_follow(live, None)
+
+
+def test_a_short_files_fingerprint_grows_with_it(tmp_path: Path) -> None:
+    live = tmp_path / "system.log"
+    live.write_bytes(b"first\n")
+    small = FileIdentity.of(live)
+    live.write_bytes(b"first\n" + b"more\n" * 500)
+    with open(live, "rb") as fh:
+        grown = small.grown(fh, live.stat().st_size)
+    assert small.fingerprint_len == 6 and grown.fingerprint_len == 1024
+    assert grown == FileIdentity.of(live) and grown.content_matches(live)
