@@ -1,0 +1,279 @@
+"""Acceptance: `klaviyo-sync run` as systemd would run it, against the Klaviyo stand-in.
+
+The daemon is a real subprocess with NOTIFY_SOCKET on a datagram socket of the test and
+WATCHDOG_USEC set; the log, the business database (SQLite, DESIGN.md's schema) and the
+state database are real files; the stand-in is a real HTTP server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from klaviyo_sync.clock import utcnow
+from klaviyo_sync.queue import QueueStore
+from klaviyo_sync.state.db import open_state
+from tests.klaviyo_standin import KlaviyoStandIn
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "pk_test_standin"
+LOG_TYPES = ("started.signup", "cancelled", "contact.form", "failed.payment",
+             "referral.credit", "shipping.email")
+
+
+def log_line(n: int, event_type: str | None = None) -> str:
+    """One event line of the default kv format; ``n`` makes it (and its identity) unique."""
+    when = (utcnow() - timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M:%S")
+    kind = event_type or LOG_TYPES[n % len(LOG_TYPES)]
+    fields = {
+        "started.signup": f"first_name=Ann last_name=Lee box=705 value={40 + n}.95",
+        "cancelled": f'reason="moving away {n}"',
+        "contact.form": f'name="Ann Lee" subject="Box {n}" message="Where is it?"',
+        "failed.payment": f"amount={n}.50 order=A{n} reason=declined",
+        "referral.credit": f"amount=10.00 referred_customer={9000 + n}",
+        "shipping.email": f"order=S{n} tracking=TRK{n} carrier=UPS",
+    }[kind]
+    return f"{when} {kind} customer={1000 + n} email=c{n}@example.com {fields}\n"
+
+
+def append(path: Path, lines: list[str]) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write("".join(lines))
+        # Noise the tailer must skip.
+        fh.write(f"{utcnow():%Y-%m-%d %H:%M:%S} login customer=1 ip=10.0.0.1\n")
+
+
+def create_business_db(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT, first_name TEXT,
+                last_name TEXT, status TEXT, schedule TEXT, box TEXT, signup_date TEXT,
+                email_opt_in INTEGER, updated_at TEXT);
+            CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, status TEXT,
+                total REAL, currency TEXT, created_at TEXT, updated_at TEXT);
+            CREATE TABLE order_items (order_id INTEGER, product_id INTEGER, sku TEXT,
+                name TEXT, quantity INTEGER, price REAL, category TEXT);
+            CREATE INDEX ix_orders_updated ON orders (updated_at, id);
+        """)
+        db.execute("INSERT INTO customers VALUES (77, 'ord@example.com', 'Ord', 'Er', "
+                   "'Active', 'weekly', 'Classic', '2026-01-02', 1, '2026-01-02 10:00:00')")
+
+
+def add_order(path: Path, order_id: int, items: int) -> None:
+    now = f"{utcnow():%Y-%m-%d %H:%M:%S}"
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO orders VALUES (?, 77, 'placed', ?, 'USD', ?, ?)",
+                   (order_id, 12.5 * items, now, now))
+        db.executemany("INSERT INTO order_items VALUES (?, ?, ?, ?, 1, 12.5, 'Coffee')",
+                       [(order_id, 500 + i, f"SKU{i}", f"Beans {i}") for i in range(items)])
+
+
+def write_settings(path: Path, *, state_url: str, log: Path, base_url: str,
+                   business: Path | None = None, **sections: dict[str, object]) -> Path:
+    data: dict[str, dict[str, object]] = {
+        "state": {"url": state_url},
+        "log": {"path": str(log)},
+        "klaviyo": {"base_url": base_url, "respect_published_limits": False,
+                    "timeout_s": 5.0},
+        "sender": {"lease_s": 5.0, "backoff_base_s": 0.5, "backoff_max_s": 1.0},
+        "schedule": {"tail_s": 0.3, "send_s": 0.5, "orders_s": 0.5, "retry_s": 1.0},
+        "daemon": {"status_interval_s": 0.5, "shutdown_grace_s": 8.0},
+        "logging": {"level": "info", "format": "json"},
+    }
+    if business is not None:
+        data["business"] = {"url": f"sqlite:///{business}"}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    text = []
+    for section, values in data.items():
+        text.append(f"[{section}]")
+        text += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    return path
+
+
+class NotifySocket:
+    """The service manager's end of sd_notify: collects every datagram."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[str] = []
+
+    def wait_for(self, predicate: Callable[[list[str]], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not predicate(self.messages):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.sock.settimeout(min(left, 0.5))
+            with contextlib.suppress(TimeoutError):
+                self.messages.append(self.sock.recv(65536).decode())
+        return True
+
+    def count(self, line: str) -> int:
+        return sum(line in m.split("\n") for m in self.messages)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def start_daemon(config: Path, notify: NotifySocket | None, stderr: Path,
+                 watchdog_usec: int = 1_000_000) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, KLAVIYO_API_KEY=API_KEY)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_PID", None)
+    if notify is not None:
+        env.update(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC=str(watchdog_usec))
+    with stderr.open("ab") as err:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "klaviyo_sync", "--config", str(config), "run"],
+            env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def log_events(stderr: Path) -> list[dict[str, object]]:
+    out = []
+    for line in stderr.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, step_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return predicate()
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> tuple[int, float]:
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=timeout_s)
+    return code, time.monotonic() - started
+
+
+@pytest.fixture
+def standin() -> Iterator[KlaviyoStandIn]:
+    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
+    s.start()
+    yield s
+    s.stop()
+    assert not s.internal_errors, s.internal_errors[0]
+
+
+def test_run_under_a_service_manager_delivers_and_stops_cleanly(
+        tmp_path: Path, standin: KlaviyoStandIn) -> None:
+    log = tmp_path / "system.log"
+    business = tmp_path / "business.db"
+    create_business_db(business)
+    append(log, [log_line(n) for n in range(3)])
+    add_order(business, 1, items=2)
+    state_url = f"sqlite:///{tmp_path / 'state' / 'state.db'}"
+    config = write_settings(tmp_path / "settings.toml", state_url=state_url, log=log,
+                            base_url=standin.base_url, business=business)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    stderr = tmp_path / "daemon.log"
+    proc = start_daemon(config, notify, stderr, watchdog_usec=1_000_000)
+    try:
+        assert notify.wait_for(lambda m: any("READY=1" in x for x in m), 30), \
+            stderr.read_text()
+        ready = next(x for x in notify.messages if "READY=1" in x)
+        assert "STATUS=" in ready and "pending" in ready
+        # WATCHDOG_USEC = 1 s: a ping every 0.5 s.
+        assert notify.wait_for(lambda m: notify.count("WATCHDOG=1") >= 4, 10)
+
+        # New lines and new orders while it runs.
+        append(log, [log_line(n) for n in range(3, 12)])
+        add_order(business, 2, items=3)
+        expected_log = 12
+        expected_orders = {"order:1:placed", "order:1:item:1", "order:1:item:2",
+                           "order:2:placed", "order:2:item:1", "order:2:item:2",
+                           "order:2:item:3"}
+
+        def delivered() -> bool:
+            ids = {e.unique_id for e in standin.events}
+            from_log = [e for e in standin.events if not e.unique_id.startswith("order:")]
+            return expected_orders <= ids and len(from_log) >= expected_log
+
+        assert wait_until(delivered, 30), (len(standin.events), stderr.read_text()[-3000:])
+        assert any(m.startswith("STATUS=") for m in notify.messages)
+        code, took = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, stderr.read_text()[-3000:]
+    assert took < 10
+    assert notify.wait_for(lambda m: notify.count("STOPPING=1") >= 1, 2)
+    notify.close()
+    recorded = [e.unique_id for e in standin.events]
+    assert len(recorded) == len(set(recorded)) == expected_log + len(expected_orders)
+    metrics = sorted({e.metric for e in standin.events})
+    assert {"Placed Order", "Ordered Product", *LOG_TYPES} == set(metrics)
+    engine = open_state(state_url)
+    try:
+        counts = QueueStore(engine).counts()
+        with engine.connect() as conn:
+            leased = conn.execute(sa.text(
+                "SELECT count(*) FROM events WHERE state = 'leased' OR lease_until IS NOT NULL"
+            )).scalar()
+    finally:
+        engine.dispose()
+    assert counts == {"pending": 0, "leased": 0, "sent": len(recorded), "dead": 0}
+    assert leased == 0
+    events = [e["event"] for e in log_events(stderr)]
+    assert "daemon_started" in events and "daemon_stopped" in events
+    assert "job_crashed" not in events
+
+
+def test_sigterm_during_a_slow_drain_exits_0_within_10_s_and_loses_nothing(
+        tmp_path: Path, standin: KlaviyoStandIn) -> None:
+    log = tmp_path / "system.log"
+    append(log, [log_line(n) for n in range(300)])
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    config = write_settings(tmp_path / "settings.toml", state_url=state_url, log=log,
+                            base_url=standin.base_url,
+                            sender={"claim_batch": 10, "batch_max_events": 10,
+                                    "single_threshold": 0, "concurrency": 1})
+    standin.latency_s = 0.2  # ~0.2 s a batch: SIGTERM lands in the middle of the drain
+    stderr = tmp_path / "daemon.log"
+    proc = start_daemon(config, None, stderr)
+    try:
+        assert wait_until(lambda: len(standin.events) >= 20, 30), stderr.read_text()[-2000:]
+        code, took = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0 and took < 10, stderr.read_text()[-2000:]
+    engine = open_state(state_url)
+    try:
+        counts = QueueStore(engine).counts()
+    finally:
+        engine.dispose()
+    assert counts["leased"] == 0, "the batch in flight was not finished and acknowledged"
+    assert counts["sent"] == len(standin.events) and counts["dead"] == 0
+    assert counts["sent"] + counts["pending"] == 300  # the rest waits for the next start
+    assert counts["pending"] > 0, "the drain finished before SIGTERM: test proves nothing"
