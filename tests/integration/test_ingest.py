@@ -326,3 +326,26 @@ def test_a_stop_request_ends_the_pass_after_the_chunk_in_flight(setup: tuple) ->
     assert report.stopped and 0 < report.bytes_read < len(data)
     ingestor.run_once()
     assert sorted(queued_ids(engine)) == sorted(ids)
+
+
+def test_a_parser_crash_rejects_the_line_and_reading_goes_on(
+        setup: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, live = setup
+    crashing, fine = event_line(1), event_line(2)
+    live.write_bytes(crashing + fine)
+    ingestor = make_ingestor(engine, live)
+    real_parse = ingestor.parser.parse
+
+    def parse(line: bytes, now: datetime | None = None) -> object:
+        if line == crashing.rstrip(b"\n"):
+            raise KeyError("a bug")
+        return real_parse(line, now)
+
+    monkeypatch.setattr(ingestor.parser, "parse", parse)
+    with capture_logs() as logs:
+        report = ingestor.run_once()
+    assert report.rejected == 1 and report.events_enqueued == 1
+    assert any(e["event"] == "line_parse_crashed" for e in logs)
+    (reject,) = RejectStore(engine).list()
+    assert "KeyError" in reject.reason and reject.raw == crashing.rstrip(b"\n")
+    assert queued_ids(engine) == [line_unique_id(fine)]
