@@ -56,6 +56,15 @@ Faults (``s.faults``, thread-safe, ``/api`` only): ``fail_rate(rate, status)``,
 Read data: ``add_metric(name) -> id``, ``add_event(metric, email, time, properties,
 external_id=None)``. OAuth: ``issue_oauth_tokens(client_id)`` gives a first token pair;
 ``oauth.expire_access_tokens()`` expires every access token.
+
+In a process of its own (a benchmark, so it does not share the sender's GIL):
+``python -m tests.klaviyo_standin --no-limits`` prints the base URL, serves until SIGTERM
+and prints ``stats()`` as JSON; ``GET /_standin/stats`` gives the same counts meanwhile.
+
+Speed (this 2-core machine, limits off, stand-in in its own process, bodies of 1,000
+events / 540 KB): about 30 ms of work per bulk request when the machine is idle, 8-10
+requests/s (8,000-10,000 events/s) while other test suites load it; single events about
+1,200 requests/s.
 """
 
 from __future__ import annotations

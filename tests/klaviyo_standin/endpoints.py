@@ -29,9 +29,13 @@ def _schema_errors(call: Call, validator: schemas.PayloadValidator, items: int,
     return errors(400, found, items=items) if found else None
 
 
-def _profile(resource: dict[str, Any]) -> dict[str, Any]:
-    """A profile resource's attributes (nulls dropped) plus its Klaviyo id if given."""
-    profile = {k: v for k, v in resource.get("attributes", {}).items() if v is not None}
+def _profile(resource: dict[str, Any], keep_nulls: bool = False) -> dict[str, Any]:
+    """A profile resource's attributes plus its Klaviyo id if given.
+
+    Nulls are dropped, except for profile-import, where Klaviyo reads null as "clear it".
+    """
+    profile = {k: v for k, v in resource.get("attributes", {}).items()
+               if keep_nulls or v is not None}
     if resource.get("id"):
         profile["id"] = resource["id"]
     return profile
@@ -143,7 +147,7 @@ def import_profile(call: Call) -> Reply:
     invalid = _schema_errors(call, schemas.PROFILE_IMPORT_VALIDATOR, 1)
     if invalid is not None:
         return invalid
-    profile = _profile(call.document["data"])
+    profile = _profile(call.document["data"], keep_nulls=True)
     account = call.standin.account
     with account.lock:
         created, profile_id = account.import_profile(profile)
