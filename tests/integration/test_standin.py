@@ -488,6 +488,9 @@ def test_profile_import_creates_then_updates(klaviyo, http):
     assert updated.status_code == 200
     assert updated.json()["data"]["id"] == created.json()["data"]["id"]
     assert klaviyo.profiles["ann@example.com"]["properties"] == {"Box": "L", "Status": "Active"}
+    cleared = post(http, url, profile(email="ann@example.com", first_name=None))
+    assert cleared.status_code == 200
+    assert klaviyo.profiles["ann@example.com"]["first_name"] is None
     assert post(http, url, profile(first_name="Nobody")).status_code == 400
     assert post(http, url, profile(email="big@example.com",
                                    properties={"x": "y" * 110_000})).status_code == 413
