@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -151,3 +152,28 @@ def role_lock(engine: Engine, role: str, resource: str, enabled: bool = True) ->
 
 def _short(exc: Exception) -> str:
     return str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@contextlib.contextmanager
+def exclusive(engine: Engine, role: str, resource: str) -> Iterator[None]:
+    """Wait for and hold a PostgreSQL advisory lock for the ``with`` block (SQLite: no-op).
+
+    Used around creating a brand-new state database: two daemons started together on an
+    empty PostgreSQL database would otherwise both run the first migration, and one fail.
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    key = lock_key(role, resource)
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
+            except sa.exc.DBAPIError:
+                # Closing the session is what releases the lock, then.
+                conn.invalidate()

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Protocol
 
+import sqlalchemy as sa
 from apscheduler.executors.debug import DebugExecutor
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -36,6 +37,7 @@ from klaviyo_sync.config import Settings
 from klaviyo_sync.daemon.health import compute_status
 from klaviyo_sync.daemon.http import HealthServer
 from klaviyo_sync.daemon.jobs import Job, PassFunc, hung_since
+from klaviyo_sync.daemon.locks import exclusive
 from klaviyo_sync.daemon.metrics import Metrics, StatusBoard
 from klaviyo_sync.daemon.passes import Pipeline
 from klaviyo_sync.daemon.systemd import Notifier
@@ -256,13 +258,15 @@ class Daemon:
         delay_s = 1.0
         while True:
             try:
-                db.ensure_schema(engine)
+                with exclusive(engine, "migrate", "state"):
+                    db.ensure_schema(engine)
                 return engine
             except SchemaOutdatedError:
                 engine.dispose()
                 raise
-            except StateError as exc:
-                log.warning("state_database_waiting", error=str(exc), retry_in_s=delay_s)
+            except (StateError, sa.exc.OperationalError) as exc:
+                log.warning("state_database_waiting", error=str(exc).splitlines()[0],
+                            retry_in_s=delay_s)
                 self.notifier.status(f"waiting for the state database: {exc}")
             if self._sleep(delay_s):
                 engine.dispose()

@@ -15,6 +15,9 @@ from klaviyo_sync.logconfig import get_logger
 
 log = get_logger(__name__)
 
+#: How long READY/RELOADING/STOPPING may wait for room in the manager's socket queue.
+_STATE_CHANGE_WAIT_S = 2.0
+
 
 def _address(notify_socket: str) -> str | bytes:
     if notify_socket.startswith("@"):
@@ -52,13 +55,19 @@ class Notifier:
     def enabled(self) -> bool:
         return self.address is not None
 
-    def notify(self, *lines: str) -> bool:
-        """Send one datagram; a failure is logged once and otherwise ignored."""
+    def notify(self, *lines: str, wait_s: float = 0.0) -> bool:
+        """Send one datagram; a failure is logged once and otherwise ignored.
+
+        A manager that does not read its socket must never stall the daemon: routine
+        messages (STATUS=, WATCHDOG=1) are dropped at once when its queue is full, and
+        the state changes wait at most ``wait_s``.
+        """
         if self.address is None:
             return False
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.settimeout(wait_s)
             self._sock.sendto("\n".join(lines).encode("utf-8"), self.address)
         except OSError as exc:
             # The manager going away must not take the daemon down with it.
@@ -69,11 +78,13 @@ class Notifier:
         return True
 
     def ready(self, status: str | None = None) -> bool:
-        return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
+        return self.notify("READY=1", *([f"STATUS={_one_line(status)}"] if status else []),
+                           wait_s=_STATE_CHANGE_WAIT_S)
 
     def reloading(self) -> bool:
         # MONOTONIC_USEC lets systemd 253+ (Type=notify-reload) match the reload it asked for.
-        return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+                           wait_s=_STATE_CHANGE_WAIT_S)
 
     def status(self, text: str) -> bool:
         return self.notify(f"STATUS={_one_line(text)}")
@@ -82,7 +93,8 @@ class Notifier:
         return self.notify("WATCHDOG=1")
 
     def stopping(self, status: str | None = None) -> bool:
-        return self.notify("STOPPING=1", *([f"STATUS={_one_line(status)}"] if status else []))
+        return self.notify("STOPPING=1", *([f"STATUS={_one_line(status)}"] if status else []),
+                           wait_s=_STATE_CHANGE_WAIT_S)
 
     def close(self) -> None:
         if self._sock is not None:

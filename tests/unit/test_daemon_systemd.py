@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,3 +83,16 @@ def test_a_vanished_manager_is_logged_once_and_ignored(tmp_path: Path) -> None:
 def test_watchdog_interval_is_half_of_watchdog_usec(environ: dict[str, str],
                                                     expected: float | None) -> None:
     assert watchdog_interval_s(environ, 1234) == expected
+
+
+def test_a_manager_that_stops_reading_never_stalls_the_daemon(
+        receiver: tuple[str, socket.socket]) -> None:
+    path, _sock = receiver  # never read: its queue fills up
+    notifier = Notifier(path)
+    started = time.monotonic()
+    with capture_logs() as logs:
+        sent = [notifier.watchdog() for _ in range(5000)]
+    notifier.close()
+    assert time.monotonic() - started < 5
+    assert sent[0] and not sent[-1]  # the first went through, the overflow was dropped
+    assert [e["event"] for e in logs] == ["notify_failed"]
