@@ -219,6 +219,14 @@ def test_run_under_a_service_manager_delivers_and_stops_cleanly(
 
         assert wait_until(delivered, 30), (len(standin.events), stderr.read_text()[-3000:])
         assert any(m.startswith("STATUS=") for m in notify.messages)
+
+        # SIGHUP (systemctl reload): settings read again, passes rebuilt, READY=1 again.
+        proc.send_signal(signal.SIGHUP)
+        assert notify.wait_for(lambda m: notify.count("READY=1") >= 2, 15)
+        assert notify.count("RELOADING=1") == 1
+        append(log, [log_line(12)])
+        expected_log += 1
+        assert wait_until(delivered, 30), stderr.read_text()[-3000:]
         code, took = stop(proc)
     finally:
         if proc.poll() is None:
@@ -244,7 +252,8 @@ def test_run_under_a_service_manager_delivers_and_stops_cleanly(
     assert counts == {"pending": 0, "leased": 0, "sent": len(recorded), "dead": 0}
     assert leased == 0
     events = [e["event"] for e in log_events(stderr)]
-    assert "daemon_started" in events and "daemon_stopped" in events
+    assert events.count("daemon_started") == 2 and "reloading" in events
+    assert "daemon_stopped" in events
     assert "job_crashed" not in events
 
 
