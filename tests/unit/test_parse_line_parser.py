@@ -217,3 +217,15 @@ def test_a_byte_order_mark_does_not_hide_the_first_line(fmt: str) -> None:
     assert parser.candidates(chunk) == [(0, len(chunk) - 1)]
     entry = parser.parse(chunk)
     assert entry is not None and entry.customer_id == "1"
+
+
+def test_same_bytes_same_identity_whichever_format_reads_them() -> None:
+    line = b"2020-05-15 12:35:32 cancelled customer=1 reason=moving"
+    kv = kv_parser().parse(line + b"\r\n")
+    rx = LineParser(
+        LogSettings(format="regex", pattern=r"(?P<time>\S+ \S+) (?P<event>\S+) (?P<rest>.*)"),
+        EVENTS,
+    ).parse(line + b"\n")
+    assert kv is not None and rx is not None
+    assert kv.unique_id == rx.unique_id == line_unique_id(line)
+    assert kv == rx
