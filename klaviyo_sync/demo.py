@@ -117,10 +117,10 @@ def _report(folder: Path, settings_path: Path, files: tuple[Path, ...], lines: i
             engine: sa.Engine, order_report: Any, missed: list[Any],
             settings: config.Settings) -> DemoReport:
     with engine.connect() as conn:
-        by_metric = dict(conn.execute(
+        by_metric: dict[str, int] = dict(conn.execute(
             sa.select(events.c.metric, sa.func.count()).where(events.c.source == "log")
             .group_by(events.c.metric)).all())
-        by_state = Counter(dict(conn.execute(
+        by_state: Counter[str] = Counter(dict(conn.execute(
             sa.select(events.c.state, sa.func.count()).group_by(events.c.state)).all()))
         reject_count = conn.execute(sa.select(sa.func.count()).select_from(rejects)).scalar()
         order_events = conn.execute(sa.select(sa.func.count()).select_from(events)

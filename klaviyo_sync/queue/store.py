@@ -122,7 +122,8 @@ class QueueStore:
         now = now or utcnow()
         with self._write() as conn:
             return self._update_leased(conn, ids, worker, state=EventState.SENT.value,
-                                       sent_at=now, lease_until=None, last_error=None)
+                                       sent_at=now, lease_until=None, leased_by=None,
+                                       last_error=None)
 
     def release(self, ids: Sequence[int], worker: str, delay: timedelta = timedelta(0),
                 reason: str | None = None, now: datetime | None = None) -> int:
@@ -252,14 +253,16 @@ class QueueStore:
     @staticmethod
     def _update_leased(conn: Connection, ids: Sequence[int], worker: str, **values: Any) -> int:
         # Only rows this worker still holds: if its lease ran out and another runner took
-        # them, that runner's outcome is the one that counts.
+        # them, that runner's outcome is the one that counts. `leased_by` is set exactly
+        # while a row is leased (every way out of LEASED clears it), so it alone is the
+        # fence; leaving `state` out of the predicate keeps PostgreSQL on the primary key
+        # instead of the (state, next_attempt_at) index when statistics are stale.
         total = 0
         for start in range(0, len(ids), 1000):
             chunk = list(ids[start:start + 1000])
             total += conn.execute(
                 events.update()
-                .where(events.c.id.in_(chunk), events.c.leased_by == worker,
-                       events.c.state == EventState.LEASED.value)
+                .where(events.c.id.in_(chunk), events.c.leased_by == worker)
                 .values(**values)
             ).rowcount
         return total

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from klaviyo_sync.clock import utcnow
@@ -44,11 +45,13 @@ def put(bind: Engine | Connection, name: str, value: str, now: datetime | None =
             put(conn, name, value, now)
         return
     now = now or utcnow()
-    updated = bind.execute(
-        meta.update().where(meta.c.name == name).values(value=value, updated_at=now)
-    ).rowcount
-    if not updated:
-        bind.execute(meta.insert().values(name=name, value=value, updated_at=now))
+    # One atomic upsert: two runners writing a name for the first time must not collide.
+    insert: Any = (postgresql.insert(meta) if bind.dialect.name == "postgresql"
+                   else sqlite.insert(meta))
+    bind.execute(
+        insert.values(name=name, value=value, updated_at=now).on_conflict_do_update(
+            index_elements=[meta.c.name], set_={"value": value, "updated_at": now})
+    )
 
 
 def put_json(bind: Engine | Connection, name: str, value: Any) -> None:

@@ -50,7 +50,7 @@ events = Table(
     Column("attempts", Integer(), nullable=False, default=0),
     Column("next_attempt_at", DateTime(), nullable=False),
     Column("lease_until", DateTime()),
-    Column("leased_by", String(128)),
+    Column("leased_by", String(128)),  # set exactly while state is "leased"
     Column("last_error", Text()),
     Column("created_at", DateTime(), nullable=False),
     Column("sent_at", DateTime()),

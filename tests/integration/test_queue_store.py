@@ -108,3 +108,23 @@ def test_purge_only_old_sent_and_never_pending(store: QueueStore) -> None:
 def test_get_unknown_id_is_a_queue_error(store: QueueStore) -> None:
     with pytest.raises(QueueError, match="no event with id 999"):
         store.get(999)
+
+
+def test_leased_by_is_set_exactly_while_leased(store: QueueStore) -> None:
+    store.enqueue_many([make_event(n) for n in range(4)], now=T0)
+    a, b, c, d = store.claim("w", 4, LEASE, now=T0)
+    assert all(e.leased_by == "w" for e in (a, b, c, d))
+    store.ack([a.id], "w", now=T0)
+    store.release([b.id], "w", now=T0)
+    store.fail({c.id: "503"}, "w", RetryPolicy(), now=T0)
+    store.dead_letter({d.id: "400"}, "w")
+    assert [store.get(e.id).leased_by for e in (a, b, c, d)] == [None] * 4
+    assert store.ack([a.id], "w", now=T0) == 0, "a second ack of a sent row changes nothing"
+
+
+def test_meta_put_is_an_upsert(state_engine: sa.Engine) -> None:
+    from klaviyo_sync.state import meta
+
+    meta.put(state_engine, "k", "1")
+    meta.put(state_engine, "k", "2")
+    assert meta.get(state_engine, "k") == "2"
