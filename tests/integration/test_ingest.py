@@ -349,3 +349,60 @@ def test_a_parser_crash_rejects_the_line_and_reading_goes_on(
     (reject,) = RejectStore(engine).list()
     assert "KeyError" in reject.reason and reject.raw == crashing.rstrip(b"\n")
     assert queued_ids(engine) == [line_unique_id(fine)]
+
+
+@pytest.mark.parametrize("rotation", ["rename", "copytruncate"])
+def test_rotation_while_a_writer_keeps_appending(setup: tuple, rotation: str) -> None:
+    """The business system writes (sometimes half a line at a time) while passes run and
+    logrotate strikes midway: every event line is queued exactly once."""
+    engine, live = setup
+    import threading
+
+    total, ids = 3000, set()
+    lines = []
+    for n in range(total):
+        line = event_line(n) if n % 4 else noise_line(n)
+        lines.append(line)
+        if n % 4:
+            ids.add(line_unique_id(line))
+    done, pass_done = threading.Event(), threading.Event()
+
+    def business_system() -> None:
+        fh = open(live, "ab", buffering=0)  # noqa: SIM115 - reopened at rotation
+        for n, line in enumerate(lines):
+            if n in (total // 4, total // 2 - 5, total // 2 + 5, 3 * total // 4):
+                # Make sure a pass reads the file mid-write, just before and after the
+                # rotation too.
+                pass_done.clear()
+                pass_done.wait(10)
+            if n == total // 2:
+                fh.close()
+                if rotation == "rename":
+                    live.rename(live.with_name("system.log.1"))
+                else:
+                    shutil.copyfile(live, live.with_name("system.log.1"))
+                    with open(live, "r+b") as trunc:
+                        trunc.truncate(0)
+                fh = open(live, "ab", buffering=0)  # noqa: SIM115
+            if n % 7 == 0:  # a line written in two parts: the tailer may see half of it
+                fh.write(line[:10])
+                fh.write(line[10:])
+            else:
+                fh.write(line)
+        fh.close()
+        done.set()
+
+    live.touch()
+    ingestor = make_ingestor(engine, live, read_chunk_bytes=4096)
+    writer = threading.Thread(target=business_system)
+    writer.start()
+    passes = 0
+    while not done.is_set():
+        ingestor.run_once()
+        pass_done.set()
+        passes += 1
+    writer.join()
+    ingestor.run_once()
+    queued = queued_ids(engine)
+    assert len(queued) == len(set(queued)) and set(queued) == ids
+    assert RejectStore(engine).count() == 0 and passes >= 4
