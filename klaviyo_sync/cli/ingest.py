@@ -27,7 +27,12 @@ def _where(app: AppContext) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @pass_app
 def parse_cmd(app: AppContext, as_json: bool) -> None:
-    """Read the log once from where the last pass stopped (following rotation), then exit."""
+    """Read the log once from where the last pass stopped, then exit.
+
+    Follows rotation (finishes the rotated file first). The very first pass reads the
+    live file from its start; rotated copies are read by `replay`. Exits 4 if the log
+    file is missing.
+    """
     report = _ingestor(app).run_once()
     _print(report, as_json)
     if report.file_missing:
@@ -43,7 +48,8 @@ def parse_cmd(app: AppContext, as_json: bool) -> None:
 @pass_app
 def replay_cmd(app: AppContext, backfill: bool, as_json: bool, progress: bool | None) -> None:
     """Read the whole log from the beginning: rotated archives oldest first, then the live
-    file. Nothing already queued is queued again."""
+    file. Nothing already queued is queued again, so an interrupted replay is simply run
+    again. Events older than log.backfill_after_hours are marked backfill."""
     ingestor = _ingestor(app)
     show = sys.stderr.isatty() if progress is None else progress
     with _progress_bar(show) as update:
