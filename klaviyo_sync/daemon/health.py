@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from klaviyo_sync.clock import to_naive_utc, utcnow
 from klaviyo_sync.config import Settings, StatusSettings
+from klaviyo_sync.exceptions import StateError
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state import meta
 from klaviyo_sync.state.schema import checkpoints, rejects, suppressions
@@ -131,7 +132,14 @@ def assess(status: Status, limits: StatusSettings) -> tuple[Health, tuple[str, .
 
 def compute_status(settings: Settings, engine: Engine, now: datetime | None = None) -> Status:
     """Read the state database and stat() the log; health assessed with ``[status]``."""
-    now = now or utcnow()
+    try:
+        return _compute_status(settings, engine, now or utcnow())
+    except sa.exc.DBAPIError as exc:
+        detail = str(getattr(exc, "orig", exc)).splitlines()[0]
+        raise StateError(f"state database unreachable: {detail}") from exc
+
+
+def _compute_status(settings: Settings, engine: Engine, now: datetime) -> Status:
     store = QueueStore(engine)
     counts = store.counts()
     oldest = store.oldest_due(now)

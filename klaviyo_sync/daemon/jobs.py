@@ -17,11 +17,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.exceptions import KlaviyoSyncError
 from klaviyo_sync.logconfig import get_logger
 
 log = get_logger(__name__)
+
+#: Failures that are operational, not bugs: logged as one line, without a traceback. A
+#: database that went away surfaces as SQLAlchemy's OperationalError from any pass.
+_KNOWN_ERRORS: tuple[type[Exception], ...] = (
+    KlaviyoSyncError, sa.exc.OperationalError, sa.exc.InterfaceError)
 
 #: What a job runs: a pass that takes the daemon's stop event and returns its report.
 PassFunc = Callable[[threading.Event], Any]
@@ -136,7 +143,7 @@ class Job:
                        next_try_in_s=round(max(wait, self.interval_s), 1))
         # A known error (database down, log missing) is one readable line; anything else
         # is a bug and gets its traceback.
-        if isinstance(exc, KlaviyoSyncError):
+        if isinstance(exc, _KNOWN_ERRORS):
             log.error("job_failed", error_type=type(exc).__name__, **context)
         else:
             log.exception("job_crashed", **context)

@@ -147,6 +147,8 @@ class Pipeline:
             dispose = getattr(lock, "dispose", lock.release)
             dispose()
         self.runner.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
     def _holds(self, lock: RoleLock, role: str) -> bool:
         held = lock.ensure()

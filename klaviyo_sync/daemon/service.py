@@ -236,10 +236,13 @@ class Daemon:
         engine = self._open_state(settings)
         if engine is None:
             return None
+        passes: Passes | None = None
         try:
             passes = self.passes_factory(settings, engine, self.worker_id)
             runtime = Runtime(settings, engine, passes, self.notifier, self.metrics)
         except BaseException:
+            if passes is not None:
+                passes.close()
             engine.dispose()
             raise
         runtime.start()

@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
 from freezegun import freeze_time
 from structlog.testing import capture_logs
@@ -125,6 +126,15 @@ def test_a_known_error_is_one_line_without_traceback() -> None:
     (entry,) = [e for e in logs if e["event"] == "job_failed"]
     assert entry["error_type"] == "StateError" and "exc_info" not in entry
     assert entry["next_try_in_s"] == 10.0
+
+
+def test_a_database_outage_is_one_line_without_traceback() -> None:
+    outage = sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+    job = Job("tail", Pass(1, outage), 2.0, threading.Event())
+    with capture_logs() as logs:
+        job()
+    (entry,) = [e for e in logs if e["event"] == "job_failed"]
+    assert entry["error_type"] == "OperationalError" and "exc_info" not in entry
 
 
 def test_no_run_starts_once_stop_is_set() -> None:

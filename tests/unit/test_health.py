@@ -9,8 +9,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+from klaviyo_sync import config
 from klaviyo_sync.config import StatusSettings
-from klaviyo_sync.daemon.health import Health, Status, TailStatus, assess, tail_status
+from klaviyo_sync.daemon.health import (
+    Health,
+    Status,
+    TailStatus,
+    assess,
+    compute_status,
+    tail_status,
+)
+from klaviyo_sync.exceptions import StateError
+from klaviyo_sync.state.db import create_engine
 
 NOW = datetime(2026, 3, 1, 12, 0, 0)
 LIMITS = StatusSettings(degraded_backlog_age_s=900, failing_backlog_age_s=7200,
@@ -130,3 +142,12 @@ def test_bytes_behind_after_copytruncate_starts_again(tmp_path: Path) -> None:
 def test_a_missing_log_is_reported(tmp_path: Path) -> None:
     tail = tail_status(str(tmp_path / "nope.log"), None)
     assert tail.log_error == "missing" and tail.size is None and tail.bytes_behind is None
+
+
+def test_a_state_database_that_went_away_is_a_state_error() -> None:
+    engine = create_engine("postgresql://nobody@127.0.0.1:1/none")
+    try:
+        with pytest.raises(StateError, match="state database unreachable"):
+            compute_status(config.Settings(), engine)
+    finally:
+        engine.dispose()
