@@ -16,9 +16,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -174,6 +176,22 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> tuple[int, f
     return code, time.monotonic() - started
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """Prometheus text format -> {"name{labels}": value} (comments skipped)."""
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
 @pytest.fixture
 def standin() -> Iterator[KlaviyoStandIn]:
     s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
@@ -191,8 +209,10 @@ def test_run_under_a_service_manager_delivers_and_stops_cleanly(
     append(log, [log_line(n) for n in range(3)])
     add_order(business, 1, items=2)
     state_url = f"sqlite:///{tmp_path / 'state' / 'state.db'}"
+    port = free_port()
     config = write_settings(tmp_path / "settings.toml", state_url=state_url, log=log,
-                            base_url=standin.base_url, business=business)
+                            base_url=standin.base_url, business=business,
+                            daemon={"http_listen": f"127.0.0.1:{port}"})
     notify = NotifySocket(tmp_path / "notify.sock")
     stderr = tmp_path / "daemon.log"
     proc = start_daemon(config, notify, stderr, watchdog_usec=1_000_000)
@@ -219,6 +239,22 @@ def test_run_under_a_service_manager_delivers_and_stops_cleanly(
 
         assert wait_until(delivered, 30), (len(standin.events), stderr.read_text()[-3000:])
         assert any(m.startswith("STATUS=") for m in notify.messages)
+
+        # The same figures over HTTP: /healthz and Prometheus /metrics.
+        def healthz() -> dict[str, Any]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                assert r.status == 200
+                return dict(json.loads(r.read()))
+
+        # Acknowledgements land just after the stand-in records; the status is cached 0.5 s.
+        assert wait_until(lambda: healthz()["queue"]["sent"] == 19, 10), healthz()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            metrics = metric_values(resp.read().decode())
+        assert metrics["klaviyo_sync_log_lines_read_total"] >= 12 + 2  # events + noise
+        assert metrics['klaviyo_sync_events_enqueued_total{source="log"}'] == 12
+        assert metrics['klaviyo_sync_events_enqueued_total{source="order"}'] == 7
+        assert metrics['klaviyo_sync_klaviyo_requests_total{status_code="202"}'] >= 1
+        assert metrics["klaviyo_sync_klaviyo_request_duration_seconds_count"] >= 1
 
         # SIGHUP (systemctl reload): settings read again, passes rebuilt, READY=1 again.
         proc.send_signal(signal.SIGHUP)
