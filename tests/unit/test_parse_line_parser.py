@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 
 import pytest
@@ -125,9 +126,17 @@ def test_unique_id_is_the_lines_bytes_without_its_ending() -> None:
         for ending in (b"", b"\n", b"\r\n", b"\r")
     }
     assert ids == {line_unique_id(line)}
-    assert line_unique_id(line).startswith("log:") and len(line_unique_id(line)) == 44
+    assert re.fullmatch(r"log:20200515123532:[0-9a-f]{32}", line_unique_id(line))
     other = parser.parse(line + b" ")
     assert other is not None and other.unique_id not in ids
+
+
+def test_unique_ids_of_time_ordered_lines_ascend() -> None:
+    # So that the queue's unique index is appended to, not written at random places.
+    lines = [b"2020-05-15 12:35:3%d cancelled customer=%d" % (i, 9 - i) for i in range(10)]
+    ids = [line_unique_id(line) for line in lines]
+    assert ids == sorted(ids)
+    assert re.fullmatch(r"log:[0-9a-f]{40}", line_unique_id(b'{"event": "cancelled"}'))
 
 
 def test_unique_id_does_not_depend_on_the_format_settings() -> None:
