@@ -139,7 +139,9 @@ class Job:
             self.record = record_failure(self.record, utcnow(), f"{type(exc).__name__}: {exc}")
             record = self.record
         wait = backoff_s(self.interval_s, record.failures, self.backoff_max_s)
-        context = dict(job=self.name, failures=record.failures, error=str(exc),
+        # SQLAlchemy's messages run to several lines (statement, parameters, a URL).
+        error = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+        context = dict(job=self.name, failures=record.failures, error=error,
                        next_try_in_s=round(max(wait, self.interval_s), 1))
         # A known error (database down, log missing) is one readable line; anything else
         # is a bug and gets its traceback.
