@@ -1,18 +1,27 @@
 """The ingest's bulk path into the queue: one batched insert per chunk of log.
 
 On PostgreSQL this is :meth:`QueueStore.enqueue`. On SQLite the same rows go straight to
-the driver's ``executemany`` with values pre-serialised exactly as SQLAlchemy's types
-store them (JSON text, ``YYYY-MM-DD HH:MM:SS.ffffff`` times, 0/1 booleans): replaying a
-year of log is dominated by this insert, and SQLAlchemy's per-row type processing would
-cost more than the parsing. Rows written either way read back identically (a test
-compares them).
+the driver with values pre-serialised exactly as SQLAlchemy's types store them (JSON
+text, ``YYYY-MM-DD HH:MM:SS.ffffff`` times, 0/1 booleans): replaying a year of log is
+dominated by this insert, and SQLAlchemy's per-row type processing would cost more than
+the parsing. Rows written either way read back identically (a test compares them).
+
+On SQLite the rows go in as INSERTs of many rows each (``VALUES (...), (...), ...``),
+not one ``executemany``: the driver releases the GIL around every statement it steps,
+so an ``executemany`` on the writer thread has to win the GIL back from the parsing
+thread once per row, and waits a switch interval (5 ms) nearly every time. One
+statement per thousands of rows waits once per thousands of rows, and the two threads
+really overlap.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
+from itertools import chain
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
@@ -29,6 +38,10 @@ _SQLITE_INSERT = (
     f"INSERT INTO events ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT (unique_id) DO NOTHING"
 )
+_SQLITE_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
+# Rows per multi-row INSERT: as many as fit SQLite's limit on bound variables (32766 since
+# 3.32, 999 before), at most this many, so a statement stays a few hundred KB of SQL.
+_SQLITE_MAX_ROWS = 4096
 _PENDING = EventState.PENDING.value
 # The page cache the bulk insert wants (KiB, as a negative cache_size): the unique index
 # on random-looking ids touches pages all over; with SQLite's default 2 MB most inserts
@@ -95,10 +108,39 @@ class BulkEnqueuer:
             return 0
         if not self.is_sqlite:
             return self.store.enqueue(conn, rows, now)
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        driver = conn.connection.driver_connection
+        cursor = driver.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
-            cursor.executemany(_SQLITE_INSERT, rows)
-            return max(cursor.rowcount, 0)
+            most = _rows_per_insert(driver.getlimit(  # type: ignore[union-attr]
+                sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+            inserted = 0
+            start, total = 0, len(rows)
+            while start < total:
+                # Full statements, then the rest in halving sizes: a handful of distinct
+                # statements, each compiled once and kept in the driver's cache.
+                size = most
+                while size > total - start:
+                    size //= 2
+                cursor.execute(_multi_insert(size),
+                               list(chain.from_iterable(rows[start:start + size])))
+                inserted += max(cursor.rowcount, 0)
+                start += size
+            return inserted
         finally:
             cursor.close()
+
+
+def _rows_per_insert(variable_limit: int) -> int:
+    fits = max(variable_limit // len(_COLUMNS), 1)
+    size = 1
+    while size * 2 <= min(fits, _SQLITE_MAX_ROWS):
+        size *= 2
+    return size
+
+
+@functools.lru_cache(maxsize=32)
+def _multi_insert(rows: int) -> str:
+    """The INSERT of ``rows`` rows at once (ids already queued are skipped)."""
+    return _SQLITE_INSERT.replace(
+        f"VALUES {_SQLITE_ROW}", "VALUES " + ", ".join([_SQLITE_ROW] * rows))

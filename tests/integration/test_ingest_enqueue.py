@@ -64,6 +64,23 @@ def test_fast_rows_read_back_exactly_like_queue_store_rows(state_engine: sa.Engi
         assert raw[e.unique_id] == raw[e.unique_id + "-store"]
 
 
+def test_many_rows_go_in_once_each_whatever_the_statement_sizes(state_engine: sa.Engine) -> None:
+    # More rows than one multi-row INSERT takes, a count that is no power of two, repeats
+    # inside the batch and across batches: each id is stored once, and counted once.
+    bulk = BulkEnqueuer(state_engine)
+    base = entries()[0]
+    made = [replace(base, unique_id=f"log:{n}", properties={"n": n}) for n in range(5003)]
+    first = [bulk.row(e, False, NOW) for e in made[:3001] + made[:10]]
+    second = [bulk.row(e, False, NOW) for e in made]
+    with state_engine.begin() as conn:
+        assert bulk.insert(conn, first, NOW) == 3001
+        assert bulk.insert(conn, second, NOW) == 5003 - 3001
+    with state_engine.connect() as conn:
+        stored = conn.execute(sa.select(events.c.unique_id, events.c.properties)
+                              .order_by(events.c.id)).all()
+    assert [(u, p["n"]) for u, p in stored] == [(f"log:{n}", n) for n in range(5003)]
+
+
 class FakeDatabase:
     """Transactions over a list: committed items become visible only at commit."""
 
