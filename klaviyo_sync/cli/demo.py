@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import click
@@ -42,6 +45,19 @@ def demo(folder: Path) -> None:
     click.echo(f"\nMissed signups: {len(report.missed_signups)} people started signing up "
                "but now lack a box, a schedule or Active status")
     click.echo("\nTry next:")
+    prog = _invoked_as()
     for command in ("status", "queue list --limit 10", "rejects list", "missed-signups",
                     "audit"):
-        click.echo(f"  klaviyo-sync --config {cfg} {command}")
+        click.echo(f"  {prog} --config {cfg} {command}")
+
+
+def _invoked_as() -> str:
+    """How to run this program again: `klaviyo-sync` when that is what PATH finds,
+    else the path it was started by (a virtualenv not activated), or `python -m`."""
+    argv0 = sys.argv[0]
+    if argv0.endswith("__main__.py"):
+        return f"{sys.executable} -m klaviyo_sync"
+    found = shutil.which("klaviyo-sync")
+    if found and os.path.realpath(found) == os.path.realpath(argv0):
+        return "klaviyo-sync"
+    return argv0
