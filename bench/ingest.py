@@ -154,10 +154,10 @@ def executemany_baseline(folder: Path, log: Path) -> float:
     table and indexes, one transaction), the rows built beforehand, batch by batch."""
     folder.mkdir()
     settings = settings_for(folder, log)
-    open_state(settings.state.url).dispose()  # the same schema, made by the migrations
+    engine = open_state(settings.state.url)  # the same schema, made by the migrations
     parser = LineParser(settings.log, settings.events)
-    rows_of = BulkEnqueuer.__new__(BulkEnqueuer)
-    rows_of.is_sqlite, rows_of._now, rows_of._now_text = True, None, ""
+    rows_of = BulkEnqueuer(engine)  # the replay's rows, built outside the timing
+    engine.dispose()
     plain_insert = _SQLITE_INSERT.replace(" ON CONFLICT (unique_id) DO NOTHING", "")
     conn = sqlite3.connect(folder / "state.db", isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")

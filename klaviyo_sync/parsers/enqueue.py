@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 
 from klaviyo_sync.parsers.entry import LogEntry
+from klaviyo_sync.parsers.mapping import EntryFields
 from klaviyo_sync.queue.models import EventState
 from klaviyo_sync.queue.store import QueueStore
 
@@ -85,20 +86,31 @@ class BulkEnqueuer:
         self.store = QueueStore(engine)
         self._now: datetime | None = None
         self._now_text = ""
+        self._occurred_at: datetime | None = None
+        self._occurred_text = ""
 
     def row(self, entry: LogEntry, backfill: bool, now: datetime) -> Any:
         """What :meth:`insert` takes for one entry."""
+        return self.fields_row(
+            (entry.unique_id, entry.event_type, entry.metric, entry.occurred_at,
+             entry.customer_id, entry.email, entry.properties, entry.profile, entry.value,
+             entry.value_currency), backfill, now)
+
+    def fields_row(self, fields: EntryFields, backfill: bool, now: datetime) -> Any:
+        """:meth:`row` of an entry's fields (:meth:`LineParser.entry_fields`)."""
         if not self.is_sqlite:
-            return entry.to_new_event(backfill)
+            return LogEntry(*fields).to_new_event(backfill)
         if now is not self._now:
             self._now, self._now_text = now, sqlite_time(now)
-        profile = entry.profile
+        (unique_id, _, metric, occurred_at, customer_id, email, properties, profile, value,
+         currency) = fields
+        if occurred_at is not self._occurred_at:  # lines of one second share the object
+            self._occurred_at = occurred_at
+            self._occurred_text = sqlite_time(occurred_at)
         return (
-            entry.unique_id, entry.metric, "log", entry.customer_id, entry.email,
-            entry.occurred_at.isoformat(sep=" ", timespec="microseconds"),
-            json_text(entry.properties), json_text(profile) if profile else "null", entry.value,
-            entry.value_currency, 1 if backfill else 0, _PENDING, 0, self._now_text,
-            self._now_text,
+            unique_id, metric, "log", customer_id, email, self._occurred_text,
+            json_text(properties), json_text(profile) if profile else "null", value,
+            currency, 1 if backfill else 0, _PENDING, 0, self._now_text, self._now_text,
         )
 
     def insert(self, conn: Connection, rows: Sequence[Any], now: datetime | None = None

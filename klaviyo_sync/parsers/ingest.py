@@ -211,9 +211,9 @@ class Ingestor:
         out.skipped = out.lines - len(spans)
         cutoff = now - self.backfill_after
         max_line = self.settings.log.max_line_bytes
-        parse = self.parser.parse
+        parse = self.parser.entry_fields
         rows = out.rows
-        to_row = self.enqueuer.row
+        to_row = self.enqueuer.fields_row
         for start, end in spans:
             line = data[start:end]
             if end - start > max_line:
@@ -223,7 +223,7 @@ class Ingestor:
                     f"({max_line})", self._event_type_of(line, now), now))
                 continue
             try:
-                entry = parse(line, now)
+                fields = parse(line, now)
             except ParseError as exc:
                 out.rejects.append(reject_row(file, chunk.start + start, line, str(exc),
                                               exc.event_type, now))
@@ -235,10 +235,10 @@ class Ingestor:
                     file, chunk.start + start, line,
                     f"unexpected parser error {type(exc).__name__}: {exc}", None, now))
                 continue
-            if entry is None:
+            if fields is None:
                 out.skipped += 1
                 continue
-            rows.append(to_row(entry, force_backfill or entry.occurred_at < cutoff, now))
+            rows.append(to_row(fields, force_backfill or fields[3] < cutoff, now))
         return out
 
     def _long_line(self, chunk: Chunk, file: str, now: datetime, out: _Parsed) -> None:

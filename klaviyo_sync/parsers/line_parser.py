@@ -19,7 +19,7 @@ from klaviyo_sync.exceptions import ParseError
 from klaviyo_sync.parsers.entry import LogEntry, line_unique_id
 from klaviyo_sync.parsers.jsonl import JsonlFormat
 from klaviyo_sync.parsers.kv import KvFormat
-from klaviyo_sync.parsers.mapping import EventMapping
+from klaviyo_sync.parsers.mapping import EntryFields, EventMapping
 from klaviyo_sync.parsers.regex import RegexFormat
 from klaviyo_sync.parsers.times import LogTimezone
 
@@ -66,6 +66,12 @@ class LineParser:
         Raises ParseError (with ``event_type``) for a synced line that cannot become an
         event. ``now`` (default: the clock) bounds the time Klaviyo would accept.
         """
+        fields = self.entry_fields(line, now)
+        return None if fields is None else LogEntry(*fields)
+
+    def entry_fields(self, line: bytes, now: datetime | None = None) -> EntryFields | None:
+        """:meth:`parse`, the entry's fields as a plain tuple in :class:`LogEntry`'s order
+        (what the bulk ingest turns into a row, without building the object)."""
         line = line.rstrip(b"\r\n")
         # A UTF-8 byte order mark (first line of a file some editors saved) is not content.
         record = self._reader.read(line[3:] if line.startswith(_BOM) else line)
@@ -73,7 +79,7 @@ class LineParser:
             return None
         event_type, when, fields = record
         occurred_at = self._occurred_at(when, event_type, now)
-        return self.mapping.to_entry(
+        return self.mapping.entry_fields(
             line_unique_id(line), event_type, occurred_at, fields, self.timezone, len(line)
         )
 

@@ -41,10 +41,16 @@ class LogTimezone:
         self._day_offsets: dict[int, timedelta | None] = {}
         self.gaps = 0
         self.overlaps = 0
+        # The last text parse() converted, and its result: log lines come in bursts that
+        # share their second. One tuple, so a reader never pairs a text with another's time.
+        self._last: tuple[str | None, datetime] = (None, datetime.min)
 
     def parse(self, text: str) -> datetime:
         """``YYYY-MM-DD HH:MM:SS[.fff]`` (local) or ISO 8601 (with or without an offset)
         as naive UTC. Raises ValueError with a readable reason."""
+        last = self._last
+        if text == last[0]:
+            return last[1]
         try:
             moment = datetime.fromisoformat(text)
         except ValueError as exc:
@@ -55,8 +61,16 @@ class LogTimezone:
             # fromisoformat reads a bare date as midnight: a log time needs its time of day.
             raise ValueError(f"no time of day in {text!r}")
         if moment.tzinfo is not None:
-            return moment.astimezone(UTC).replace(tzinfo=None)
-        return self.wall_to_utc(moment)
+            utc = moment.astimezone(UTC).replace(tzinfo=None)
+        elif self._is_utc:
+            utc = moment
+        else:
+            offset = self._day_offset(moment)
+            if offset is None:  # counted as a gap or overlap per line: never remembered
+                return self._convert_transition_day(moment)
+            utc = moment - offset
+        self._last = (text, utc)
+        return utc
 
     def from_epoch(self, seconds: float) -> datetime:
         """Seconds since the Unix epoch (always UTC) as naive UTC."""
@@ -75,14 +89,18 @@ class LogTimezone:
         """A naive local wall-clock time as naive UTC."""
         if self._is_utc:
             return wall
-        day = wall.toordinal()
-        try:
-            offset = self._day_offsets[day]
-        except KeyError:
-            offset = self._remember_day(day)
+        offset = self._day_offset(wall)
         if offset is not None:
             return wall - offset
         return self._convert_transition_day(wall)
+
+    def _day_offset(self, wall: datetime) -> timedelta | None:
+        """The UTC offset of ``wall``'s whole day, None on a transition day."""
+        day = wall.toordinal()
+        try:
+            return self._day_offsets[day]
+        except KeyError:
+            return self._remember_day(day)
 
     def _remember_day(self, day: int) -> timedelta | None:
         if len(self._day_offsets) >= _DAY_CACHE_MAX:

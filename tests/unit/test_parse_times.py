@@ -39,6 +39,22 @@ def test_local_times_to_utc(
     timezone = LogTimezone(zone)
     assert timezone.parse(local) == utc(expected_utc)
     assert (timezone.gaps, timezone.overlaps) == (gaps, overlaps)
+    # The same text again (lines of one second): the same time, and a gap or an overlap
+    # is counted once per line, not once per distinct text.
+    assert timezone.parse(local) == utc(expected_utc)
+    assert (timezone.gaps, timezone.overlaps) == (2 * gaps, 2 * overlaps)
+
+
+def test_a_repeated_time_follows_the_text_not_the_last_result() -> None:
+    timezone = LogTimezone("Europe/London")
+    for text, expected in [("2021-07-01 12:00:00", "2021-07-01 11:00:00"),
+                           ("2021-07-01 12:00:00", "2021-07-01 11:00:00"),
+                           ("2021-07-01T12:00:00Z", "2021-07-01 12:00:00"),
+                           ("2021-01-01 12:00:00", "2021-01-01 12:00:00"),
+                           ("2021-07-01 12:00:00", "2021-07-01 11:00:00")]:
+        assert timezone.parse(text) == utc(expected)
+    with pytest.raises(ValueError, match="not a valid date and time"):
+        timezone.parse("")  # not mistaken for the empty memory of a new converter
 
 
 def test_a_transition_day_outside_the_change_uses_the_right_offset() -> None:
