@@ -163,9 +163,12 @@ class OrderTracker:
             watermark=raw_time_to_text(watermark) if watermark is not None else None,
             interrupted=interrupted,
         )
-        log.info("orders_pass_done", pages=report.pages, orders=report.orders_read,
-                 new=report.orders_new, changed=report.orders_changed,
-                 enqueued=report.events_enqueued, unknown_status=report.unknown_status)
+        # A pass that only re-read its overlap window (every minute under the daemon) is
+        # not worth a journal line.
+        emit = log.info if report.events_enqueued or report.unknown_status else log.debug
+        emit("orders_pass_done", pages=report.pages, orders=report.orders_read,
+             new=report.orders_new, changed=report.orders_changed,
+             enqueued=report.events_enqueued, unknown_status=report.unknown_status)
         return report
 
     def close(self) -> None:

@@ -147,8 +147,10 @@ class Runner:
             self._mark_send_ok(force=True)
         self._flush_suppressions(report)
         report.elapsed_s = time.monotonic() - started
-        log.info("queue_drained", **{k: v for k, v in report.to_json().items()
-                                     if v not in (None, 0)})
+        # An idle pass (every few seconds under the daemon) is not worth a journal line.
+        emit = log.info if report.claimed or report.error or report.auth_error else log.debug
+        emit("queue_drained", **{k: v for k, v in report.to_json().items()
+                                 if v not in (None, 0)})
         return report
 
     def _process(self, batch: list[QueuedEvent], report: SendReport,
