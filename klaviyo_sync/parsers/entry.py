@@ -12,6 +12,7 @@ from klaviyo_sync.queue.models import NewEvent
 #: Prefix of every log event's unique_id, so ids from the log never collide with the
 #: order tracker's.
 UNIQUE_ID_PREFIX = "log:"
+_sha256 = hashlib.sha256
 
 
 def line_unique_id(line: bytes) -> str:
@@ -27,8 +28,12 @@ def line_unique_id(line: bytes) -> str:
     ascending order, so the queue's unique index is appended to instead of written at
     random places; a replay of a dense log inserts about five times faster for it.
     """
-    body = line.rstrip(b"\r\n")
-    digest = hashlib.sha256(body).hexdigest()
+    return stripped_line_id(line.rstrip(b"\r\n"))
+
+
+def stripped_line_id(body: bytes) -> str:
+    """:func:`line_unique_id` of a line already without its line ending."""
+    digest = _sha256(body).hexdigest()
     stamp = body[:19].translate(None, b"-: T")
     if len(stamp) == 14 and stamp.isdigit():
         return f"{UNIQUE_ID_PREFIX}{stamp.decode()}:{digest[:32]}"

@@ -16,7 +16,7 @@ from typing import Any
 from klaviyo_sync.clock import to_naive_utc, utcnow
 from klaviyo_sync.config import LogSettings
 from klaviyo_sync.exceptions import ParseError
-from klaviyo_sync.parsers.entry import LogEntry, line_unique_id
+from klaviyo_sync.parsers.entry import LogEntry, stripped_line_id
 from klaviyo_sync.parsers.jsonl import JsonlFormat
 from klaviyo_sync.parsers.kv import KvFormat
 from klaviyo_sync.parsers.mapping import EntryFields, EventMapping
@@ -46,6 +46,8 @@ class LineParser:
         self.format = log.format
         self._clock_read_at = float("-inf")
         self._clock_latest = datetime.min
+        # The latest time for the last ``now`` given: the ingest passes one per chunk.
+        self._latest_for: tuple[datetime | None, datetime] = (None, datetime.min)
         synced = list(events)
         self._reader: KvFormat | JsonlFormat | RegexFormat
         if log.format == "kv":
@@ -80,7 +82,7 @@ class LineParser:
         event_type, when, fields = record
         occurred_at = self._occurred_at(when, event_type, now)
         return self.mapping.entry_fields(
-            line_unique_id(line), event_type, occurred_at, fields, self.timezone, len(line)
+            stripped_line_id(line), event_type, occurred_at, fields, self.timezone, len(line)
         )
 
     def candidates(self, chunk: bytes) -> list[tuple[int, int]]:
@@ -137,7 +139,13 @@ class LineParser:
                 f"time {occurred_at.isoformat(' ')} UTC is before 1990: Klaviyo refuses it",
                 event_type,
             )
-        latest = self._latest_clock() if now is None else to_naive_utc(now) + LATEST_AHEAD
+        if now is None:
+            latest = self._latest_clock()
+        else:
+            given, latest = self._latest_for
+            if now is not given:
+                latest = to_naive_utc(now) + LATEST_AHEAD
+                self._latest_for = (now, latest)
         if occurred_at > latest:
             raise ParseError(
                 f"time {occurred_at.isoformat(' ')} UTC is more than a year in the future: "

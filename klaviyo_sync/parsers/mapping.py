@@ -188,6 +188,9 @@ class EventMapping:
 
 
 def _value(money: dict[str, Any], properties: dict[str, Any], event_type: str) -> float | None:
+    if len(money) == 1:  # the usual line: one amount, nothing to pass through
+        ((key, raw),) = money.items()
+        return _amount(key, raw, event_type)
     value = None
     for key in MONEY_KEYS:
         if key not in money:
@@ -219,15 +222,15 @@ def _e164(text: str) -> str | None:
 
 
 def _amount(key: str, raw: Any, event_type: str) -> float | None:
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        if math.isfinite(raw):
-            return float(raw)
-    elif isinstance(raw, str):
+    if isinstance(raw, str):  # the common case first
         text = raw.strip()
         if not text:
             return None
         if _DECIMAL.fullmatch(text):
             return float(text)  # correctly rounded, like float(Decimal(text))
+    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+        if math.isfinite(raw):
+            return float(raw)
     elif raw is None:
         return None
     raise ParseError(f"{key}: not a decimal amount: {raw!r}", event_type)
