@@ -43,6 +43,12 @@ _SQLITE_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
 # Rows per multi-row INSERT: as many as fit SQLite's limit on bound variables (32766 since
 # 3.32, 999 before), at most this many, so a statement stays a few hundred KB of SQL.
 _SQLITE_MAX_ROWS = 4096
+# What is left of a chunk after full statements goes in one statement of a multiple of
+# this many rows (a few sizes, each compiled once and kept in the driver's cache) and
+# one of the exact rest (compiling it costs well under a millisecond). Every statement
+# costs the writer thread a wait for the GIL, and compiling one costs about as much
+# per row as inserting: a few statements per chunk, of sizes mostly seen before.
+_SQLITE_ROUND_ROWS = 512
 _PENDING = EventState.PENDING.value
 # The page cache the bulk insert wants (KiB, as a negative cache_size): the unique index
 # on random-looking ids touches pages all over; with SQLite's default 2 MB most inserts
@@ -127,13 +133,8 @@ class BulkEnqueuer:
             most = _rows_per_insert(driver.getlimit(  # type: ignore[union-attr]
                 sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
             inserted = 0
-            start, total = 0, len(rows)
-            while start < total:
-                # Full statements, then the rest in halving sizes: a handful of distinct
-                # statements, each compiled once and kept in the driver's cache.
-                size = most
-                while size > total - start:
-                    size //= 2
+            start = 0
+            for size in _statement_sizes(len(rows), most):
                 cursor.execute(_multi_insert(size),
                                list(chain.from_iterable(rows[start:start + size])))
                 inserted += max(cursor.rowcount, 0)
@@ -149,6 +150,14 @@ def _rows_per_insert(variable_limit: int) -> int:
     while size * 2 <= min(fits, _SQLITE_MAX_ROWS):
         size *= 2
     return size
+
+
+def _statement_sizes(total: int, most: int) -> list[int]:
+    """Rows per INSERT for ``total`` rows (see ``_SQLITE_ROUND_ROWS``)."""
+    sizes = [most] * (total // most)
+    rest = total % most
+    rounded = rest - rest % _SQLITE_ROUND_ROWS
+    return sizes + [size for size in (rounded, rest - rounded) if size]
 
 
 @functools.lru_cache(maxsize=32)
