@@ -30,25 +30,36 @@ class Customer:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any] | sa.RowMapping) -> Customer:
-        signup = row.get("signup_date")
-        if isinstance(signup, datetime):
-            signup = signup.date()
-        elif isinstance(signup, str) and signup:
-            signup = date.fromisoformat(signup[:10])
-        opt_in = row.get("email_opt_in")
-        if isinstance(opt_in, str):
-            opt_in = opt_in.strip().lower() in ("1", "true", "yes", "y", "t")
-        return cls(
-            id=str(row["id"]),
-            email=row.get("email") or None,
-            first_name=row.get("first_name"),
-            last_name=row.get("last_name"),
-            status=row.get("status"),
-            schedule=_text(row.get("schedule")),
-            box=_text(row.get("box")),
-            signup_date=signup or None,
-            email_opt_in=bool(opt_in),
-        )
+        return cls.from_values(
+            row["id"], row.get("email"), row.get("first_name"), row.get("last_name"),
+            row.get("status"), row.get("schedule"), row.get("box"), row.get("signup_date"),
+            row.get("email_opt_in"))
+
+    @classmethod
+    def from_values(cls, id: Any, email: Any, first_name: Any, last_name: Any, status: Any,
+                    schedule: Any, box: Any, signup_date: Any, email_opt_in: Any) -> Customer:
+        """From the reader's columns in order (positional rows: a mapping's get() per
+        column was most of the look-up's CPU on a batch of 1,000 customers)."""
+        if signup_date is not None and (isinstance(signup_date, datetime)
+                                        or not isinstance(signup_date, date)):
+            signup_date = _date_of(signup_date)
+        return cls(str(id), email or None, first_name, last_name, status, _text(schedule),
+                   _text(box), signup_date or None,
+                   email_opt_in if email_opt_in.__class__ is bool else _flag(email_opt_in))
+
+
+def _date_of(value: Any) -> date | None:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, str) and value:
+        return date.fromisoformat(value[:10])
+    return value or None
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "y", "t")
+    return bool(value)
 
 
 def _text(value: Any) -> str | None:
@@ -112,9 +123,9 @@ class SqlCustomerReader:
                 for start in range(0, len(wanted), size):
                     chunk = wanted[start:start + size]
                     self.queries += 1
-                    rows = conn.execute(self._select.where(match(chunk))).mappings()
-                    for row in rows:
-                        customer = Customer.from_row(row)
+                    # fetchall(): iterating a result fetches one row per call.
+                    for row in conn.execute(self._select.where(match(chunk))).fetchall():
+                        customer = Customer.from_values(*row)
                         found[customer.id] = customer
         except sa.exc.SQLAlchemyError as exc:
             raise BusinessDataError(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from klaviyo_sync.senders.base import OutgoingEvent
-from klaviyo_sync.senders.payloads import BulkEncoder
+from klaviyo_sync.senders.payloads import BulkEncoder, utf8_len
 
 #: Bytes of a bulk body besides its entries' content (envelope, entry wrappers).
 _ENVELOPE_BYTES = 200
@@ -60,13 +60,13 @@ def plan(events: Sequence[OutgoingEvent], caps: BatchCaps,
     pending: Sequence[OutgoingEvent] = events
     while pending:
         for group in encoder.entries(pending):
-            entry_bytes = _ENTRY_BYTES + len(encoder.profile_json(group[0]).encode("utf-8"))
+            entry_bytes = _ENTRY_BYTES + utf8_len(encoder.profile_json(group[0]))
             first_in_entry = True
             for event in group:
                 if event.unique_id in current_ids:
                     spill.append(event)
                     continue
-                size = len(encoder.fragment(event).encode("utf-8")) + 1
+                size = utf8_len(encoder.fragment(event)) + 1
                 extra = size + (entry_bytes if first_in_entry else 0)
                 if current and (len(current) >= caps.max_events
                                 or current_bytes + extra > caps.max_bytes):

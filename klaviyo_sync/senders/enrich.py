@@ -27,8 +27,9 @@ def has_identifier(event: QueuedEvent) -> bool:
 def build_profile(event: QueuedEvent, customer: Customer | None,
                   names: ProfileProperties) -> dict[str, Any]:
     """Klaviyo profile attributes for ``event``: current data first, then the log's."""
-    logged = event.profile or {}
-    profile: dict[str, Any] = {k: logged[k] for k in _LOG_PROFILE_KEYS if logged.get(k)}
+    logged = event.profile
+    profile: dict[str, Any] = (
+        {k: logged[k] for k in _LOG_PROFILE_KEYS if logged.get(k)} if logged else {})
     email = (customer.email if customer else None) or event.email
     if email:
         profile["email"] = email

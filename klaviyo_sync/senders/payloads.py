@@ -3,6 +3,7 @@ suppressions, profiles. Pure functions: no I/O."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -79,8 +80,35 @@ def bulk_body(events: Sequence[OutgoingEvent]
     return body, order
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)
+# One encoder each, made once: json.dumps() with any option builds a new JSONEncoder on
+# every call, which cost more than encoding a small event.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              default=str).encode
+_string = json.encoder.encode_basestring  # a str as JSON, what _dumps does to a str
+
+
+@functools.lru_cache(maxsize=256)
+def _event_head(metric: str) -> str:
+    return ('{"type":"event","attributes":{"metric":{"data":{"type":"metric","attributes":'
+            '{"name":' + _string(metric) + '}}},"properties":')
+
+
+def _event_json(event: OutgoingEvent) -> str:
+    """``_dumps({"type": "event", "attributes": event_attributes(event)})``, assembled
+    from parts: the metric's part is made once per metric, not once per event."""
+    text = (_event_head(event.metric) + _dumps(event.properties) + ',"time":"'
+            + iso_utc(event.time) + '","unique_id":' + _string(event.unique_id))
+    if event.value is not None:
+        text += ',"value":' + _dumps(event.value)
+        if event.value_currency:
+            text += ',"value_currency":' + _string(event.value_currency)
+    return text + "}}"
+
+
+def utf8_len(text: str) -> int:
+    """Bytes of ``text`` in UTF-8, without encoding it when it is ASCII (the usual case)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 class BulkEncoder:
@@ -99,7 +127,7 @@ class BulkEncoder:
     def fragment(self, event: OutgoingEvent) -> str:
         text = self._fragments.get(event.queue_id)
         if text is None:
-            text = _dumps({"type": "event", "attributes": event_attributes(event)})
+            text = _event_json(event)
             self._fragments[event.queue_id] = text
         return text
 
@@ -107,9 +135,7 @@ class BulkEncoder:
         """Group key; it starts with the profile's JSON, which the body reuses."""
         key = self._keys.get(event.queue_id)
         if key is None:
-            profile = json.dumps(event.profile, sort_keys=True, separators=(",", ":"),
-                                 ensure_ascii=False, default=str)
-            key = f"{profile}|{int(event.backfill)}"
+            key = _canonical(event.profile) + ("|1" if event.backfill else "|0")
             self._keys[event.queue_id] = key
         return key
 

@@ -7,7 +7,13 @@ from datetime import datetime
 
 from klaviyo_sync.senders.base import OutgoingEvent
 from klaviyo_sync.senders.batching import BatchCaps, JobKind, plan
-from klaviyo_sync.senders.payloads import BulkEncoder, bulk_body, encode, single_event_body
+from klaviyo_sync.senders.payloads import (
+    BulkEncoder,
+    bulk_body,
+    encode,
+    event_attributes,
+    single_event_body,
+)
 
 
 def make_event(n: int, email: str | None = None, uid: str | None = None, size: int = 10,
@@ -72,6 +78,20 @@ def test_event_body_has_time_in_utc_with_offset_value_currency_and_backfill() ->
     assert [e["attributes"]["backfill"] for e in entries] == [True, False]
     assert "backfill" not in entries[0]["attributes"]["events"]["data"][0]["attributes"]
     json.loads(encode(body))
+
+
+def test_event_fragment_is_the_encoded_event_byte_for_byte() -> None:
+    # Fragments are assembled from parts (no dict per event): they must still be exactly
+    # what encoding the event's attributes gives, whatever the event carries.
+    events = [make_event(1), make_event(2, value=47.95, value_currency="EUR"),
+              make_event(3, value=0.0), make_event(4, metric='say "naïve" ☃\n', uid="ü\t1",
+                                                    properties={"when": datetime(2020, 1, 2),
+                                                                "nested": {"a": [1, None]}}),
+              make_event(5, time=datetime(2021, 3, 4, 5, 6, 7).astimezone(), properties={})]
+    encoder = BulkEncoder()
+    for event in events:
+        expected = encode({"type": "event", "attributes": event_attributes(event)})
+        assert encoder.fragment(event).encode("utf-8") == expected
 
 
 def test_encoder_joins_fragments_into_exactly_the_bulk_body() -> None:
