@@ -59,6 +59,7 @@ class _Parsed:
     """One chunk's worth of work for one transaction."""
 
     rows: list[Any] = field(default_factory=list)
+    events: int = 0  # len(rows), kept once the rows are written and let go
     rejects: list[dict[str, Any]] = field(default_factory=list)
     lines: int = 0
     skipped: int = 0
@@ -272,6 +273,9 @@ class Ingestor:
     def _apply(enqueuer: BulkEnqueuer, conn: Connection, parsed: _Parsed) -> tuple[int, int]:
         """One chunk's writes: its events, its rejects, the checkpoint just past it."""
         inserted = enqueuer.insert(conn, parsed.rows)
+        # The transaction may stay open for a few more chunks: their rows are in SQLite
+        # now, so do not hold a second copy until the commit.
+        parsed.events, parsed.rows = len(parsed.rows), []
         new_rejects = RejectStore.add(conn, parsed.rejects) if parsed.rejects else 0
         if parsed.checkpoint is not None:
             checkpoint.save(conn, parsed.checkpoint)
@@ -305,7 +309,7 @@ class Ingestor:
         inserted, new_rejects = result
         tally.lines += parsed.lines
         tally.enqueued += inserted
-        tally.duplicates += len(parsed.rows) - inserted
+        tally.duplicates += parsed.events - inserted
         tally.skipped += parsed.skipped
         tally.rejected += len(parsed.rejects)
         tally.bytes += parsed.bytes
@@ -313,7 +317,7 @@ class Ingestor:
             tally.offset = parsed.checkpoint.offset
         log.debug("chunk_ingested", path=parsed.path, bytes=parsed.bytes,
                   offset=parsed.checkpoint.offset if parsed.checkpoint else None,
-                  lines=parsed.lines, events=inserted, duplicates=len(parsed.rows) - inserted,
+                  lines=parsed.lines, events=inserted, duplicates=parsed.events - inserted,
                   rejects=new_rejects)
 
     def _warn_missing(self) -> None:
