@@ -14,6 +14,7 @@ Baselines run in the same process and moment as what they are compared with.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import sqlite3
@@ -227,6 +228,10 @@ def main() -> None:
                         help="run only these parts (repeatable)")
     args = parser.parse_args()
     logconfig.configure("warning")
+    # Ratios compare work done in the same moment, but the replay overlaps parsing with
+    # SQLite on two threads: a busy machine hurts it more than the one-thread baseline.
+    one, five, fifteen = os.getloadavg()
+    print(f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs")
     scale = 10 if args.quick else 1
     parts = set(args.only or ("a", "b", "c"))
     work = Path(tempfile.mkdtemp(prefix="klaviyo-sync-bench-"))
@@ -237,6 +242,7 @@ def main() -> None:
             bench_dense(work, 1_000_000 // scale)
         if "c" in parts:
             bench_memory(work, 1_000_000_000 // scale)
+        print("load average at the end {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     finally:
         if args.keep:
             print(f"data kept in {work}")
