@@ -33,10 +33,13 @@ def test_json_text_is_exactly_json_dumps(obj: dict) -> None:
 
 
 def entries() -> list[LogEntry]:
+    second = datetime(2020, 5, 15, 12, 35, 32)  # one object for two lines, as parsed
     return [
-        LogEntry("log:a", "started.signup", "Started Signup", datetime(2020, 5, 15, 12, 35, 32),
+        LogEntry("log:a", "started.signup", "Started Signup", second,
                  "1141260", "k@example.com", {"box": "705", "n": 1.5, "names": ["é", None]},
                  {"first_name": "Zoë"}, 47.95, "USD"),
+        LogEntry("log:a2", "failed.payment", "failed.payment", second, "7", None,
+                 {"OrderId": "o1", "Reason": 'say "no"\n'}, {}, 0.1, "EUR"),
         LogEntry("log:b", "cancelled", "cancelled", datetime(2020, 5, 15, 12, 40, 28, 123),
                  None, None, {}, {}, None, None),
     ]
@@ -45,7 +48,7 @@ def entries() -> list[LogEntry]:
 def test_fast_rows_read_back_exactly_like_queue_store_rows(state_engine: sa.Engine) -> None:
     bulk = BulkEnqueuer(state_engine)
     with state_engine.begin() as conn:
-        assert bulk.insert(conn, [bulk.row(e, True, NOW) for e in entries()], NOW) == 2
+        assert bulk.insert(conn, [bulk.row(e, True, NOW) for e in entries()], NOW) == 3
         assert bulk.insert(conn, [bulk.row(e, True, NOW) for e in entries()], NOW) == 0
     QueueStore(state_engine).enqueue_many(
         [replace(e.to_new_event(True), unique_id=e.unique_id + "-store") for e in entries()],
