@@ -124,7 +124,7 @@ class SqlCustomerReader:
                     chunk = wanted[start:start + size]
                     self.queries += 1
                     # fetchall(): iterating a result fetches one row per call.
-                    for row in conn.execute(self._select.where(match(chunk))).fetchall():
+                    for row in conn.execute(*match(chunk)).fetchall():
                         customer = Customer.from_values(*row)
                         found[customer.id] = customer
         except sa.exc.SQLAlchemyError as exc:
@@ -134,7 +134,8 @@ class SqlCustomerReader:
             ) from exc
         return found
 
-    def _id_matcher(self, conn: sa.Connection) -> Callable[[list[str]], Any]:
+    def _id_matcher(self, conn: sa.Connection
+                    ) -> Callable[[list[str]], tuple[Any, dict[str, Any]]]:
         """How string ids are compared with the id column, decided once from its type.
 
         The string ids of log lines must meet an INTEGER id column on every backend
@@ -152,8 +153,14 @@ class SqlCustomerReader:
                 kind = None  # not reflectable: the cast below works everywhere
             self._id_kind = ("int" if isinstance(kind, sa.Integer)
                              else "text" if isinstance(kind, sa.String) else "cast")
+        # One statement per reader, the ids an expanding parameter: in_(list) would make
+        # and coerce a bound parameter per id on every look-up.
+        ids: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
         if self._id_kind == "int":
-            return lambda chunk: self._id.in_([int(i) for i in chunk if i.isdigit()])
+            by_int = self._select.where(self._id.in_(ids))
+            return lambda chunk: (by_int, {"ids": [int(i) for i in chunk if i.isdigit()]})
         if self._id_kind == "text":
-            return lambda chunk: self._id.in_(chunk)
-        return lambda chunk: sa.cast(self._id, sa.String).in_(chunk)
+            by_text = self._select.where(self._id.in_(ids))
+            return lambda chunk: (by_text, {"ids": chunk})
+        by_cast = self._select.where(sa.cast(self._id, sa.String).in_(ids))
+        return lambda chunk: (by_cast, {"ids": chunk})

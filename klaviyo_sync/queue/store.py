@@ -312,12 +312,14 @@ class QueueStore:
         # while a row is leased (every way out of LEASED clears it), so it alone is the
         # fence; leaving `state` out of the predicate keeps PostgreSQL on the primary key
         # instead of the (state, next_attempt_at) index when statistics are stale.
+        # The ids are one expanding parameter: in_(list) would coerce every id into a
+        # bound parameter of its own when building the statement.
+        stmt = (events.update()
+                .where(events.c.id.in_(sa.bindparam("ids", expanding=True)),
+                       events.c.leased_by == sa.bindparam("worker"))
+                .values(**values))
         total = 0
         for start in range(0, len(ids), 1000):
-            chunk = list(ids[start:start + 1000])
             total += conn.execute(
-                events.update()
-                .where(events.c.id.in_(chunk), events.c.leased_by == worker)
-                .values(**values)
-            ).rowcount
+                stmt, {"ids": list(ids[start:start + 1000]), "worker": worker}).rowcount
         return total
