@@ -11,7 +11,11 @@ not one ``executemany``: the driver releases the GIL around every statement it s
 so an ``executemany`` on the writer thread has to win the GIL back from the parsing
 thread once per row, and waits a switch interval (5 ms) nearly every time. One
 statement per thousands of rows waits once per thousands of rows, and the two threads
-really overlap.
+really overlap. Statements are of a few sizes only (a full one, halving sizes for what
+is left when the transaction ends), so each is compiled once and stays in the driver's
+cache: compiling costs about as much per row as inserting, and a compiled statement
+holds ~1.5 KB per row, so a cache of odd sizes would cost tens of MB. Rows a chunk
+leaves short of a full statement wait for the next chunk of the same transaction.
 """
 
 from __future__ import annotations
@@ -43,12 +47,6 @@ _SQLITE_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
 # Rows per multi-row INSERT: as many as fit SQLite's limit on bound variables (32766 since
 # 3.32, 999 before), at most this many, so a statement stays a few hundred KB of SQL.
 _SQLITE_MAX_ROWS = 4096
-# What is left of a chunk after full statements goes in one statement of a multiple of
-# this many rows (a few sizes, each compiled once and kept in the driver's cache) and
-# one of the exact rest (compiling it costs well under a millisecond). Every statement
-# costs the writer thread a wait for the GIL, and compiling one costs about as much
-# per row as inserting: a few statements per chunk, of sizes mostly seen before.
-_SQLITE_ROUND_ROWS = 512
 _PENDING = EventState.PENDING.value
 # The page cache the bulk insert wants (KiB, as a negative cache_size): the unique index
 # on random-looking ids touches pages all over; with SQLite's default 2 MB most inserts
@@ -94,6 +92,7 @@ class BulkEnqueuer:
         self._now_text = ""
         self._occurred_at: datetime | None = None
         self._occurred_text = ""
+        self._held: list[Any] = []  # SQLite rows waiting to fill a statement (see add)
 
     def row(self, entry: LogEntry, backfill: bool, now: datetime) -> Any:
         """What :meth:`insert` takes for one entry."""
@@ -122,26 +121,66 @@ class BulkEnqueuer:
     def insert(self, conn: Connection, rows: Sequence[Any], now: datetime | None = None
                ) -> int:
         """Insert, skipping unique_ids already queued; returns how many rows were new."""
-        if not rows:
-            return 0
+        return self.add(conn, rows, now) + self.flush(conn)
+
+    def add(self, conn: Connection, rows: Sequence[Any], now: datetime | None = None) -> int:
+        """:meth:`insert`, except that on SQLite the last rows (less than one statement's
+        worth) may wait for the next call in the same transaction, or :meth:`flush`.
+
+        Returns how many rows this call wrote that were new, whichever call they came
+        from. The caller flushes before it commits, and discards after a rollback.
+        """
         if not self.is_sqlite:
-            return self.store.enqueue(conn, rows, now)
-        driver = conn.connection.driver_connection
-        cursor = driver.cursor()  # type: ignore[union-attr]
+            return self.store.enqueue(conn, rows, now) if rows else 0
+        held = self._held
+        held.extend(rows)
+        cursor, most = self._cursor(conn)
         try:
-            cursor.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
-            most = _rows_per_insert(driver.getlimit(  # type: ignore[union-attr]
-                sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
-            inserted = 0
-            start = 0
-            for size in _statement_sizes(len(rows), most):
-                cursor.execute(_multi_insert(size),
-                               list(chain.from_iterable(rows[start:start + size])))
-                inserted += max(cursor.rowcount, 0)
-                start += size
-            return inserted
+            inserted = start = 0
+            while len(held) - start >= most:
+                inserted += _execute(cursor, most, held[start:start + most])
+                start += most
         finally:
             cursor.close()
+        del held[:start]
+        return inserted
+
+    def flush(self, conn: Connection) -> int:
+        """Write the rows :meth:`add` held back; returns how many were new."""
+        held = self._held
+        if not held:
+            return 0
+        cursor, most = self._cursor(conn)
+        try:
+            inserted = start = 0
+            size = most
+            while start < len(held):
+                # Halving sizes: a handful of statements, each compiled once and cached.
+                while size > len(held) - start:
+                    size //= 2
+                inserted += _execute(cursor, size, held[start:start + size])
+                start += size
+        finally:
+            cursor.close()
+        held.clear()
+        return inserted
+
+    def discard(self) -> None:
+        """Forget rows held back (their transaction rolled back)."""
+        self._held.clear()
+
+    def _cursor(self, conn: Connection) -> tuple[Any, int]:
+        driver = conn.connection.driver_connection
+        cursor = driver.cursor()  # type: ignore[union-attr]
+        cursor.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
+        most = _rows_per_insert(driver.getlimit(  # type: ignore[union-attr]
+            sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        return cursor, most
+
+
+def _execute(cursor: Any, size: int, rows: Sequence[Any]) -> int:
+    cursor.execute(_multi_insert(size), list(chain.from_iterable(rows)))
+    return max(cursor.rowcount, 0)
 
 
 def _rows_per_insert(variable_limit: int) -> int:
@@ -150,14 +189,6 @@ def _rows_per_insert(variable_limit: int) -> int:
     while size * 2 <= min(fits, _SQLITE_MAX_ROWS):
         size *= 2
     return size
-
-
-def _statement_sizes(total: int, most: int) -> list[int]:
-    """Rows per INSERT for ``total`` rows (see ``_SQLITE_ROUND_ROWS``)."""
-    sizes = [most] * (total // most)
-    rest = total % most
-    rounded = rest - rest % _SQLITE_ROUND_ROWS
-    return sizes + [size for size in (rounded, rest - rounded) if size]
 
 
 @functools.lru_cache(maxsize=32)

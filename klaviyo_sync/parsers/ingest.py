@@ -60,6 +60,8 @@ class _Parsed:
 
     rows: list[Any] = field(default_factory=list)
     events: int = 0  # len(rows), kept once the rows are written and let go
+    inserted: int = 0  # rows that were new (counted by the write that took them)
+    new_rejects: int = 0
     rejects: list[dict[str, Any]] = field(default_factory=list)
     lines: int = 0
     skipped: int = 0
@@ -138,20 +140,21 @@ class Ingestor:
     # --- reading one file -----------------------------------------------------------------
 
     @contextmanager
-    def _writer(self, tally: Tally) -> Iterator[OrderedWriter[_Parsed, tuple[int, int]]]:
+    def _writer(self, tally: Tally) -> Iterator[OrderedWriter[_Parsed, None]]:
         writer = OrderedWriter(self._transaction,
                                functools.partial(self._apply, self.enqueuer),
                                functools.partial(self._committed, tally),
                                weight=lambda parsed: parsed.bytes + 1,
                                max_weight=_GROUP_COMMIT_CHUNKS * self.settings.log.read_chunk_bytes,
-                               max_open_s=_GROUP_COMMIT_S)
+                               max_open_s=_GROUP_COMMIT_S,
+                               finish=functools.partial(self._finish, self.enqueuer))
         try:
             yield writer
         finally:
             writer.close()
 
     def _read(self, source: Source, tally: Tally,
-              writer: OrderedWriter[_Parsed, tuple[int, int]], *, force_backfill: bool,
+              writer: OrderedWriter[_Parsed, None], *, force_backfill: bool,
               keep_checkpoint: bool, lines_before: int, stop: threading.Event | None,
               progress: Progress | None = None, progress_base: int = 0,
               progress_total: int = 0) -> None:
@@ -270,16 +273,22 @@ class Ingestor:
     # --- the database -------------------------------------------------------------------
 
     @staticmethod
-    def _apply(enqueuer: BulkEnqueuer, conn: Connection, parsed: _Parsed) -> tuple[int, int]:
+    def _apply(enqueuer: BulkEnqueuer, conn: Connection, parsed: _Parsed) -> None:
         """One chunk's writes: its events, its rejects, the checkpoint just past it."""
-        inserted = enqueuer.insert(conn, parsed.rows)
-        # The transaction may stay open for a few more chunks: their rows are in SQLite
-        # now, so do not hold a second copy until the commit.
+        # The last few rows may wait for the next chunk's (see BulkEnqueuer.add): the
+        # transaction's totals stay exact, as _finish writes them before the commit.
+        parsed.inserted = enqueuer.add(conn, parsed.rows)
+        # The transaction may stay open for a few more chunks: their rows are with
+        # SQLite now, so do not hold a second copy until the commit.
         parsed.events, parsed.rows = len(parsed.rows), []
-        new_rejects = RejectStore.add(conn, parsed.rejects) if parsed.rejects else 0
+        parsed.new_rejects = RejectStore.add(conn, parsed.rejects) if parsed.rejects else 0
         if parsed.checkpoint is not None:
             checkpoint.save(conn, parsed.checkpoint)
-        return inserted, new_rejects
+
+    @staticmethod
+    def _finish(enqueuer: BulkEnqueuer, conn: Connection, applied: list[_Parsed]) -> None:
+        """Last in each transaction: the rows still held back go in before the commit."""
+        applied[-1].inserted += enqueuer.flush(conn)
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -291,7 +300,11 @@ class Ingestor:
             else:
                 begin = self.engine.begin()
             with begin as conn:
-                yield conn
+                try:
+                    yield conn
+                except BaseException:
+                    self.enqueuer.discard()  # rows held for a commit that will not come
+                    raise
         except (sa.exc.DBAPIError, sqlite3.Error) as exc:
             # sqlite3.Error: the SQLite bulk insert talks to the driver directly.
             raise StateError(f"cannot write to the state database: {_short(exc)}") from exc
@@ -305,11 +318,13 @@ class Ingestor:
     # --- bookkeeping --------------------------------------------------------------------
 
     @staticmethod
-    def _committed(tally: Tally, parsed: _Parsed, result: tuple[int, int]) -> None:
-        inserted, new_rejects = result
+    def _committed(tally: Tally, parsed: _Parsed, _: None) -> None:
+        # A multi-row INSERT may take rows of two chunks, so how many rows were new is
+        # exact per transaction, not per chunk: the chunk's log line leaves it out, and
+        # the tally (summed over whole transactions) is exact.
         tally.lines += parsed.lines
-        tally.enqueued += inserted
-        tally.duplicates += parsed.events - inserted
+        tally.enqueued += parsed.inserted
+        tally.duplicates += parsed.events - parsed.inserted
         tally.skipped += parsed.skipped
         tally.rejected += len(parsed.rejects)
         tally.bytes += parsed.bytes
@@ -317,8 +332,7 @@ class Ingestor:
             tally.offset = parsed.checkpoint.offset
         log.debug("chunk_ingested", path=parsed.path, bytes=parsed.bytes,
                   offset=parsed.checkpoint.offset if parsed.checkpoint else None,
-                  lines=parsed.lines, events=inserted, duplicates=parsed.events - inserted,
-                  rejects=new_rejects)
+                  lines=parsed.lines, events=parsed.events, rejects=parsed.new_rejects)
 
     def _warn_missing(self) -> None:
         now = utcnow()

@@ -35,17 +35,21 @@ class OrderedWriter(Generic[T, R]):
     """Apply submitted items in order on one background thread, in grouped transactions.
 
     ``begin()`` opens a transaction (a context manager yielding a connection);
-    ``apply(conn, item)`` writes one item in it; ``on_done(item, result)`` runs once the
-    item's transaction has committed. The first exception rolls its transaction back and
-    stops the writer; the next :meth:`submit` or :meth:`close` re-raises it.
+    ``apply(conn, item)`` writes one item in it; ``finish(conn, items)``, if given, runs
+    last in each transaction (writes an ``apply`` left pending); ``on_done(item, result)``
+    runs once the item's transaction has committed. The first exception rolls its
+    transaction back and stops the writer; the next :meth:`submit` or :meth:`close`
+    re-raises it.
     """
 
     def __init__(self, begin: Callable[[], AbstractContextManager[Any]],
                  apply: Callable[[Any, T], R], on_done: Callable[[T, R], None],
                  weight: Callable[[T], int] = lambda item: 1, max_weight: int = 50_000,
-                 max_open_s: float = 1.0, name: str = "ingest-writer") -> None:
+                 max_open_s: float = 1.0, name: str = "ingest-writer",
+                 finish: Callable[[Any, list[T]], None] | None = None) -> None:
         self._begin = begin
         self._apply = apply
+        self._finish = finish
         self._on_done = on_done
         self._weight = weight
         self._max_weight = max_weight
@@ -114,6 +118,8 @@ class OrderedWriter(Generic[T, R]):
                     finished = True
                     break
                 item = following  # type: ignore[assignment]
+            if self._finish is not None:
+                self._finish(conn, [done for done, _ in applied])
         for item, result in applied:
             self._on_done(item, result)
         return finished

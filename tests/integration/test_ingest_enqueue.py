@@ -84,6 +84,25 @@ def test_many_rows_go_in_once_each_whatever_the_statement_sizes(state_engine: sa
     assert [(u, p["n"]) for u, p in stored] == [(f"log:{n}", n) for n in range(5003)]
 
 
+def test_rows_held_back_by_add_go_in_at_flush_and_are_counted_once(
+        state_engine: sa.Engine) -> None:
+    bulk = BulkEnqueuer(state_engine)
+    base = entries()[0]
+    rows = [bulk.row(replace(base, unique_id=f"log:{n}"), False, NOW) for n in range(5000)]
+    with state_engine.begin() as conn:
+        counted = bulk.add(conn, rows[:10]) + bulk.add(conn, rows[10:4100])
+        counted += bulk.add(conn, rows[:5]) + bulk.flush(conn)  # 5 repeats: not new
+        assert counted == 4100 and bulk.flush(conn) == 0
+    with pytest.raises(RuntimeError), state_engine.begin() as conn:
+        bulk.add(conn, rows[4100:4110])
+        raise RuntimeError("rolled back")
+    bulk.discard()  # what the ingest does after a rollback: nothing held survives it
+    with state_engine.begin() as conn:
+        assert bulk.flush(conn) == 0
+    with state_engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar() == 4100
+
+
 class FakeDatabase:
     """Transactions over a list: committed items become visible only at commit."""
 
@@ -114,6 +133,23 @@ def test_writer_commits_in_order_and_reports_each_after_its_commit() -> None:
     writer.close()
     assert db.committed == list(range(50)) and done == [(n, n * 2) for n in range(50)]
     assert all(len(t) <= 7 for t in db.transactions)
+
+
+def test_finish_runs_last_in_every_transaction_before_its_commit() -> None:
+    db = FakeDatabase()
+
+    def finish(conn: list[int], items: list[int]) -> None:
+        assert items == conn  # every item applied in this transaction, in order
+        conn.append(-1)
+
+    writer: OrderedWriter[int, None] = OrderedWriter(
+        db.begin, lambda conn, n: conn.append(n), lambda n, r: None, max_weight=4,
+        finish=finish)
+    for n in range(10):
+        writer.submit(n)
+    writer.close()
+    assert all(t[-1] == -1 and -1 not in t[:-1] for t in db.transactions)
+    assert [n for n in db.committed if n >= 0] == list(range(10))
 
 
 def test_a_lone_item_is_committed_as_soon_as_the_writer_is_closed() -> None:
