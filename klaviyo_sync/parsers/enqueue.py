@@ -43,6 +43,7 @@ _SQLITE_INSERT = (
     f"INSERT INTO events ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT (unique_id) DO NOTHING"
 )
+_WIDTH = len(_COLUMNS)
 _SQLITE_ROW = f"({', '.join('?' for _ in _COLUMNS)})"
 # Rows per multi-row INSERT: as many as fit SQLite's limit on bound variables (32766 since
 # 3.32, 999 before), at most this many, so a statement stays a few hundred KB of SQL.
@@ -93,6 +94,11 @@ class BulkEnqueuer:
         self._occurred_at: datetime | None = None
         self._occurred_text = ""
         self._held: list[Any] = []  # SQLite rows waiting to fill a statement (see add)
+        #: List items per row in what :meth:`add` takes. On SQLite a row's values go in
+        #: one flat list, row after row: no tuple per row that outlives its line (the
+        #: garbage collector walked them all) and nothing to flatten for the driver.
+        #: Elsewhere one :class:`NewEvent` per row.
+        self.row_width = _WIDTH if self.is_sqlite else 1
 
     def row(self, entry: LogEntry, backfill: bool, now: datetime) -> Any:
         """What :meth:`insert` takes for one entry."""
@@ -120,12 +126,15 @@ class BulkEnqueuer:
 
     def insert(self, conn: Connection, rows: Sequence[Any], now: datetime | None = None
                ) -> int:
-        """Insert, skipping unique_ids already queued; returns how many rows were new."""
-        return self.add(conn, rows, now) + self.flush(conn)
+        """Insert :meth:`row` results, skipping unique_ids already queued; returns how
+        many rows were new."""
+        collected = list(chain.from_iterable(rows)) if self.is_sqlite else rows
+        return self.add(conn, collected, now) + self.flush(conn)
 
     def add(self, conn: Connection, rows: Sequence[Any], now: datetime | None = None) -> int:
-        """:meth:`insert`, except that on SQLite the last rows (less than one statement's
-        worth) may wait for the next call in the same transaction, or :meth:`flush`.
+        """:meth:`insert` of rows collected flat (see :attr:`row_width`), except that on
+        SQLite the last rows (less than one statement's worth) may wait for the next
+        call in the same transaction, or :meth:`flush`.
 
         Returns how many rows this call wrote that were new, whichever call they came
         from. The caller flushes before it commits, and discards after a rollback.
@@ -135,11 +144,12 @@ class BulkEnqueuer:
         held = self._held
         held.extend(rows)
         cursor, most = self._cursor(conn)
+        step = most * _WIDTH
         try:
             inserted = start = 0
-            while len(held) - start >= most:
-                inserted += _execute(cursor, most, held[start:start + most])
-                start += most
+            while len(held) - start >= step:
+                inserted += _execute(cursor, most, held[start:start + step])
+                start += step
         finally:
             cursor.close()
         del held[:start]
@@ -156,10 +166,10 @@ class BulkEnqueuer:
             size = most
             while start < len(held):
                 # Halving sizes: a handful of statements, each compiled once and cached.
-                while size > len(held) - start:
+                while size * _WIDTH > len(held) - start:
                     size //= 2
-                inserted += _execute(cursor, size, held[start:start + size])
-                start += size
+                inserted += _execute(cursor, size, held[start:start + size * _WIDTH])
+                start += size * _WIDTH
         finally:
             cursor.close()
         held.clear()
@@ -178,8 +188,8 @@ class BulkEnqueuer:
         return cursor, most
 
 
-def _execute(cursor: Any, size: int, rows: Sequence[Any]) -> int:
-    cursor.execute(_multi_insert(size), list(chain.from_iterable(rows)))
+def _execute(cursor: Any, size: int, values: list[Any]) -> int:
+    cursor.execute(_multi_insert(size), values)
     return max(cursor.rowcount, 0)
 
 

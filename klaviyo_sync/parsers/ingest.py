@@ -58,8 +58,8 @@ _GROUP_COMMIT_S = 1.0
 class _Parsed:
     """One chunk's worth of work for one transaction."""
 
-    rows: list[Any] = field(default_factory=list)
-    events: int = 0  # len(rows), kept once the rows are written and let go
+    rows: list[Any] = field(default_factory=list)  # as BulkEnqueuer.add takes them
+    events: int = 0
     inserted: int = 0  # rows that were new (counted by the write that took them)
     new_rejects: int = 0
     rejects: list[dict[str, Any]] = field(default_factory=list)
@@ -216,8 +216,9 @@ class Ingestor:
         cutoff = now - self.backfill_after
         max_line = self.settings.log.max_line_bytes
         parse = self.parser.entry_fields
-        rows = out.rows
         to_row = self.enqueuer.fields_row
+        # SQLite rows are collected flat, value after value (see BulkEnqueuer.row_width).
+        collect = out.rows.extend if self.enqueuer.row_width > 1 else out.rows.append
         for start, end in spans:
             line = data[start:end]
             if end - start > max_line:
@@ -242,7 +243,8 @@ class Ingestor:
             if fields is None:
                 out.skipped += 1
                 continue
-            rows.append(to_row(fields, force_backfill or fields[3] < cutoff, now))
+            collect(to_row(fields, force_backfill or fields[3] < cutoff, now))
+        out.events = len(out.rows) // self.enqueuer.row_width
         return out
 
     def _long_line(self, chunk: Chunk, file: str, now: datetime, out: _Parsed) -> None:
@@ -280,7 +282,7 @@ class Ingestor:
         parsed.inserted = enqueuer.add(conn, parsed.rows)
         # The transaction may stay open for a few more chunks: their rows are with
         # SQLite now, so do not hold a second copy until the commit.
-        parsed.events, parsed.rows = len(parsed.rows), []
+        parsed.rows = []
         parsed.new_rejects = RejectStore.add(conn, parsed.rejects) if parsed.rejects else 0
         if parsed.checkpoint is not None:
             checkpoint.save(conn, parsed.checkpoint)
