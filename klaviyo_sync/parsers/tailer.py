@@ -274,6 +274,10 @@ class FollowPlan:
 def plan_follow(live: Path, last: Resumable | None) -> FollowPlan:
     """Decide where to read: resume, finish a rotated file first, or start over.
 
+    A file that vanishes while the plan is made (rename and create of a rotation, caught
+    between the two) makes the planning start again; if that keeps happening, the live
+    file counts as missing for this pass, and nothing is read.
+
     - same file (inode and leading bytes): resume at the checkpoint's offset;
     - same inode but shorter than the offset, or other leading bytes: copytruncate (or a
       reused inode): a copy of the old content is finished if one is found, then the live
@@ -282,6 +286,15 @@ def plan_follow(live: Path, last: Resumable | None) -> FollowPlan:
       ``.N`` with its inode, or a copy/``.gz`` with its leading bytes), then the new one is
       read from 0.
     """
+    for _ in range(3):
+        try:
+            return _plan_follow(live, last)
+        except FileNotFoundError:
+            log.debug("log_vanished_while_planning", path=str(live))
+    return FollowPlan((), missing=True)
+
+
+def _plan_follow(live: Path, last: Resumable | None) -> FollowPlan:
     st = stat_or_none(live)
     if last is None:
         return FollowPlan((source_for(live),) if st else (), missing=st is None)

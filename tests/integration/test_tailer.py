@@ -232,3 +232,27 @@ def test_a_short_files_fingerprint_grows_with_it(tmp_path: Path) -> None:
         grown = small.grown(fh, live.stat().st_size)
     assert small.fingerprint_len == 6 and grown.fingerprint_len == 1024
     assert grown == FileIdentity.of(live) and grown.content_matches(live)
+
+
+def test_a_file_vanishing_while_the_pass_is_planned_is_missing_not_a_crash(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rotation by rename + create, caught between the two: stat() saw the file, the
+    open for its identity did not. Planning starts again, then calls it missing."""
+    from klaviyo_sync.parsers import tailer
+
+    live = tmp_path / "system.log"
+    live.write_bytes(b"2020-05-15 12:35:32 cancelled customer=1\n")
+    real = tailer.source_for
+    vanishing = itertools.count()
+
+    def source_for(path: Path, *args: object, **kwargs: object) -> object:
+        if next(vanishing) < failures:
+            raise FileNotFoundError(path)
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tailer, "source_for", source_for)
+    failures = 1
+    plan = tailer.plan_follow(live, None)
+    assert not plan.missing and [s.path for s in plan.sources] == [live]
+    failures, vanishing = 99, itertools.count()
+    assert tailer.plan_follow(live, None) == tailer.FollowPlan((), missing=True)
