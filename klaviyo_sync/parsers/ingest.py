@@ -59,7 +59,7 @@ class _Parsed:
     """One chunk's worth of work for one transaction."""
 
     rows: list[Any] = field(default_factory=list)  # as BulkEnqueuer.add takes them
-    events: int = 0
+    events: int = 0  # event rows the chunk made (rows is emptied once they are written)
     inserted: int = 0  # rows that were new (counted by the write that took them)
     new_rejects: int = 0
     rejects: list[dict[str, Any]] = field(default_factory=list)
