@@ -74,23 +74,29 @@ def _single(transport: EventTransport, event: OutgoingEvent, report: DeliveryRep
 
 def _bulk(transport: EventTransport, events: list[OutgoingEvent], report: DeliveryReport,
           encoder: BulkEncoder) -> None:
-    if report.halted:
-        report.deferred += [e.queue_id for e in events]
+    # A loop, not a recursion per refusal: Klaviyo names one offender per refusal, so a
+    # batch with hundreds of them would otherwise exceed Python's recursion limit.
+    while len(events) > 1:
+        if report.halted:
+            report.deferred += [e.queue_id for e in events]
+            return
+        body, entries = encoder.bulk(events)
+        report.requests += 1
+        try:
+            transport.post_bulk(body, len(events))
+        except PayloadTooLargeError:
+            half = len(events) // 2
+            _run(transport, events[:half], report, encoder)
+            _run(transport, events[half:], report, encoder)
+        except RejectedSendError as exc:
+            events = _isolate(transport, events, entries, exc, report, encoder)
+            continue
+        except (RateLimitedError, AuthError, RetryableSendError) as exc:
+            _outcome_for_all(exc, events, report)
+        else:
+            report.sent += [e.queue_id for e in events]
         return
-    body, entries = encoder.bulk(events)
-    report.requests += 1
-    try:
-        transport.post_bulk(body, len(events))
-    except PayloadTooLargeError:
-        half = len(events) // 2
-        _run(transport, events[:half], report, encoder)
-        _run(transport, events[half:], report, encoder)
-    except RejectedSendError as exc:
-        _isolate(transport, events, entries, exc, report, encoder)
-    except (RateLimitedError, AuthError, RetryableSendError) as exc:
-        _outcome_for_all(exc, events, report)
-    else:
-        report.sent += [e.queue_id for e in events]
+    _run(transport, events, report, encoder)
 
 
 def _outcome_for_all(exc: Exception, events: list[OutgoingEvent], report: DeliveryReport
@@ -113,7 +119,8 @@ def _outcome_for_all(exc: Exception, events: list[OutgoingEvent], report: Delive
 
 def _isolate(transport: EventTransport, events: list[OutgoingEvent],
              entries: list[list[OutgoingEvent]], exc: RejectedSendError,
-             report: DeliveryReport, encoder: BulkEncoder) -> None:
+             report: DeliveryReport, encoder: BulkEncoder) -> list[OutgoingEvent]:
+    """Deal with the events a refusal points at; returns the rest, to go again in bulk."""
     suspects: dict[int, OutgoingEvent] = {}
     recorded: set[int] = set()
     for error in exc.errors:
@@ -136,11 +143,11 @@ def _isolate(transport: EventTransport, events: list[OutgoingEvent],
     if not suspects:
         if len(events) == 1:
             report.dead[events[0].queue_id] = str(exc)
-            return
+            return []
         half = len(events) // 2
         _run(transport, events[:half], report, encoder)
         _run(transport, events[half:], report, encoder)
-        return
+        return []
     report.already_recorded += sorted(recorded)
     rest = [e for e in events if e.queue_id not in suspects]
     for queue_id, event in suspects.items():
@@ -153,7 +160,7 @@ def _isolate(transport: EventTransport, events: list[OutgoingEvent],
         for event in [e for e in rest if e.resend]:
             _single(transport, event, report)
         rest = [e for e in rest if not e.resend]
-    _run(transport, rest, report, encoder)
+    return rest
 
 
 class ProfileTransport(Protocol):

@@ -129,3 +129,17 @@ def test_rate_limit_past_waiting_defers_without_failure() -> None:
     report = deliver(fake, [make_event(i) for i in range(20)], CAPS)
     assert sorted(report.deferred) == list(range(20)) and report.deferred_for_s == 7.0
     assert not report.retry and not report.dead
+
+
+def test_hundreds_of_known_unique_ids_in_one_batch_do_not_exhaust_the_stack() -> None:
+    # Events Klaviyo has although the queue never claimed them before (a queue rebuilt
+    # from the same logs): one refusal per event, each naming one; no RecursionError.
+    events = [make_event(i) for i in range(800)]
+    fake = FakeKlaviyo()
+    for event in events[:700]:
+        fake.recorded[event.unique_id] = 1
+    report = deliver(fake, events, CAPS)
+    assert not report.dead and not report.retry
+    assert sorted(report.already_recorded) == list(range(700))
+    assert sorted(report.sent) == list(range(700, 800))
+    assert all(n == 1 for n in fake.recorded.values()) and len(fake.recorded) == 800
