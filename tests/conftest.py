@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 import sqlalchemy as sa
 
@@ -22,6 +23,13 @@ pytest_plugins = ["tests.klaviyo_standin.fixtures"]
 PG_URL = os.environ.get("KLAVIYO_SYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("KLAVIYO_SYNC_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Property tests: no per-example deadline (a shared 2-core machine makes timing noise, not
+# bugs); under CI a fixed derandomized search, so a CI run can be reproduced exactly.
+# Local runs keep exploring new examples, and a failure they find prints its seed.
+hypothesis.settings.register_profile("local", deadline=None)
+hypothesis.settings.register_profile("ci", deadline=None, derandomize=True, database=None)
+hypothesis.settings.load_profile("ci" if IN_CI else "local")
 
 _reachable: dict[str, str | None] = {}
 

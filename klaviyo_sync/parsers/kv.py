@@ -16,7 +16,8 @@
 - A line that does not start with a digit is not an entry (a continuation line, a
   banner) and is skipped like any other type.
 - Invalid UTF-8 in a value becomes U+FFFD; in a key it is a parse error (see mapping for
-  the customer id and email).
+  the customer id and email). A key holding a literal U+FFFD is refused the same way:
+  after decoding the two cannot be told apart, and neither is a meaningful key.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def parse_pairs(text: str) -> dict[str, str]:
 
 def _check_keys(fields: dict[str, str]) -> None:
     for key in fields:
+        # The line was decoded with errors="replace": a bad byte and a literal U+FFFD
+        # look the same here, and neither makes a meaningful key.
         if "\ufffd" in key:
             raise ValueError(f"invalid UTF-8 in key {key!r}")
 
