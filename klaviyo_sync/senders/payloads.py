@@ -97,8 +97,12 @@ def _event_head(metric: str) -> str:
 def _event_json(event: OutgoingEvent) -> str:
     """``_dumps({"type": "event", "attributes": event_attributes(event)})``, assembled
     from parts: the metric's part is made once per metric, not once per event."""
-    text = (_event_head(event.metric) + _dumps(event.properties) + ',"time":"'
-            + iso_utc(event.time) + '","unique_id":' + _string(event.unique_id))
+    moment = event.time
+    # iso_utc's result for the usual naive time, without its conversions and copies.
+    when = (moment.isoformat() + "+00:00" if moment.tzinfo is None and not moment.microsecond
+            else iso_utc(moment))
+    text = (_event_head(event.metric) + _dumps(event.properties) + ',"time":"' + when
+            + '","unique_id":' + _string(event.unique_id))
     if event.value is not None:
         text += ',"value":' + _dumps(event.value)
         if event.value_currency:

@@ -87,7 +87,8 @@ def test_event_fragment_is_the_encoded_event_byte_for_byte() -> None:
               make_event(3, value=0.0), make_event(4, metric='say "naïve" ☃\n', uid="ü\t1",
                                                     properties={"when": datetime(2020, 1, 2),
                                                                 "nested": {"a": [1, None]}}),
-              make_event(5, time=datetime(2021, 3, 4, 5, 6, 7).astimezone(), properties={})]
+              make_event(5, time=datetime(2021, 3, 4, 5, 6, 7).astimezone(), properties={}),
+              make_event(6, time=datetime(2021, 3, 4, 5, 6, 7))]
     encoder = BulkEncoder()
     for event in events:
         expected = encode({"type": "event", "attributes": event_attributes(event)})
