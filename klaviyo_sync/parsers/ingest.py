@@ -9,6 +9,7 @@ committed together with everything they produced.
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -171,6 +172,13 @@ class Ingestor:
             fh = open_log(source.path)
         except FileNotFoundError:
             log.warning("log_vanished", path=str(source.path))
+            return
+        if not identity.same_inode(os.fstat(fh.fileno())):
+            # Rotated between planning and opening (the path now names another file):
+            # reading it at the planned offset would mix two files. Read nothing; the next
+            # pass plans again, sees the rotation, and finishes the old file first.
+            fh.close()
+            log.info("log_rotated_while_planning", path=str(source.path))
             return
         with fh:
             if offset:

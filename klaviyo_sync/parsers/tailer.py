@@ -300,7 +300,11 @@ def _plan_follow(live: Path, last: Resumable | None) -> FollowPlan:
         return FollowPlan((source_for(live),) if st else (), missing=st is None)
     if st is not None and last.identity.same_inode(st):
         if st.st_size >= last.offset and last.identity.content_matches(live):
-            return FollowPlan((source_for(live, last.offset),))
+            resume = source_for(live, last.offset)
+            if not resume.identity.same_inode(st):
+                # Renamed and recreated since the stat above: plan again.
+                raise FileNotFoundError(live)
+            return FollowPlan((resume,))
         log.warning("log_truncated", path=str(live), offset=last.offset, size=st.st_size)
         old = locate(last.identity, last.offset, archives(live))
         sources = [] if old is None else [source_for(old, last.offset, final=True)]

@@ -406,3 +406,35 @@ def test_rotation_while_a_writer_keeps_appending(setup: tuple, rotation: str) ->
     queued = queued_ids(engine)
     assert len(queued) == len(set(queued)) and set(queued) == ids
     assert RejectStore(engine).count() == 0 and passes >= 4
+
+
+def test_rename_between_planning_and_reading_loses_nothing(
+        setup: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """logrotate renames the log after a pass has planned to resume it but before the pass
+    opens it: the pass must not read the new file at the old file's offset."""
+    from klaviyo_sync.parsers import ingest
+
+    engine, live = setup
+    lines = [event_line(n) for n in range(30)]
+    live.write_bytes(b"".join(lines[:10]))
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    with live.open("ab") as fh:
+        fh.write(b"".join(lines[10:20]))
+    real_open = ingest.open_log
+    rotated = []
+
+    def open_racing_logrotate(path: Path) -> object:
+        if not rotated and path == live:
+            live.rename(live.with_name("system.log.1"))
+            live.write_bytes(b"".join(lines[20:]))
+            rotated.append(True)
+        return real_open(path)
+
+    monkeypatch.setattr(ingest, "open_log", open_racing_logrotate)
+    ingestor.run_once()
+    ingestor.run_once()
+    assert rotated
+    queued = queued_ids(engine)
+    assert len(queued) == len(set(queued))
+    assert set(queued) == {line_unique_id(line) for line in lines}
