@@ -186,124 +186,56 @@ _BULK_EVENT = {
     },
 }
 
-EVENT_BULK_CREATE_JOB = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "required": ["data"],
-    "properties": {"data": {
-        "type": "object",
-        "required": ["type", "attributes"],
-        "properties": {
-            "type": {"const": "event-bulk-create-job"},
-            "attributes": {
-                "type": "object",
-                "required": ["events-bulk-create"],
-                "properties": {"events-bulk-create": {
-                    "type": "object",
-                    "required": ["data"],
-                    "properties": {"data": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["type", "attributes"],
-                            "properties": {
-                                "type": {"const": "event-bulk-create"},
-                                "attributes": {
-                                    "type": "object",
-                                    "required": ["profile", "events"],
-                                    "properties": {
-                                        "backfill": {"type": ["boolean", "null"]},
-                                        "profile": _PROFILE_WRAPPER,
-                                        "events": {
-                                            "type": "object",
-                                            "required": ["data"],
-                                            "properties": {"data": {
-                                                "type": "array",
-                                                "minItems": 1,
-                                                "items": _BULK_EVENT,
-                                            }},
-                                        },
-                                    },
-                                },
-                            },
-                        },
-                    }},
-                }},
-            },
-        },
-    }},
-}
+def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
 
-PROFILE_IMPORT = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "required": ["data"],
-    "properties": {"data": PROFILE_RESOURCE},
-}
 
-PROFILE_BULK_IMPORT_JOB = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "required": ["data"],
-    "properties": {"data": {
-        "type": "object",
-        "required": ["type", "attributes"],
-        "properties": {
-            "type": {"const": "profile-bulk-import-job"},
-            "attributes": {
-                "type": "object",
-                "required": ["profiles"],
-                "properties": {"profiles": {
-                    "type": "object",
-                    "required": ["data"],
-                    "properties": {"data": {"type": "array", "minItems": 1, "maxItems": 10_000,
-                                            "items": PROFILE_RESOURCE}},
-                }},
-            },
-        },
-    }},
-}
+def _resource(type_name: str, attributes: dict[str, Any]) -> dict[str, Any]:
+    """A JSON:API resource object: ``{"type": type_name, "attributes": ...}``."""
+    return _object(["type", "attributes"], {"type": {"const": type_name},
+                                            "attributes": attributes})
+
+
+def _data(schema: dict[str, Any]) -> dict[str, Any]:
+    """A ``{"data": ...}`` wrapper, as JSON:API nests every relationship and list."""
+    return _object(["data"], {"data": schema})
+
+
+def _list_of(items: dict[str, Any], max_items: int | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "array", "minItems": 1}
+    if max_items is not None:
+        schema["maxItems"] = max_items
+    schema["items"] = items
+    return schema
+
+
+def _document(data: dict[str, Any]) -> dict[str, Any]:
+    """A top-level request document."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **_data(data)}
+
+
+EVENT_BULK_CREATE_JOB = _document(_resource("event-bulk-create-job", _object(
+    ["events-bulk-create"],
+    {"events-bulk-create": _data(_list_of(_resource("event-bulk-create", _object(
+        ["profile", "events"],
+        {"backfill": {"type": ["boolean", "null"]},
+         "profile": _PROFILE_WRAPPER,
+         "events": _data(_list_of(_BULK_EVENT))},
+    ))))},
+)))
+
+PROFILE_IMPORT = _document(PROFILE_RESOURCE)
+
+PROFILE_BULK_IMPORT_JOB = _document(_resource("profile-bulk-import-job", _object(
+    ["profiles"], {"profiles": _data(_list_of(PROFILE_RESOURCE, max_items=10_000))},
+)))
 
 
 def _suppression_job(job_type: str) -> dict[str, Any]:
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "required": ["data"],
-        "properties": {"data": {
-            "type": "object",
-            "required": ["type", "attributes"],
-            "properties": {
-                "type": {"const": job_type},
-                "attributes": {
-                    "type": "object",
-                    "required": ["profiles"],
-                    "properties": {"profiles": {
-                        "type": "object",
-                        "required": ["data"],
-                        "properties": {"data": {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": 100,
-                            "items": {
-                                "type": "object",
-                                "required": ["type", "attributes"],
-                                "properties": {
-                                    "type": {"const": "profile"},
-                                    "attributes": {
-                                        "type": "object",
-                                        "required": ["email"],
-                                        "properties": {"email": _EMAIL},
-                                    },
-                                },
-                            },
-                        }},
-                    }},
-                },
-            },
-        }},
-    }
+    profile = _resource("profile", _object(["email"], {"email": _EMAIL}))
+    return _document(_resource(job_type, _object(
+        ["profiles"], {"profiles": _data(_list_of(profile, max_items=100))},
+    )))
 
 
 SUPPRESSION_CREATE_JOB = _suppression_job("profile-suppression-bulk-create-job")
