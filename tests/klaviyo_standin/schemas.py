@@ -116,75 +116,6 @@ PROFILE_RESOURCE = {
     "allOf": [_PROFILE_IDENTIFIED],
 }
 
-_METRIC = {
-    "type": "object",
-    "required": ["data"],
-    "properties": {"data": {
-        "type": "object",
-        "required": ["type", "attributes"],
-        "properties": {
-            "type": {"const": "metric"},
-            "attributes": {
-                "type": "object",
-                "required": ["name"],
-                "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": 127},
-                    "service": _nullable(_STRING),
-                },
-            },
-        },
-    }},
-}
-
-# The attributes every event has, in the single and the bulk endpoint alike.
-_EVENT_ATTRIBUTES: dict[str, Any] = {
-    "properties": {
-        "type": "object",
-        "maxProperties": MAX_EVENT_PROPERTIES,
-        "additionalProperties": {"maxLength": MAX_PROPERTY_STRING_CHARS},
-    },
-    "time": {"type": ["string", "null"], "format": "klaviyo-event-time"},
-    "value": {"type": ["number", "null"]},
-    "value_currency": {"type": ["string", "null"], "pattern": CURRENCY_PATTERN,
-                       "errorMessage": "is not an ISO 4217 currency code"},
-    "unique_id": _nullable(_STRING),
-    "backfill": {"type": ["boolean", "null"]},
-    "metric": _METRIC,
-}
-
-_PROFILE_WRAPPER = {"type": "object", "required": ["data"],
-                    "properties": {"data": PROFILE_RESOURCE}}
-
-EVENT_CREATE = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "required": ["data"],
-    "properties": {"data": {
-        "type": "object",
-        "required": ["type", "attributes"],
-        "properties": {
-            "type": {"const": "event"},
-            "attributes": {
-                "type": "object",
-                "required": ["properties", "metric", "profile"],
-                "properties": {**_EVENT_ATTRIBUTES, "profile": _PROFILE_WRAPPER},
-            },
-        },
-    }},
-}
-
-_BULK_EVENT = {
-    "type": "object",
-    "required": ["type", "attributes"],
-    "properties": {
-        "type": {"const": "event"},
-        "attributes": {
-            "type": "object",
-            "required": ["properties", "metric"],
-            "properties": _EVENT_ATTRIBUTES,
-        },
-    },
-}
 
 def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": required, "properties": properties}
@@ -213,6 +144,35 @@ def _document(data: dict[str, Any]) -> dict[str, Any]:
     """A top-level request document."""
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **_data(data)}
 
+
+_METRIC = _data(_resource("metric", _object(
+    ["name"], {"name": {"type": "string", "minLength": 1, "maxLength": 127},
+               "service": _nullable(_STRING)},
+)))
+
+# The attributes every event has, in the single and the bulk endpoint alike.
+_EVENT_ATTRIBUTES: dict[str, Any] = {
+    "properties": {
+        "type": "object",
+        "maxProperties": MAX_EVENT_PROPERTIES,
+        "additionalProperties": {"maxLength": MAX_PROPERTY_STRING_CHARS},
+    },
+    "time": {"type": ["string", "null"], "format": "klaviyo-event-time"},
+    "value": {"type": ["number", "null"]},
+    "value_currency": {"type": ["string", "null"], "pattern": CURRENCY_PATTERN,
+                       "errorMessage": "is not an ISO 4217 currency code"},
+    "unique_id": _nullable(_STRING),
+    "backfill": {"type": ["boolean", "null"]},
+    "metric": _METRIC,
+}
+
+_PROFILE_WRAPPER = _data(PROFILE_RESOURCE)
+
+EVENT_CREATE = _document(_resource("event", _object(
+    ["properties", "metric", "profile"], {**_EVENT_ATTRIBUTES, "profile": _PROFILE_WRAPPER},
+)))
+
+_BULK_EVENT = _resource("event", _object(["properties", "metric"], _EVENT_ATTRIBUTES))
 
 EVENT_BULK_CREATE_JOB = _document(_resource("event-bulk-create-job", _object(
     ["events-bulk-create"],
