@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business.checkout_events import CheckoutAttempt
 from klaviyo_sync.business.customers import Customer, SqlCustomerReader
-from klaviyo_sync.clock import utcnow
+from klaviyo_sync.clock import iso_utc, utcnow
 from klaviyo_sync.config import BusinessSettings, Settings, parse_duration_s
 from klaviyo_sync.exceptions import BusinessDataError
 from klaviyo_sync.state.schema import events
@@ -59,8 +59,8 @@ class MissedSignup:
 
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in COLUMNS}
-        data["first_attempt_at"] = self.first_attempt_at.isoformat() + "+00:00"
-        data["last_attempt_at"] = self.last_attempt_at.isoformat() + "+00:00"
+        data["first_attempt_at"] = iso_utc(self.first_attempt_at)
+        data["last_attempt_at"] = iso_utc(self.last_attempt_at)
         data["sources"] = list(self.sources)
         return data
 
