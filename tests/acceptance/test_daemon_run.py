@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,10 @@ from klaviyo_sync.clock import utcnow
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state.db import open_state
 from tests.klaviyo_standin import KlaviyoStandIn
+from tests.klaviyo_standin.fixtures import API_KEY
 
 pytestmark = pytest.mark.slow
 
-API_KEY = "pk_test_standin"
 LOG_TYPES = ("started.signup", "cancelled", "contact.form", "failed.payment",
              "referral.credit", "shipping.email")
 
@@ -190,15 +190,6 @@ def metric_values(text: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
-
-
-@pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
-    s.start()
-    yield s
-    s.stop()
-    assert not s.internal_errors, s.internal_errors[0]
 
 
 def test_run_under_a_service_manager_delivers_and_stops_cleanly(

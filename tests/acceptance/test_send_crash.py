@@ -9,8 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -28,12 +28,8 @@ LEASE_S = 5
 
 
 @pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False, latency_s=0.01,
-                       bulk_refuses_known_unique_ids=True)
-    s.start()
-    yield s
-    s.stop()
+def klaviyo_options() -> dict[str, Any]:
+    return {"latency_s": 0.01, "bulk_refuses_known_unique_ids": True}
 
 
 def write_settings(path: Path, state_url: str, base_url: str, **sender: object) -> Path:

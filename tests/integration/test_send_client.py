@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,22 +12,13 @@ from klaviyo_sync.senders.auth import ApiKeyAuth
 from klaviyo_sync.senders.client import KlaviyoClient, check_base_url
 from klaviyo_sync.senders.pacing import PUBLISHED, Pacer
 from tests.klaviyo_standin import KlaviyoStandIn
+from tests.klaviyo_standin.fixtures import API_KEY
 from tests.unit.test_send_batching import make_event
-
-API_KEY = "pk_test_standin"
 
 
 def client(url: str, pacer: Pacer | None = None) -> KlaviyoClient:
     return KlaviyoClient(url, "2026-07-15", ApiKeyAuth(API_KEY), pacer or Pacer(None),
                          AuditLog(None))
-
-
-@pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
-    s.start()
-    yield s
-    s.stop()
 
 
 def test_metrics_and_paginated_events(standin: KlaviyoStandIn) -> None:
