@@ -1,4 +1,4 @@
-"""Request bodies in Klaviyo's JSON:API shapes (see KLAVIYO.md): events, bulk jobs,
+"""Request bodies in Klaviyo's JSON:API shapes (docs/architecture.md): events, bulk jobs,
 suppressions, profiles. Pure functions: no I/O."""
 
 from __future__ import annotations

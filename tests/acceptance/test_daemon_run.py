@@ -1,7 +1,7 @@
 """Acceptance: `klaviyo-sync run` as systemd would run it, against the Klaviyo stand-in.
 
 The daemon is a real subprocess with NOTIFY_SOCKET on a datagram socket of the test and
-WATCHDOG_USEC set; the log, the business database (SQLite, DESIGN.md's schema) and the
+WATCHDOG_USEC set; the log, the business database (SQLite, the sample schema) and the
 state database are real files; the stand-in is a real HTTP server on 127.0.0.1.
 """
 
