@@ -27,9 +27,11 @@ def iso_utc(moment: datetime, *, to_second: bool = False) -> str:
     ``to_second`` drops the microseconds (what Klaviyo keeps anyway); otherwise they are
     kept, as the state database stores them.
     """
+    if moment.tzinfo is None and not (to_second and moment.microsecond):
+        return moment.isoformat() + "+00:00"  # the usual case: the payloads' hot path
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
-    if to_second and moment.microsecond:
+    if to_second:
         moment = moment.replace(microsecond=0)
     return moment.isoformat() + "+00:00"
 
