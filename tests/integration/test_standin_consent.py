@@ -124,6 +124,7 @@ def test_subscribing_lifts_unsubscribes_spam_reports_and_our_suppressions(klaviy
                       ("di@example.com", "USER_SUPPRESSED")}
     assert klaviyo.email_consent("cy@example.com")["suppression"][0]["reason"] == "HARD_BOUNCE"
     assert "di@example.com" not in klaviyo.suppressed
+    assert klaviyo.stats()["suppressions_lifted"] == 3
 
 
 def test_our_suppression_job_shows_as_user_suppressed_by_the_api(klaviyo, http):
@@ -230,10 +231,15 @@ def test_unsubscribe_is_global_without_a_list_and_from_the_list_with_one(klaviyo
     ann = klaviyo.email_consent("ann@example.com")
     assert ann["consent"] == "UNSUBSCRIBED"
     assert [s["reason"] for s in ann["suppression"]] == ["UNSUBSCRIBE"]
+    klaviyo.account.opt_out("cy@example.com", "HARD_BOUNCE")
+    assert post(http, url, body("cy@example.com")).status_code == 202
+    assert [s["reason"] for s in klaviyo.email_consent("cy@example.com")["suppression"]] == [
+        "HARD_BOUNCE", "UNSUBSCRIBE"]  # a bounce stays a bounce
     assert post(http, url, body("bo@example.com", "One")).status_code == 202
     bo = klaviyo.email_consent("bo@example.com")
     assert bo["consent"] == "SUBSCRIBED" and bo["list_suppressions"][0]["list_id"] == "One"
-    assert [u.email for u in klaviyo.unsubscriptions] == ["ann@example.com", "bo@example.com"]
+    assert [u.email for u in klaviyo.unsubscriptions] == ["ann@example.com", "cy@example.com",
+                                                          "bo@example.com"]
     too_many = body("x@example.com")
     too_many["data"]["attributes"]["profiles"]["data"] *= 101
     assert post(http, url, too_many).status_code == 400

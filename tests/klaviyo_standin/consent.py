@@ -201,11 +201,12 @@ class ConsentBook:
             kept.members.discard(gone.profile_id)
             record.list_suppressions.append({"list_id": kept.id, "reason": "UNSUBSCRIBE",
                                              "timestamp": gone.received_at})
+        elif gone.channel == "email":
+            self.suppress(gone.profile_id, "UNSUBSCRIBE", gone.received_at, method="API",
+                          method_detail="")
         else:
             record.consent, record.consent_timestamp = "UNSUBSCRIBED", gone.received_at
             record.method, record.method_detail = "API", ""
-            if gone.channel == "email":
-                record.suppression = [Suppression("UNSUBSCRIBE", gone.received_at)]
         self.unsubscriptions.append(gone)
 
     def suppress(self, profile_id: str, reason: str, at: datetime, *,
@@ -227,6 +228,14 @@ class ConsentBook:
         if record is not None:
             record.suppression = [s for s in record.suppression if s.reason != "USER_SUPPRESSED"]
             record.last_updated = at
+
+    def counts(self) -> dict[str, int]:
+        """How many of each record (for the stand-in's stats)."""
+        return {"subscriptions": len(self.subscriptions),
+                "unsubscriptions": len(self.unsubscriptions),
+                "suppressions_lifted": len(self.lifts),
+                "confirmations_sent": len(self.confirmations),
+                "flows_fired": len(self.flows)}
 
     def forget(self, profile_id: str) -> None:
         """Drop everything held about a deleted profile."""

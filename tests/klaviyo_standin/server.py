@@ -237,6 +237,8 @@ class KlaviyoStandIn(ConsentRecords):
                 "requests": dict(sorted(statuses.items())),
                 "suppressed": len(self.account.suppressed),
                 "profiles": len(self.account.profiles),
+                **self.account.consent.counts(),
+                "deletion_requests": len(self.account.deletion_requests),
             }
 
     # -- data for the read endpoints, tokens ----------------------------------------------
