@@ -262,3 +262,21 @@ def test_subscriptions_hit_the_burst_limit_with_429(http):
     assert answers[2].json()["errors"][0]["code"] == "throttled"
     assert [s.email for s in standin.subscriptions] == ["p0@example.com", "p1@example.com"]
     assert not standin.internal_errors
+
+
+def test_adding_profiles_to_a_list_changes_no_consent_but_starts_flows(klaviyo, http):
+    klaviyo.account.add_list("One", "Single")
+    ann = klaviyo.add_event("Placed Order", "ann@example.com", datetime(2024, 1, 1, tzinfo=UTC))
+    url = f"{klaviyo.base_url}/api/lists/One/relationships/profiles"
+    body = {"data": [{"type": "profile", "id": ann.profile_id}]}
+    answer = post(http, url, body)
+    assert answer.status_code == 204 and answer.content == b""
+    assert post(http, url, body).status_code == 204  # already a member: no second flow
+    assert [(f.flow, f.email) for f in klaviyo.flows_fired] == [("Added to list",
+                                                                  "ann@example.com")]
+    assert klaviyo.email_consent("ann@example.com")["consent"] == "NEVER_SUBSCRIBED"
+    unknown = post(http, url, {"data": [{"type": "profile", "id": "01NOPE"}]})
+    assert unknown.json()["errors"][0]["source"]["pointer"] == "/data/0/id"
+    assert post(http, f"{klaviyo.base_url}/api/lists/Nope/relationships/profiles",
+                body).status_code == 404
+    assert post(http, url, {"data": []}).status_code == 400

@@ -56,8 +56,9 @@ Faults (``s.faults``, thread-safe, ``/api`` only): ``fail_rate(rate, status)``,
 Consent and erasure (:mod:`~tests.klaviyo_standin.subscriptions`, ``optouts``, ``privacy``):
 ``POST /api/profile-subscription-bulk-create-jobs`` (<= 1,000 profiles) and
 ``...-bulk-delete-jobs`` (<= 100), ``GET /api/profiles`` (``additional-fields[profile]=
-subscriptions``, suppression-timestamp filter and sort, <= 100 a page), ``GET /api/lists``
-and ``POST /api/data-privacy-deletion-jobs``, all 202 with no body for writes. Test data:
+subscriptions``, suppression-timestamp filter and sort, <= 100 a page), ``GET /api/lists``,
+``POST /api/lists/<id>/relationships/profiles`` (204) and
+``POST /api/data-privacy-deletion-jobs``; the jobs answer 202 with no body. Test data:
 ``account.opt_out(email, reason="UNSUBSCRIBE", at=None, method=..., method_detail=None,
 custom_method_detail=None)``, ``account.add_list(id, name, double_opt_in=False)``,
 ``account.consent.default_double_opt_in``. Records: ``subscriptions``, ``unsubscriptions``,

@@ -26,6 +26,7 @@ from tests.klaviyo_standin.schemas import (
 
 MAX_SUBSCRIBE_PROFILES = 1000
 MAX_UNSUBSCRIBE_PROFILES = 100
+MAX_LIST_MEMBERS_ADDED = 1000
 
 
 @_FORMATS.checks("klaviyo-date-time", raises=ValueError)
@@ -104,6 +105,12 @@ DELETION_JOB = _document(_resource("data-privacy-deletion-job", _object(["profil
     })),
 })))
 
+LIST_MEMBERS_ADD = {"$schema": "https://json-schema.org/draft/2020-12/schema", **_object(
+    ["data"], {"data": _list_of(_object(["type", "id"], {
+        "type": {"const": "profile"}, "id": {"type": "string", "minLength": 1}}),
+        MAX_LIST_MEMBERS_ADDED)})}
+
 SUBSCRIPTION_CREATE_VALIDATOR = PayloadValidator(SUBSCRIPTION_CREATE_JOB)
 SUBSCRIPTION_DELETE_VALIDATOR = PayloadValidator(SUBSCRIPTION_DELETE_JOB)
 DELETION_VALIDATOR = PayloadValidator(DELETION_JOB)
+LIST_MEMBERS_ADD_VALIDATOR = PayloadValidator(LIST_MEMBERS_ADD)

@@ -49,6 +49,8 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, tuple[str, Handler, int]]]] = [
      {"POST": ("unsubscribe", subscriptions.unsubscribe, 5 * MB)}),
     (re.compile(r"/api/profiles/?"), {"GET": ("get_profiles", optouts.get_profiles, 0)}),
     (re.compile(r"/api/lists/?"), {"GET": ("get_lists", optouts.get_lists, 0)}),
+    (re.compile(r"/api/lists/(?P<id>[A-Za-z0-9]+)/relationships/profiles/?"),
+     {"POST": ("list_members_add", subscriptions.add_to_list, 5 * MB)}),
     (re.compile(r"/api/data-privacy-deletion-jobs/?"),
      {"POST": ("privacy_deletion", privacy.request_deletion, 100 * 1024)}),
 ]

@@ -32,6 +32,7 @@ DEFAULT_LIMITS: dict[str, tuple[int, int]] = {
     "unsubscribe": (75, 750),
     "get_profiles": (75, 750),
     "get_lists": (75, 750),
+    "list_members_add": (10, 150),
     "privacy_deletion": (3, 60),
 }
 

@@ -1,4 +1,4 @@
-"""The consent write endpoints: profile-subscription bulk create and delete jobs.
+"""The consent write endpoints: profile-subscription bulk jobs, adding profiles to a list.
 
 Both answer 202 with no body, as Klaviyo does, and refuse a whole request (400, nothing
 recorded) for any problem in it, the offending profile's pointer in the error.
@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from tests.klaviyo_standin import consent_schemas, schemas
-from tests.klaviyo_standin.consent import Subscription, Unsubscription
+from tests.klaviyo_standin.consent import ADDED_TO_LIST, FlowTrigger, Subscription, Unsubscription
 from tests.klaviyo_standin.endpoints import _schema_errors
 from tests.klaviyo_standin.jsonapi import Call, Reply, error
 
@@ -156,3 +156,31 @@ def unsubscribe(call: Call) -> Reply:
             account.consent.unsubscribe(Unsubscription(channel, email, phone, list_id,
                                                        call.now, profile_id))
     return Reply(202, items=len(profiles))
+
+
+def add_to_list(call: Call) -> Reply:
+    """POST /api/lists/<id>/relationships/profiles: membership only, consent untouched; 204.
+
+    Joining a list starts its "Added to list" flows, as in Klaviyo.
+    """
+    invalid = _schema_errors(call, consent_schemas.LIST_MEMBERS_ADD_VALIDATOR, 0)
+    if invalid is not None:
+        return invalid
+    list_id, profile_ids = call.path_args[0], [item["id"] for item in call.document["data"]]
+    account = call.standin.account
+    with account.lock:
+        kept = account.consent.lists.get(list_id)
+        if kept is None:
+            return error(404, f"No list with id {list_id!r}.", items=len(profile_ids))
+        for index, profile_id in enumerate(profile_ids):
+            if profile_id not in account.profile_state:
+                return error(400, f"No profile with id {profile_id!r}.",
+                             pointer=f"/data/{index}/id", items=len(profile_ids))
+        for profile_id in profile_ids:
+            if profile_id in kept.members:
+                continue
+            kept.members.add(profile_id)
+            state = account.profile_state[profile_id]
+            account.consent.flows.append(FlowTrigger(
+                ADDED_TO_LIST, state.get("email"), state.get("phone_number"), list_id, call.now))
+    return Reply(204, items=len(profile_ids))
