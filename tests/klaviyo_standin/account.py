@@ -1,4 +1,5 @@
-"""What the stand-in's Klaviyo account holds: events, metrics, profiles, suppressions, jobs.
+"""What the stand-in's Klaviyo account holds: events, metrics, profiles, suppressions, jobs,
+consent (kept in :mod:`~tests.klaviyo_standin.consent`) and deletion requests.
 
 All state lives here behind one lock, so that checking a bulk request for repeated
 unique_ids and recording it happen atomically even when several senders post at once.
