@@ -109,6 +109,7 @@ class BusinessColumns:
     customer_box: str = "box"
     customer_signup_date: str = "signup_date"
     customer_email_opt_in: str = "email_opt_in"
+    customer_email_opt_in_at: str = "email_opt_in_at"
     customer_updated_at: str = "updated_at"
     order_id: str = "id"
     order_customer_id: str = "customer_id"
@@ -260,6 +261,46 @@ class SuppressionSettings:
 
 
 @dataclass(frozen=True)
+class ConsentSettings:
+    enabled: bool = False
+    list_id: str = ""
+    custom_source: str = "klaviyo-sync"
+    #: Consent older than this is imported as historical; < 0: [log] backfill_after_hours.
+    historical_after_hours: float = -1.0
+    page_size: int = 1000
+    sms_phone_column: str = ""
+    sms_opt_in_column: str = ""
+    writeback_url: str = ""
+    writeback_statement: str = ""
+
+    def validate(self) -> None:
+        if not self.custom_source.strip():
+            raise ValueError("consent.custom_source: must not be empty (it is how our own "
+                             "consent records are recognised)")
+        _at_least("consent.page_size", self.page_size, 1)
+        for name in ("sms_phone_column", "sms_opt_in_column"):
+            if getattr(self, name):
+                _identifier(f"consent.{name}", getattr(self, name))
+        if bool(self.sms_phone_column) != bool(self.sms_opt_in_column):
+            raise ValueError("consent.sms_phone_column and consent.sms_opt_in_column: set "
+                             "both (SMS on) or neither (SMS off)")
+        if self.writeback_url and "://" not in self.writeback_url:
+            raise ValueError("consent.writeback_url: must be an SQLAlchemy URL")
+        if bool(self.writeback_url) != bool(self.writeback_statement.strip()):
+            raise ValueError("consent.writeback_url and consent.writeback_statement: set "
+                             "both (write-back on) or neither (off)")
+        if self.writeback_statement and not re.search(
+                r":(customer_id|email)\b", self.writeback_statement):
+            raise ValueError("consent.writeback_statement: must use :customer_id or :email")
+
+    def historical_after_h(self, log: LogSettings) -> float:
+        """Hours after which consent counts as historical (the backfill threshold unless
+        set)."""
+        return log.backfill_after_hours if self.historical_after_hours < 0 \
+            else self.historical_after_hours
+
+
+@dataclass(frozen=True)
 class MissedSignupSettings:
     active_status: str = "Active"
     signup_metric: str = "started.signup"
@@ -273,10 +314,12 @@ class ScheduleSettings:
     send_s: float = 10.0
     orders_s: float = 60.0
     retry_s: float = 30.0
+    consent_s: float = 300.0
+    optouts_s: float = 600.0
     prune_cron: str = "0 4 * * *"
 
     def validate(self) -> None:
-        for name in ("tail_s", "send_s", "orders_s", "retry_s"):
+        for name in ("tail_s", "send_s", "orders_s", "retry_s", "consent_s", "optouts_s"):
             _at_least(f"schedule.{name}", getattr(self, name), 0.1)
         if len(self.prune_cron.split()) != 5:
             raise ValueError(
@@ -345,6 +388,7 @@ class Settings:
     events: dict[str, str] = field(default_factory=_default_events)
     orders: OrderSettings = field(default_factory=OrderSettings)
     suppression: SuppressionSettings = field(default_factory=SuppressionSettings)
+    consent: ConsentSettings = field(default_factory=ConsentSettings)
     missed_signups: MissedSignupSettings = field(default_factory=MissedSignupSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
@@ -371,6 +415,7 @@ class Settings:
         data = dataclasses.asdict(self)
         data["state"]["url"] = _redact_url(self.state.url)
         data["business"]["url"] = _redact_url(self.business.url)
+        data["consent"]["writeback_url"] = _redact_url(self.consent.writeback_url)
         return data
 
     def api_key(self) -> str | None:

@@ -1,4 +1,5 @@
-"""Tables of the state database: queue, checkpoints, rejects, orders, suppressions, audit.
+"""Tables of the state database: queue, checkpoints, rejects, orders, suppressions, consent,
+audit.
 
 The Alembic migrations in ``state/migrations`` create exactly these; a test compares the
 two so that neither drifts. Times are stored as naive UTC (SQLite has no time zone type;
@@ -120,6 +121,48 @@ suppressions = Table(
     Column("created_at", DateTime(), nullable=False),
     Column("sent_at", DateTime()),
     Index("ix_suppressions_state", "state"),
+)
+
+#: Per customer, what the consent pass did about their email (and SMS) opt-in. A row is
+#: "sending" exactly while its subscription request may be in flight: a restart reads
+#: Klaviyo back for those before sending anything again.
+consent_sync = Table(
+    "consent_sync",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    Column("email", String(320)),
+    Column("phone", String(32)),
+    Column("state", String(16), nullable=False),  # ConsentState
+    Column("sms_state", String(16)),  # ConsentState for SMS, None: no SMS wanted
+    Column("consented_at", DateTime()),  # the business opt-in time, naive UTC
+    Column("historical", Boolean(), nullable=False, default=False),
+    Column("batch", String(32)),  # the request a "sending" row went out in
+    Column("reason", Text()),  # conflict, refusal or invalid phone: why
+    Column("attempts", Integer(), nullable=False, default=0),
+    Column("subscribed_at", DateTime()),
+    Column("updated_at", DateTime(), nullable=False),
+    Index("ix_consent_sync_state", "state"),
+    Index("ix_consent_sync_email", "email"),
+)
+
+#: Opt-outs read back from Klaviyo (one row per email and suppression time), for the
+#: business to apply; our own suppressions are kept too, marked, and never reported.
+optouts = Table(
+    "optouts",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False),
+    Column("customer_id", String(64)),
+    Column("reason", String(32), nullable=False),  # UNSUBSCRIBE, SPAM_COMPLAINT, ...
+    Column("at", DateTime(), nullable=False),  # Klaviyo's suppression timestamp, UTC
+    Column("source", String(16), nullable=False),  # "klaviyo" | "ours"
+    Column("method", String(64)),
+    Column("state", String(16), nullable=False),  # OptoutState
+    Column("written_back_at", DateTime()),
+    Column("last_error", Text()),
+    Column("recorded_at", DateTime(), nullable=False),
+    Index("ux_optouts_email_at", "email", "at", "reason", unique=True),
+    Index("ix_optouts_recorded", "recorded_at"),
 )
 
 #: One row per request made to Klaviyo.
