@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ from klaviyo_sync.exceptions import ConfigError
 from klaviyo_sync.senders import payloads
 from klaviyo_sync.senders.base import DeliveryReport, OutgoingEvent
 from klaviyo_sync.senders.batching import DEFAULT_CAPS, BatchCaps
+from klaviyo_sync.senders.consent import (
+    SUBSCRIBE,
+    KlaviyoConsent,
+    Subscribe,
+    subscription_body,
+)
 from klaviyo_sync.senders.delivery import deliver
 
 
@@ -68,7 +75,36 @@ class DryRunSender:
     def import_profile(self, profile: dict[str, Any]) -> None:
         self._write("/api/profile-import", payloads.profile_import_body(profile), 1)
 
+    def write_request(self, path: str, body: dict[str, Any] | bytes, items: int) -> None:
+        """Append one POST's exact body (for request kinds with their own module)."""
+        self._write(path, body, items)
+
     def close(self) -> None:
         with self._lock:
             if not self._file.closed:
                 self._file.close()
+
+
+class DryRunConsentApi:
+    """The consent passes' API in dry-run: subscription jobs go to the outbox; Klaviyo's
+    consent cannot be read, so every look-up finds nothing (no opt-out is known)."""
+
+    reads = False
+
+    def __init__(self, outbox: DryRunSender, custom_source: str, list_id: str = "") -> None:
+        self.outbox = outbox
+        self.custom_source = custom_source
+        self.list_id = list_id
+
+    def subscribe(self, profiles: Sequence[Subscribe], historical: bool) -> None:
+        body = subscription_body(profiles, historical, self.custom_source, self.list_id)
+        self.outbox.write_request(SUBSCRIBE, body, len(profiles))
+
+    def consent_of(self, emails: Sequence[str]) -> dict[str, KlaviyoConsent]:
+        return {}
+
+    def suppressed_pages(self, since: datetime | None) -> Iterator[list[KlaviyoConsent]]:
+        return iter(())
+
+    def all_pages(self) -> Iterator[list[KlaviyoConsent]]:
+        return iter(())

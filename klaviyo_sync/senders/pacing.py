@@ -36,6 +36,9 @@ PUBLISHED: dict[str, Limit] = {
     "POST /api/profile-suppression-bulk-create-jobs": Limit(75, 750),
     "POST /api/profile-suppression-bulk-delete-jobs": Limit(75, 750),
     "POST /api/profile-subscription-bulk-create-jobs": Limit(75, 750),
+    "POST /api/profile-subscription-bulk-delete-jobs": Limit(75, 750),
+    "GET /api/profiles": Limit(75, 750),
+    "GET /api/lists": Limit(75, 750),
     "GET /api/events": Limit(350, 3500),
     "GET /api/metrics": Limit(10, 150),
 }
