@@ -40,6 +40,8 @@ class DemoReport:
     outbox_requests: int
     suppressed: int
     missed_signups: list[Any] = field(default_factory=list)
+    #: Customers the consent pass subscribed (historical, live) in the outbox's jobs.
+    subscribed: dict[str, int] = field(default_factory=dict)
 
 
 def settings_text(folder: Path) -> str:
@@ -55,6 +57,8 @@ def settings_text(folder: Path) -> str:
         "[sender]\n"
         'kind = "dry-run"\n'
         f'outbox = "{folder / "outbox.jsonl"}"\n'
+        "[consent]\n"
+        "enabled = true\n"
     )
 
 
@@ -99,12 +103,30 @@ def run_demo(folder: Path) -> DemoReport:
         reader = open_business(settings.business.url)
         try:
             missed = find_missed_signups(engine, reader, settings)
+            subscribed = _consent_pass(settings, engine, reader)
         finally:
             reader.dispose()
-        return _report(folder, settings_path, log.files, log.lines, engine, order_report,
-                       missed, settings)
+        report = _report(folder, settings_path, log.files, log.lines, engine, order_report,
+                         missed, settings)
+        report.subscribed.update(subscribed)
+        return report
     finally:
         engine.dispose()
+
+
+def _consent_pass(settings: config.Settings, engine: sa.Engine, business: sa.Engine
+                  ) -> dict[str, int]:
+    """Subscribe the sample's opted-in customers (the jobs go to the outbox)."""
+    from klaviyo_sync.business.consent_app import build_consent_sync
+    from klaviyo_sync.senders import build_sender
+
+    sender = build_sender(settings, engine, "demo")
+    try:
+        report = build_consent_sync(settings, engine, business, sender).run_once()
+    finally:
+        sender.close()
+    return {"historical": report.counts.get("subscribed_historical", 0),
+            "live": report.counts.get("subscribed_live", 0)}
 
 
 def _demo_customer(customer: Any) -> DemoCustomer:

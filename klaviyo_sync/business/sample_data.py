@@ -92,6 +92,7 @@ def tables(settings: BusinessSettings) -> tuple[sa.Table, sa.Table, sa.Table]:
         sa.Column(c.customer_box, sa.String(32)),
         sa.Column(c.customer_signup_date, sa.Date),
         sa.Column(c.customer_email_opt_in, sa.Boolean),
+        sa.Column(c.customer_email_opt_in_at, sa.DateTime),
         sa.Column(c.customer_updated_at, sa.DateTime),
     )
     orders = sa.Table(
@@ -144,6 +145,15 @@ def generate(engine: Engine, settings: BusinessSettings | Settings, customers: i
     local_now = now.replace(tzinfo=UTC).astimezone(zone).replace(tzinfo=None, microsecond=0)
     t_customers, t_orders, t_items = tables(business)
     people: dict[int, Customer] = {}
+    # Opt-in times from their own generator: the rest of the data set stays as it was.
+    consent_rng = random.Random(seed * 7919 + 1)
+
+    def opt_in_at(customer: Customer, updated: datetime) -> datetime | None:
+        if not customer.email_opt_in:
+            return None
+        if updated >= local_now - timedelta(hours=1):  # changed just now: a fresh opt-in
+            return updated - timedelta(minutes=consent_rng.randint(1, 30))
+        return updated - timedelta(hours=consent_rng.randint(1, 24 * 400))
 
     def customer_rows() -> Iterator[dict[str, Any]]:
         c = business.columns
@@ -158,12 +168,16 @@ def generate(engine: Engine, settings: BusinessSettings | Settings, customers: i
                 signup_date=date(2020, 1, 1) + timedelta(days=cid % 1500),
                 email_opt_in=rng.random() > 0.2)
             people[cid] = customer
+            # One customer in 25 changed (and, if opted in, opted in) within the hour.
+            updated = (local_now - timedelta(days=cid % 300)) if cid % 25 else \
+                local_now - timedelta(minutes=consent_rng.randint(0, 50))
             yield {c.customer_id: cid, c.customer_email: customer.email,
                    c.customer_first_name: first, c.customer_last_name: last,
                    c.customer_status: status, c.customer_schedule: schedule,
                    c.customer_box: box, c.customer_signup_date: customer.signup_date,
                    c.customer_email_opt_in: customer.email_opt_in,
-                   c.customer_updated_at: local_now - timedelta(days=cid % 300)}
+                   c.customer_email_opt_in_at: opt_in_at(customer, updated),
+                   c.customer_updated_at: updated}
 
     by_status: Counter[str] = Counter()
     counts = {"items": 0}

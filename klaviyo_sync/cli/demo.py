@@ -42,6 +42,9 @@ def demo(folder: Path) -> None:
                f"{report.suppressed} emails suppressed")
     click.echo(f"  {report.outbox_requests} request bodies written to "
                f"{report.folder / 'outbox.jsonl'}")
+    click.echo(f"Consent pass: {report.subscribed.get('historical', 0)} opted-in customers "
+               f"subscribed as historical, {report.subscribed.get('live', 0)} live "
+               "(profile-subscription jobs in the outbox)")
     click.echo(f"\nMissed signups: {len(report.missed_signups)} people started signing up "
                "but now lack a box, a schedule or Active status")
     click.echo("\nTry next:")
