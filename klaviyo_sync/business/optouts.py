@@ -158,9 +158,9 @@ class OptoutRecorder:
         ids = {p.email or "": p.external_id for p in profiles if p.external_id}
         missing = sorted({p.email or "" for p in profiles} - set(ids))
         for start in range(0, len(missing), _IN_CHUNK):
-            ids.update(conn.execute(
+            ids.update((e, cid) for e, cid in conn.execute(
                 sa.select(consent_sync.c.email, consent_sync.c.customer_id)
-                .where(consent_sync.c.email.in_(missing[start:start + _IN_CHUNK]))).tuples())
+                .where(consent_sync.c.email.in_(missing[start:start + _IN_CHUNK]))))
         missing = [e for e in missing if e not in ids]
         if missing and self.ids_by_email is not None:
             ids.update(self.ids_by_email(missing))
