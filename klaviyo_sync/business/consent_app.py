@@ -39,7 +39,7 @@ def build_consent_sync(settings: Settings, state_engine: Engine, business_engine
     """The consent pass (business -> Klaviyo), its suppression hook included."""
     reader = ConsentReader(business_engine, settings.business, settings.consent)
     return ConsentSync(settings, state_engine, reader, consent_api_for(settings, sender),
-                       OptoutRecorder(settings.consent.custom_source, reader.ids_by_email),
+                       OptoutRecorder(settings.consent.custom_source, reader.by_email),
                        observer=build_suppressor(settings, state_engine),
                        text_times=business_engine.dialect.name == "sqlite")
 
@@ -47,7 +47,7 @@ def build_consent_sync(settings: Settings, state_engine: Engine, business_engine
 def build_optouts(settings: Settings, state_engine: Engine, business_engine: Engine | None,
                   sender: Any, writeback_engine: Engine | None = None) -> OptoutsPass:
     """The optouts pass (Klaviyo -> business); ``writeback_engine`` only when configured."""
-    ids = (ConsentReader(business_engine, settings.business, settings.consent).ids_by_email
+    ids = (ConsentReader(business_engine, settings.business, settings.consent).by_email
            if business_engine is not None else None)
     return OptoutsPass(state_engine, consent_api_for(settings, sender), settings.consent,
                        OptoutRecorder(settings.consent.custom_source, ids), writeback_engine)

@@ -123,17 +123,19 @@ class ConsentReader:
             if len(page) < self.page_size:
                 return
 
-    def ids_by_email(self, emails: Iterable[str]) -> dict[str, str]:
-        """Customer ids of these (lower-cased) emails, where the business has them."""
+    def by_email(self, emails: Iterable[str]) -> dict[str, tuple[str, datetime | None]]:
+        """(customer id, opt-in time or None when not opted in now) per lower-cased email,
+        where the business has the email."""
         wanted = sorted({e.lower() for e in emails if e})
         email_col: sa.ColumnClause[Any] = sa.column(self.settings.columns.customer_email)
-        found: dict[str, str] = {}
+        found: dict[str, tuple[str, datetime | None]] = {}
         for start in range(0, len(wanted), _IN_CHUNK):
             stmt = self._statement().where(
                 sa.func.lower(email_col).in_(wanted[start:start + _IN_CHUNK]))
             for c in self._fetch(stmt):
                 if c.email:
-                    found.setdefault(c.email, c.id)
+                    found.setdefault(c.email, (c.id, c.opt_in_at if c.customer.email_opt_in
+                                               else None))
         return found
 
     # --- the statement -------------------------------------------------------------------

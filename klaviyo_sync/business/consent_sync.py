@@ -291,8 +291,7 @@ class ConsentSync:
         go: list[ConsentRow] = []
         with _write(self.engine) as conn:
             ours = our_suppressed(conn, found)
-            self.recorder.record(conn, list(found.values()), now,
-                                 superseded=self._superseded(batch))
+            self.recorder.record(conn, list(found.values()), now)
             for row in batch:
                 held = found.get(row.email or "")
                 later = newer_optout(row.consented_at, their_optouts(
@@ -311,15 +310,6 @@ class ConsentSync:
                 else:
                     go.append(row)
         return go
-
-    @staticmethod
-    def _superseded(batch: list[ConsentRow]) -> Callable[[str, datetime], bool]:
-        opt_in = {r.email: r.consented_at for r in batch if r.email}
-
-        def older_than_opt_in(email: str, at: datetime) -> bool:
-            moment = opt_in.get(email)
-            return moment is not None and at <= moment
-        return older_than_opt_in
 
     def resolve_in_flight(self, report: ConsentReport) -> None:
         """Rows left *sending* by a crash: subscribed if Klaviyo shows it, else pending."""

@@ -99,33 +99,41 @@ def our_suppressed(conn: sa.Connection, emails: Iterable[str]) -> set[str]:
     return found
 
 
+#: email -> (customer id, opt-in time or None when not opted in now), from the business.
+BusinessLookup = Callable[[Iterable[str]], dict[str, tuple[str, datetime | None]]]
+
+
 class OptoutRecorder:
     """Writes opt-outs seen on Klaviyo profiles into the optouts table (idempotently)."""
 
-    def __init__(self, custom_source: str,
-                 ids_by_email: Callable[[Iterable[str]], dict[str, str]] | None = None
-                 ) -> None:
+    def __init__(self, custom_source: str, business: BusinessLookup | None = None) -> None:
         self.custom_source = custom_source
-        self.ids_by_email = ids_by_email
+        self.business = business
 
-    def record(self, conn: sa.Connection, profiles: Sequence[KlaviyoConsent], now: datetime,
-               superseded: Callable[[str, datetime], bool] | None = None) -> tuple[int, int]:
-        """Record every suppression of these profiles; returns (theirs new, ours new)."""
+    def record(self, conn: sa.Connection, profiles: Sequence[KlaviyoConsent], now: datetime
+               ) -> tuple[int, int]:
+        """Record every suppression of these profiles; returns (theirs new, ours new).
+
+        An opt-out older than the customer's current business opt-in is *superseded*
+        (they opted in again since): listed, never written back.
+        """
         with_email = [p for p in profiles if p.email and p.suppressions]
         if not with_email:
             return 0, 0
         emails = [p.email or "" for p in with_email]
         ours = our_suppressed(conn, emails)
-        ids = self._customer_ids(conn, with_email)
+        who = self._customers(conn, with_email)
         rows: list[dict[str, Any]] = []
         for p in with_email:
             email = p.email or ""
+            customer_id, opt_in_at = who.get(email, (None, None))
             for s in p.suppressions:
                 mine = is_ours(s, p, ours, self.custom_source)
                 state = (OptoutState.OURS if mine
-                         else OptoutState.SUPERSEDED if superseded and superseded(email, s.at)
+                         else OptoutState.SUPERSEDED if opt_in_at is not None
+                         and s.at <= opt_in_at
                          else OptoutState.NEW)
-                rows.append({"email": email, "customer_id": ids.get(email),
+                rows.append({"email": email, "customer_id": customer_id,
                              "reason": s.reason[:32], "at": s.at,
                              "source": "ours" if mine else "klaviyo",
                              "method": (p.method_detail or p.method or None),
@@ -153,18 +161,23 @@ class OptoutRecorder:
                 out.append(r)
         return out
 
-    def _customer_ids(self, conn: sa.Connection, profiles: Sequence[KlaviyoConsent]
-                      ) -> dict[str, str]:
-        ids = {p.email or "": p.external_id for p in profiles if p.external_id}
-        missing = sorted({p.email or "" for p in profiles} - set(ids))
+    def _customers(self, conn: sa.Connection, profiles: Sequence[KlaviyoConsent]
+                   ) -> dict[str, tuple[str | None, datetime | None]]:
+        """Per email: the business customer and their opt-in time now (the business's
+        word first, then our consent_sync memory, then Klaviyo's external_id)."""
+        emails = sorted({p.email or "" for p in profiles})
+        found: dict[str, tuple[str | None, datetime | None]] = {}
+        if self.business is not None:
+            found.update(self.business(emails))
+        missing = [e for e in emails if e not in found]
         for start in range(0, len(missing), _IN_CHUNK):
-            ids.update((e, cid) for e, cid in conn.execute(
+            found.update((e, (cid, None)) for e, cid in conn.execute(
                 sa.select(consent_sync.c.email, consent_sync.c.customer_id)
                 .where(consent_sync.c.email.in_(missing[start:start + _IN_CHUNK]))))
-        missing = [e for e in missing if e not in ids]
-        if missing and self.ids_by_email is not None:
-            ids.update(self.ids_by_email(missing))
-        return ids
+        for p in profiles:
+            if p.email and p.email not in found and p.external_id:
+                found[p.email] = (p.external_id, None)
+        return found
 
 
 class OptoutsPass:

@@ -155,12 +155,6 @@ class Reconciler:
     def _apply(self, plans: list[tuple[ConsentCustomer, ConsentState, str | None]],
                klaviyo: dict[str, KlaviyoConsent], now: datetime) -> ConsentReport:
         sync = self.sync
-        opt_in = {c.email: c.opt_in_at for c, _s, _r in plans if c.email}
-
-        def superseded(email: str, at: datetime) -> bool:
-            moment = opt_in.get(email)
-            return moment is not None and at <= moment
-
         known = sync.known([c.id for c, _s, _r in plans])
         rows = []
         turned_off = []
@@ -180,7 +174,7 @@ class Reconciler:
             rows.append(planned)
         with _write(sync.engine) as conn:
             sync.upsert(conn, rows, known)
-            sync.recorder.record(conn, list(klaviyo.values()), now, superseded=superseded)
+            sync.recorder.record(conn, list(klaviyo.values()), now)
         if turned_off and sync.observer is not None:
             sync.observer.observe(turned_off)
         report = ConsentReport()
