@@ -70,6 +70,7 @@ class Pipeline:
         self.ingestor = Ingestor(settings, engine)
         self.runner = build_runner(settings, engine, worker_id=worker_id)
         self.tracker = build_order_tracker(settings, engine)
+        self._consent = self._build_consent(settings, engine, worker_id)
         self.tail_lock: RoleLock = role_lock(engine, "tail", settings.log.path,
                                              settings.daemon.tail_lock)
         self.orders_lock: RoleLock = role_lock(engine, "orders",
@@ -123,6 +124,43 @@ class Pipeline:
             return None
         return self.tracker.run_once(stop=stop)
 
+    @property
+    def has_consent(self) -> bool:
+        return self._consent is not None
+
+    def consent(self, stop: threading.Event) -> Any:
+        """Subscribe new opt-ins, if this daemon runs the business passes."""
+        if self._consent is None or not self._holds(self.orders_lock, "orders"):
+            return None
+        report = self._consent[0].run_once(stop=stop)
+        if report.error:
+            raise SendError(f"consent pass stopped: {report.error}")
+        return report
+
+    def optouts(self, stop: threading.Event) -> Any:
+        """Read Klaviyo's opt-outs back, if this daemon runs the business passes."""
+        if self._consent is None or not self._holds(self.orders_lock, "orders"):
+            return None
+        return self._consent[1].run_once(stop=stop)
+
+    @staticmethod
+    def _build_consent(settings: Settings, engine: Engine, worker_id: str
+                       ) -> tuple[Any, Any, list[Any]] | None:
+        # Wiring until klaviyo_sync/app.py takes it over (built from explicit parts).
+        if not settings.consent.enabled or not settings.business.url:
+            return None
+        from klaviyo_sync.business.consent_app import build_consent_sync, build_optouts
+        from klaviyo_sync.business.db import open_business, open_business_writer
+        from klaviyo_sync.senders import build_sender
+
+        business = open_business(settings.business.url)
+        sender = build_sender(settings, engine, worker_id)
+        writer = (open_business_writer(settings.consent.writeback_url)
+                  if settings.consent.writeback_url else None)
+        closers = [sender.close, business.dispose] + ([writer.dispose] if writer else [])
+        return (build_consent_sync(settings, engine, business, sender),
+                build_optouts(settings, engine, business, sender, writer), closers)
+
     def prune(self, stop: threading.Event) -> Any:
         """Delete sent events and audit rows past their retention."""
         from klaviyo_sync.senders.runner import prune
@@ -149,6 +187,9 @@ class Pipeline:
         self.runner.close()
         if self.tracker is not None:
             self.tracker.close()
+        if self._consent is not None:
+            for close in self._consent[2]:
+                close()
 
     def _holds(self, lock: RoleLock, role: str) -> bool:
         held = lock.ensure()

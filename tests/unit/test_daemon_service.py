@@ -30,6 +30,7 @@ class FakePasses:
     """Counts runs; each pass's behaviour is a function the test sets."""
 
     has_orders = True
+    has_consent = True
 
     def __init__(self) -> None:
         self.runs: dict[str, int] = {}
@@ -57,6 +58,12 @@ class FakePasses:
     def orders(self, stop: threading.Event) -> Any:
         return self._run("orders", stop)
 
+    def consent(self, stop: threading.Event) -> Any:
+        return self._run("consent", stop)
+
+    def optouts(self, stop: threading.Event) -> Any:
+        return self._run("optouts", stop)
+
     def prune(self, stop: threading.Event) -> Any:
         return self._run("prune", stop)
 
@@ -76,7 +83,8 @@ def fast_settings(tmp_path: Path, **daemon: Any) -> config.Settings:
     return config.from_mapping({
         "state": {"url": f"sqlite:///{tmp_path / 'state.db'}"},
         "log": {"path": str(tmp_path / "system.log")},
-        "schedule": {"tail_s": 0.1, "send_s": 0.1, "orders_s": 0.1, "retry_s": 0.1},
+        "schedule": {"tail_s": 0.1, "send_s": 0.1, "orders_s": 0.1, "retry_s": 0.1,
+                     "consent_s": 0.1, "optouts_s": 0.1},
         "daemon": {"status_interval_s": 0.2, "job_backoff_max_s": 0.2,
                    "shutdown_grace_s": 5.0, **daemon},
     })
@@ -125,6 +133,7 @@ def test_a_raising_job_does_not_stop_the_others(tmp_path: Path, engine: sa.Engin
             sends_then = passes.runs["send"]
             assert passes.wait_for("send", sends_then + 3)
             assert passes.wait_for("orders", 3) and passes.wait_for("retry", 3)
+            assert passes.wait_for("consent", 3) and passes.wait_for("optouts", 3)
         finally:
             assert runtime.stop(5)
     crashed = [e for e in logs if e["event"] == "job_crashed"]
