@@ -256,31 +256,41 @@ class ConsentSync:
         self._set([r.customer_id for r in go], now, state=ConsentState.SENDING.value,
                   batch=token, attempts=consent_sync.c.attempts + 1)
         historical = go[0].historical
-        while go:
+        # A refused job is all or nothing: drop the profile its error points at and send
+        # the rest again; an error that points at none is halved until it does.
+        groups = [go]
+        while groups:
+            group = groups.pop()
             try:
-                self.api.subscribe([self._subscribe(r) for r in go], historical)
+                self.api.subscribe([self._subscribe(r) for r in group], historical)
                 report.requests += 1
             except RejectedSendError as exc:
                 report.requests += 1
-                offender = self._offender(exc, len(go))
+                offender = self._offender(exc, len(group))
                 if offender is None:
-                    raise
-                bad = go.pop(offender)
+                    half = len(group) // 2
+                    groups += [group[half:], group[:half]]
+                    continue
+                bad = group.pop(offender)
                 self._set([bad.customer_id], now, state=ConsentState.REFUSED.value,
                           batch=None, reason=str(exc)[:2000])
                 report.counts["refused"] += 1
                 log.warning("subscription_refused", customer_id=bad.customer_id,
                             error=str(exc))
+                if group:
+                    groups.append(group)
                 continue
-            ids = [r.customer_id for r in go]
-            self._set(ids, now, state=ConsentState.SUBSCRIBED.value, batch=None,
-                      subscribed_at=now)
-            self._set([r.customer_id for r in go if r.sms_state is ConsentState.PENDING],
-                      now, sms_state=ConsentState.SUBSCRIBED.value)
-            report.counts["subscribed_historical" if historical else "subscribed_live"] \
-                += len(go)
-            log.info("profiles_subscribed", profiles=len(go), historical=historical)
-            return
+            self._done(group, historical, report, now)
+
+    def _done(self, group: list[ConsentRow], historical: bool, report: ConsentReport,
+              now: datetime) -> None:
+        self._set([r.customer_id for r in group], now, state=ConsentState.SUBSCRIBED.value,
+                  batch=None, subscribed_at=now)
+        self._set([r.customer_id for r in group if r.sms_state is ConsentState.PENDING],
+                  now, sms_state=ConsentState.SUBSCRIBED.value)
+        report.counts["subscribed_historical" if historical else "subscribed_live"] \
+            += len(group)
+        log.info("profiles_subscribed", profiles=len(group), historical=historical)
 
     def _look(self, batch: list[ConsentRow], report: ConsentReport, now: datetime
               ) -> list[ConsentRow]:

@@ -125,3 +125,58 @@ def test_without_an_opt_in_time_column_the_signup_date_is_the_consent_time(
     assert found == {"1": datetime(2025, 1, 1), "2": T0, "3": datetime(2025, 1, 1)}
     engine.dispose()
     writer.dispose()
+
+
+class RefusingApi(RecordingApi):
+    """Refuses a whole job that holds one of ``bad``, as Klaviyo does (all or nothing),
+    naming the offender's pointer unless ``pointer`` is False."""
+
+    def __init__(self, bad: set[str], pointer: bool = True) -> None:
+        super().__init__()
+        self.bad = bad
+        self.pointer = pointer
+        self.calls = 0
+
+    def subscribe(self, profiles: Sequence[Subscribe], historical: bool) -> None:
+        from klaviyo_sync.exceptions import RejectedSendError
+
+        self.calls += 1
+        for index, p in enumerate(profiles):
+            if p.email in self.bad:
+                source = ({"pointer": f"/data/attributes/profiles/data/{index}/attributes/"
+                                      "email"} if self.pointer else {})
+                raise RejectedSendError("POST: 400 backdated consent date is after current "
+                                        "subscription date", [{"detail": "x", "source":
+                                                               source}], 400)
+        super().subscribe(profiles, historical)
+
+
+def test_a_refused_profile_fails_alone_with_or_without_a_pointer(tmp_path: Path) -> None:
+    from klaviyo_sync.business.consent_rules import ConsentState
+    from klaviyo_sync.business.consent_sync import list_consent
+
+    url = f"sqlite:///{tmp_path}/b.db"
+    business = BusinessSettings(url=url)
+    writer = sa.create_engine(url)
+    create_schema(writer, business)
+    with writer.begin() as conn:
+        conn.execute(tables(business)[0].insert(), _rows(40, T0))
+    writer.dispose()
+    bad = {"c5@example.com", "c22@example.com"}
+    for pointer in (True, False):
+        state = open_state(f"sqlite:///{tmp_path}/state-{pointer}.db")
+        engine = open_business(url)
+        api = RefusingApi(bad, pointer)
+        settings = Settings(business=business, consent=ConsentSettings(enabled=True))
+        sync = ConsentSync(settings, state, ConsentReader(engine, business, settings.consent),
+                           api, OptoutRecorder("klaviyo-sync"), text_times=True)
+        report = sync.run_once(now=NOW)
+        sent = {p.email for _h, job in api.jobs for p in job}
+        assert sent == {f"c{i}@example.com" for i in range(1, 41) if i % 4} - bad
+        refused = list_consent(state, ConsentState.REFUSED)
+        assert {r.email for r in refused} == bad
+        assert all("backdated consent" in (r.reason or "") for r in refused)
+        assert report.counts["refused"] == 2 and report.error is None
+        assert sync.run_once(now=NOW).requests == 0  # refused stays refused
+        state.dispose()
+        engine.dispose()
