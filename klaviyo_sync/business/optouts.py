@@ -256,7 +256,7 @@ class OptoutsPass:
 
 
 def list_optouts(state_engine: Engine, since: datetime | None = None) -> list[Optout]:
-    """Opt-outs made in Klaviyo (not ours), oldest first; ``since``: recorded at or after."""
+    """Opt-outs made in Klaviyo (not ours), oldest first; ``since``: made at or after."""
     stmt = (sa.select(optouts).where(optouts.c.source == "klaviyo")
             .order_by(optouts.c.at, optouts.c.email))
     if since is not None:

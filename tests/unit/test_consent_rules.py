@@ -126,3 +126,29 @@ def test_consent_read_from_a_profile_resource() -> None:
     assert params["filter"] == ("greater-or-equal(subscriptions.email.marketing.suppression"
                                 ".timestamp,2026-05-02T06:00:00+00:00)")
     assert params["sort"] == "subscriptions.email.marketing.suppression.timestamp"
+
+
+@pytest.mark.parametrize(("consent", "message"), [
+    ({"sms_phone_column": "phone"}, "consent.sms_phone_column and consent.sms_opt_in_column"),
+    ({"writeback_url": "sqlite:///b.db"}, "consent.writeback_url and"),
+    ({"writeback_url": "sqlite:///b.db", "writeback_statement": "UPDATE customers SET x = 1"},
+     "consent.writeback_statement: must use :customer_id or :email"),
+    ({"custom_source": " "}, "consent.custom_source: must not be empty"),
+    ({"sms_phone_column": "ph one", "sms_opt_in_column": "sms"},
+     "consent.sms_phone_column"),
+])
+def test_consent_settings_errors_name_the_key(consent: dict[str, str], message: str) -> None:
+    from klaviyo_sync import config
+    from klaviyo_sync.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        config.from_mapping({"consent": consent})
+
+
+def test_historical_threshold_defaults_to_the_backfill_threshold() -> None:
+    from klaviyo_sync import config
+
+    s = config.from_mapping({"log": {"backfill_after_hours": 6.0}})
+    assert s.consent.historical_after_h(s.log) == 6.0
+    s = config.from_mapping({"consent": {"historical_after_hours": 48.0}})
+    assert s.consent.historical_after_h(s.log) == 48.0
