@@ -208,3 +208,27 @@ def test_writeback_updates_each_business_row_once(
         writer.dispose()
 
 
+
+
+def test_rows_left_sending_by_a_crash_are_read_back_not_resent(
+        world: tuple[Parts, World], standin: KlaviyoStandIn) -> None:
+    parts, w = world
+    sync = parts.sync()
+    sync.run_once()
+    sent_before = subscribed_emails(standin)
+    # As if killed after the request (subscribed in Klaviyo) or before it (not sent):
+    # both left 'sending'.
+    after, before = sorted(w.to_subscribe(), key=int)[:5], sorted(w.to_subscribe(), key=int)[5:8]
+    with parts.state.begin() as conn:
+        conn.execute(consent_sync.update().where(consent_sync.c.customer_id.in_(after + before))
+                     .values(state=ConsentState.SENDING.value, batch="crashed"))
+    with standin.account.lock:  # the 'before' ones never reached Klaviyo
+        for i in before:
+            pid = standin.account.profile_id_for("email", email(i))
+            assert pid is not None
+            standin.account.consent.email[pid].consent = "NEVER_SUBSCRIBED"
+    report = parts.sync().run_once()
+    assert report.counts["resolved_in_flight"] == 8
+    resent = subscribed_emails(standin) - sent_before
+    assert set(resent) == {email(i) for i in before} and set(resent.values()) == {1}
+    assert not list_consent(parts.state, ConsentState.SENDING)
