@@ -134,6 +134,7 @@ class ConsentSync:
         self._threshold_h = settings.consent.historical_after_h(settings.log)
         self._text_times = text_times
         self._on_close = on_close
+        self._list_checked = False
 
     def run_once(self, stop: threading.Event | None = None, now: datetime | None = None
                  ) -> ConsentReport:
@@ -232,10 +233,35 @@ class ConsentSync:
 
     # --- sending -----------------------------------------------------------------------
 
+    def check_list(self) -> str | None:
+        """Why subscriptions cannot go to ``[consent] list_id`` (no such list), or None.
+
+        Checked once per instance; a double opt-in list is only worth a warning: its live
+        subscriptions get a confirmation email (historical ones never do).
+        """
+        list_id = self.settings.consent.list_id
+        if not list_id or self._list_checked:
+            return None
+        process = self.api.list_opt_in(list_id)
+        if process is None:
+            return f"consent.list_id: Klaviyo has no list {list_id!r} (see GET /api/lists)"
+        if process == "double_opt_in":
+            log.warning("consent_list_double_opt_in", list_id=list_id,
+                        hint="live subscriptions get a confirmation email first")
+        self._list_checked = True
+        return None
+
     def send_pending(self, report: ConsentReport, stop: threading.Event | None = None,
                      now: datetime | None = None) -> None:
         """Send every pending subscription, looking at Klaviyo's consent first."""
         now = now or utcnow()
+        try:
+            report.error = self.check_list()
+        except SendError as exc:
+            report.error = str(exc)
+        if report.error:
+            log.warning("consent_send_failed", error=report.error)
+            return
         while stop is None or not stop.is_set():
             batch = self._due()
             if not batch:

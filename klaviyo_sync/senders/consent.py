@@ -23,6 +23,7 @@ EMAILS_PER_LOOKUP = 100
 SUPPRESSION_TIMESTAMP = "subscriptions.email.marketing.suppression.timestamp"
 PROFILES = "/api/profiles"
 SUBSCRIBE = "/api/profile-subscription-bulk-create-jobs"
+LISTS = "/api/lists"
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,8 @@ class ConsentApi(Protocol):
 
     def all_pages(self) -> Iterator[list[KlaviyoConsent]]: ...
 
+    def list_opt_in(self, list_id: str) -> str | None: ...
+
 
 class Requester(Protocol):
     def request(self, method: str, path: str, body: dict[str, Any] | bytes | None,
@@ -203,6 +206,17 @@ class KlaviyoConsentApi:
     def all_pages(self) -> Iterator[list[KlaviyoConsent]]:
         return self._pages({"sort": "id", "page[size]": str(PROFILES_PAGE),
                             "additional-fields[profile]": "subscriptions"})
+
+    def list_opt_in(self, list_id: str) -> str | None:
+        """The list's opt-in process (``single_opt_in`` / ``double_opt_in``), or None when
+        Klaviyo has no such list (GET /api/lists)."""
+        body = self.client.request("GET", LISTS, None,
+                                   query={"filter": f'equals(id,"{list_id}")'},
+                                   endpoint=f"GET {LISTS}").json()
+        for found in body.get("data") or []:
+            if found.get("id") == list_id:
+                return str((found.get("attributes") or {}).get("opt_in_process") or "unknown")
+        return None
 
     def _pages(self, params: dict[str, str]) -> Iterator[list[KlaviyoConsent]]:
         url: str | None = PROFILES

@@ -232,3 +232,28 @@ def test_rows_left_sending_by_a_crash_are_read_back_not_resent(
     resent = subscribed_emails(standin) - sent_before
     assert set(resent) == {email(i) for i in before} and set(resent.values()) == {1}
     assert not list_consent(parts.state, ConsentState.SENDING)
+
+
+def test_subscriptions_go_to_the_configured_list_and_a_missing_list_stops_them(
+        tmp_path: Path, standin: KlaviyoStandIn, state_url: str) -> None:
+    url, w = build_world(tmp_path / "b.db", standin, 60, utcnow())
+    missing = Parts(settings_for(state_url, url, standin.base_url, list_id="NOPE"))
+    try:
+        report = missing.sync().run_once()
+        assert report.error is not None and "no list 'NOPE'" in report.error
+        assert not standin.subscriptions
+    finally:
+        missing.close()
+    standin.account.add_list("Lx1", "Newsletter", double_opt_in=True)
+    parts = Parts(settings_for(state_url, url, standin.base_url, list_id="Lx1"))
+    try:
+        assert parts.sync().run_once().error is None
+        subs = [s for s in standin.subscriptions if s.channel == "email"]
+        assert {s.list_id for s in subs} == {"Lx1"}
+        # Double opt-in list: only the live (fresh) ones get a confirmation email.
+        assert {c.email for c in standin.confirmations_sent} \
+            == {email(i) for i in w.fresh - w.conflicts}
+        assert not [f for f in standin.flows_fired
+                    if f.email in {email(i) for i in w.historical}]
+    finally:
+        parts.close()

@@ -44,6 +44,9 @@ class RecordingApi:
     def all_pages(self) -> Any:
         return iter(())
 
+    def list_opt_in(self, list_id: str) -> str | None:
+        return "single_opt_in"
+
 
 def _rows(n: int, at: datetime, opt_in_at: bool = True) -> list[dict[str, Any]]:
     rows = []
