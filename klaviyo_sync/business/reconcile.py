@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from klaviyo_sync.business import consent_store as store
 from klaviyo_sync.business.consent_rules import (
     Action,
     ConsentState,
@@ -34,7 +35,8 @@ from klaviyo_sync.business.consent_rules import (
     wants_email,
 )
 from klaviyo_sync.business.consent_source import ConsentCustomer
-from klaviyo_sync.business.consent_sync import ConsentReport, ConsentSync, _write
+from klaviyo_sync.business.consent_store import ConsentReport
+from klaviyo_sync.business.consent_sync import ConsentSync
 from klaviyo_sync.business.optouts import our_suppressed
 from klaviyo_sync.clock import iso_utc, utcnow
 from klaviyo_sync.senders.audit import AuditLog
@@ -155,7 +157,7 @@ class Reconciler:
     def _apply(self, plans: list[tuple[ConsentCustomer, ConsentState, str | None]],
                klaviyo: dict[str, KlaviyoConsent], now: datetime) -> ConsentReport:
         sync = self.sync
-        known = sync.known([c.id for c, _s, _r in plans])
+        known = store.known(sync.engine, [c.id for c, _s, _r in plans])
         rows = []
         turned_off = []
         for c, state, reason in plans:
@@ -168,17 +170,17 @@ class Reconciler:
                 turned_off.append(c.customer)
                 if row is None:
                     continue
-            planned = sync._row(c, row, state, now, reason)
+            planned = sync.row_for(c, state, now, reason)
             if state is ConsentState.SUBSCRIBED:
                 planned["subscribed_at"] = now
             rows.append(planned)
-        with _write(sync.engine) as conn:
-            sync.upsert(conn, rows, known)
+        with store.write(sync.engine) as conn:
+            store.upsert(conn, rows, known)
             sync.recorder.record(conn, list(klaviyo.values()), now)
         if turned_off and sync.observer is not None:
             sync.observer.observe(turned_off)
         report = ConsentReport()
-        sync.send_pending(report, now=now)
+        sync.subscriber.send_pending(report, now=now)
         return report
 
 
