@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from klaviyo_sync.exceptions import QueueError
-from klaviyo_sync.queue.store import insert_ignoring_duplicates
+from klaviyo_sync.queue.drivers import insert_ignoring_duplicates
 from klaviyo_sync.state.schema import REJECT_RAW_BYTES, rejects
 
 
