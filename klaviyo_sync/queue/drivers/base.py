@@ -9,7 +9,7 @@ claimed row is read back, how duplicates are skipped and how a transaction begin
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import fields
 from datetime import datetime, timedelta
@@ -282,15 +282,17 @@ class SqlDriver:
                     for customer_id, email, first, last, count in conn.execute(stmt)]
 
     def logged_profiles(self, metric: str, customer_ids: Sequence[str]
-                        ) -> Iterator[tuple[str, dict[str, Any] | None]]:
+                        ) -> builtins.list[tuple[str, dict[str, Any] | None]]:
+        found: builtins.list[tuple[str, dict[str, Any] | None]] = []
         with self.engine.connect() as conn:
             for start in range(0, len(customer_ids), 1000):
-                for customer_id, profile in conn.execute(
-                        sa.select(events.c.customer_id, events.c.profile)
-                        .where(events.c.metric == metric,
-                               events.c.customer_id.in_(customer_ids[start:start + 1000]))
-                        .order_by(events.c.occurred_at)):
-                    yield (customer_id, profile)
+                rows = conn.execute(
+                    sa.select(events.c.customer_id, events.c.profile)
+                    .where(events.c.metric == metric,
+                           events.c.customer_id.in_(customer_ids[start:start + 1000]))
+                    .order_by(events.c.occurred_at))
+                found.extend((customer_id, profile) for customer_id, profile in rows)
+        return found
 
     # --- helpers ----------------------------------------------------------------------
 
