@@ -74,6 +74,9 @@ class SqlDriver:
 
     name = "sql"
     errors: tuple[type[Exception], ...] = (sa.exc.DBAPIError,)
+    #: Whether daemons on several hosts can share the database, holding role locks in
+    #: it (PostgreSQL's advisory locks); without them one daemon runs every role.
+    advisory_locks = False
     _claimed: tuple[Any, ...] = tuple(events.c[n] for n in CLAIMED)
 
     def __init__(self, engine: Engine) -> None:

@@ -27,6 +27,7 @@ class PostgresDriver(SqlDriver):
 
     name = "postgresql"
     errors: tuple[type[Exception], ...] = (sa.exc.DBAPIError,)
+    advisory_locks = True
 
     def _due(self, now: datetime, limit: int) -> sa.Select[Any]:
         return super()._due(now, limit).with_for_update(skip_locked=True)
