@@ -57,9 +57,9 @@ def write_transaction(engine: Engine) -> AbstractContextManager[Connection]:
 def insert_ignoring_duplicates(conn: Connection, table: sa.Table,
                                rows: Sequence[dict[str, Any]], key: str) -> int:
     """INSERT rows, skipping those whose ``key`` already exists. Returns rows inserted."""
-    return driver_for(conn.engine).insert_ignoring_duplicates(conn, table, rows, key)
+    return _driver_class(conn.dialect.name).insert_ignoring_duplicates(conn, table, rows, key)
 
 
 def upsert(conn: Connection, table: sa.Table, row: dict[str, Any], key: str) -> None:
     """Insert ``row``, or update every other column of the row with its ``key``."""
-    driver_for(conn.engine).upsert(conn, table, row, key)
+    _driver_class(conn.dialect.name).upsert(conn, table, row, key)

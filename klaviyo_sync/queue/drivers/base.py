@@ -8,6 +8,7 @@ claimed row is read back, how duplicates are skipped and how a transaction begin
 
 from __future__ import annotations
 
+import abc
 import builtins
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -69,7 +70,7 @@ class EventBulkWriter:
         return None
 
 
-class SqlDriver:
+class SqlDriver(abc.ABC):
     """The queue on a SQLAlchemy engine; see the subclasses for each backend."""
 
     name = "sql"
@@ -87,13 +88,16 @@ class SqlDriver:
     def transaction(self) -> AbstractContextManager[Connection]:
         return self.engine.begin()
 
-    def insert_ignoring_duplicates(self, conn: Connection, table: sa.Table,
+    @staticmethod
+    @abc.abstractmethod
+    def insert_ignoring_duplicates(conn: Connection, table: sa.Table,
                                    rows: Sequence[dict[str, Any]], key: str) -> int:
-        raise NotImplementedError  # pragma: no cover - every backend defines it
+        """INSERT rows, skipping those whose ``key`` exists; returns rows inserted."""
 
-    def upsert(self, conn: Connection, table: sa.Table, row: dict[str, Any],
-               key: str) -> None:
-        raise NotImplementedError  # pragma: no cover - every backend defines it
+    @staticmethod
+    @abc.abstractmethod
+    def upsert(conn: Connection, table: sa.Table, row: dict[str, Any], key: str) -> None:
+        """Insert ``row``, or update every other column of the row with its ``key``."""
 
     def _due(self, now: datetime, limit: int) -> sa.Select[Any]:
         return (sa.select(events.c.id)

@@ -32,7 +32,8 @@ class PostgresDriver(SqlDriver):
     def _due(self, now: datetime, limit: int) -> sa.Select[Any]:
         return super()._due(now, limit).with_for_update(skip_locked=True)
 
-    def insert_ignoring_duplicates(self, conn: Connection, table: sa.Table,
+    @staticmethod
+    def insert_ignoring_duplicates(conn: Connection, table: sa.Table,
                                    rows: Sequence[dict[str, Any]], key: str) -> int:
         if not rows:
             return 0
@@ -44,8 +45,8 @@ class PostgresDriver(SqlDriver):
                             .fetchall())
         return inserted
 
-    def upsert(self, conn: Connection, table: sa.Table, row: dict[str, Any],
-               key: str) -> None:
+    @staticmethod
+    def upsert(conn: Connection, table: sa.Table, row: dict[str, Any], key: str) -> None:
         changed = {k: v for k, v in row.items() if k != key}
         conn.execute(postgresql.insert(table).values(**row).on_conflict_do_update(
             index_elements=[key], set_=changed))

@@ -81,7 +81,8 @@ class SqliteDriver(SqlDriver):
     def _claimed_rows(self, rows: Sequence[Any]) -> Iterable[Sequence[Any]]:
         return map(_parse_raw, rows)
 
-    def insert_ignoring_duplicates(self, conn: Connection, table: sa.Table,
+    @staticmethod
+    def insert_ignoring_duplicates(conn: Connection, table: sa.Table,
                                    rows: Sequence[dict[str, Any]], key: str) -> int:
         if not rows:
             return 0
@@ -92,8 +93,8 @@ class SqliteDriver(SqlDriver):
             inserted += max(result.rowcount, 0)
         return inserted
 
-    def upsert(self, conn: Connection, table: sa.Table, row: dict[str, Any],
-               key: str) -> None:
+    @staticmethod
+    def upsert(conn: Connection, table: sa.Table, row: dict[str, Any], key: str) -> None:
         changed = {k: v for k, v in row.items() if k != key}
         conn.execute(sqlite.insert(table).values(**row).on_conflict_do_update(
             index_elements=[key], set_=changed))
