@@ -308,38 +308,3 @@ def write_profile_flags(sender: Any, outcome: SignupOutcome, property_name: str)
         sender.import_profile(profile)
         written += 1
     return written
-
-
-def run_ruleset(settings: Settings, state_engine: Engine, since: date | None = None,
-                until: date | None = None, include_klaviyo: bool = False) -> SignupOutcome:
-    """What `klaviyo-sync missed-signups` does: open the business DB (and Klaviyo if asked),
-    apply the ruleset, and write the profile flags when the setting says so."""
-    from klaviyo_sync.business.checkout_events import KlaviyoReader, iter_checkouts
-    from klaviyo_sync.business.db import open_business
-    from klaviyo_sync.exceptions import ConfigError
-    from klaviyo_sync.senders import build_sender
-
-    if not settings.business.url:
-        raise ConfigError("business.url is empty: the missed-signup ruleset reads the "
-                          "business database")
-    needs_sender = include_klaviyo or settings.missed_signups.write_profile_flag
-    sender = build_sender(settings, state_engine) if needs_sender else None
-    business = open_business(settings.business.url)
-    try:
-        checkouts: list[CheckoutAttempt] = []
-        if include_klaviyo:
-            if not isinstance(sender, KlaviyoReader):
-                raise ConfigError("--include-klaviyo reads from Klaviyo: it needs "
-                                  "sender.kind = \"klaviyo\"")
-            start, end = window(since, until)
-            checkouts = list(iter_checkouts(sender, settings.missed_signups
-                                            .klaviyo_checkout_metric, start, end))
-        outcome = evaluate_signups(state_engine, business, settings, since, until, checkouts)
-        if sender is not None and settings.missed_signups.write_profile_flag:
-            write_profile_flags(sender, outcome,
-                                settings.klaviyo.profile_properties.missed_signup)
-        return outcome
-    finally:
-        business.dispose()
-        if sender is not None:
-            sender.close()

@@ -32,6 +32,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
 
+from klaviyo_sync.app import connect_state
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
 from klaviyo_sync.daemon.health import compute_status
@@ -257,7 +258,7 @@ class Daemon:
 
     def _open_state(self, settings: Settings) -> Engine | None:
         """Wait until the state database answers and is migrated; None if told to stop."""
-        engine = db.create_engine(settings.state.url, settings.state.sqlite_busy_timeout_s)
+        engine = connect_state(settings)
         delay_s = 1.0
         while True:
             try:
