@@ -13,6 +13,7 @@ Optional parts are None when the settings switch them off: ``business_engine``,
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from datetime import date
 from types import TracebackType
@@ -28,17 +29,26 @@ if TYPE_CHECKING:
     from klaviyo_sync.business.customers import CustomerDirectory
     from klaviyo_sync.business.missed_signups import SignupOutcome
     from klaviyo_sync.business.order_tracker import OrderTracker
-    from klaviyo_sync.business.suppression import Suppressor
     from klaviyo_sync.daemon.locks import RoleLock
     from klaviyo_sync.parsers.ingest import Ingestor
     from klaviyo_sync.queue.store import QueueStore
     from klaviyo_sync.senders.base import Sender
+    from klaviyo_sync.senders.hooks import SuppressionHook
     from klaviyo_sync.senders.runner import Runner
 
 log = get_logger(__name__)
 
 _UNSET = object()
 T = TypeVar("T")
+
+
+class Build(enum.Enum):
+    """The default of an :class:`App` part: build it from the settings."""
+
+    FROM_SETTINGS = "from settings"
+
+
+FROM_SETTINGS = Build.FROM_SETTINGS
 
 
 def connect_state(settings: Settings) -> Engine:
@@ -52,16 +62,25 @@ def connect_state(settings: Settings) -> Engine:
 class App:
     """The parts of one klaviyo-sync process, built lazily from ``settings``.
 
-    ``state_engine`` may be given (the daemon opens it itself, tests share one): the app
-    then uses it and leaves disposing it to whoever opened it.
+    A part may be given instead (the daemon opens the state engine itself; tests pass
+    fakes): the app then uses it and leaves closing it to whoever made it. ``customers``
+    and ``suppression`` may be given as None to go without.
     """
 
     def __init__(self, settings: Settings, *, state_engine: Engine | None = None,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, sender: Sender | None = None,
+                 customers: CustomerDirectory | Build | None = FROM_SETTINGS,
+                 suppression: SuppressionHook | Build | None = FROM_SETTINGS) -> None:
         self.settings = settings
         self.worker_id = worker_id or default_worker_id()
         self._state_engine = state_engine
         self._built: dict[str, object] = {}
+        if sender is not None:
+            self._built["sender"] = sender
+        if customers is not FROM_SETTINGS:
+            self._built["customers"] = customers
+        if suppression is not FROM_SETTINGS:
+            self._built["suppression"] = suppression
         self._closers: list[Callable[[], None]] = []
         self._closed = False
 
@@ -119,7 +138,7 @@ class App:
         return self._once("customers", self._build_customers)
 
     @property
-    def suppression(self) -> Suppressor | None:
+    def suppression(self) -> SuppressionHook | None:
         """The suppressor the runner and the order tracker share; None when it is off."""
         return self._once("suppression", self._build_suppression)
 
@@ -188,7 +207,7 @@ class App:
 
         return SqlCustomerReader(business, self.settings.business)
 
-    def _build_suppression(self) -> Suppressor | None:
+    def _build_suppression(self) -> SuppressionHook | None:
         if not self.settings.suppression.enabled:
             return None
         from klaviyo_sync.business.suppression import Suppressor
