@@ -59,6 +59,13 @@ def connect_state(settings: Settings) -> Engine:
     return db.create_engine(settings.state.url, settings.state.sqlite_busy_timeout_s)
 
 
+def connect_business_writer(settings: Settings) -> Engine:
+    """A writable engine on the business database: the demo fills it with sample data."""
+    from klaviyo_sync.business.db import open_writer
+
+    return open_writer(settings.business.url)
+
+
 class App:
     """The parts of one klaviyo-sync process, built lazily from ``settings``.
 

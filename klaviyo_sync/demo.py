@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from klaviyo_sync import config
-from klaviyo_sync.app import App
+from klaviyo_sync.app import App, connect_business_writer
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.demo_log import DemoCustomer, write_sample_log
 from klaviyo_sync.state.schema import events, rejects, suppressions
@@ -71,7 +71,7 @@ def run_demo(folder: Path) -> DemoReport:
     settings_path.write_text(settings_text(folder), encoding="utf-8")
     settings = config.load(settings_path)
 
-    business = sa.create_engine(settings.business.url)
+    business = connect_business_writer(settings)
     create_schema(business, settings.business)
     sample = generate(business, settings.business, customers=DEMO_CUSTOMERS, orders=DEMO_ORDERS,
                       seed=7)

@@ -24,7 +24,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -285,7 +285,14 @@ def _row(person: _Attempts, customer: Customer | None,
     )
 
 
-def write_profile_flags(sender: Any, outcome: SignupOutcome, property_name: str) -> int:
+class ProfileWriter(Protocol):
+    """What the flags need of a sender (senders/base.py's Sender has it)."""
+
+    def import_profile(self, profile: dict[str, Any]) -> None: ...
+
+
+def write_profile_flags(sender: ProfileWriter, outcome: SignupOutcome, property_name: str
+                        ) -> int:
     """Set ``property_name`` true on missed signups' profiles and false on the others'.
 
     One profile-import request each (paced by the sender); returns profiles written.

@@ -103,11 +103,14 @@ class Runtime:
         _quiet_apscheduler()
         sched = self.settings.schedule
         now = datetime.now(UTC)
-        every = {"tail": sched.tail_s, "send": sched.send_s, "retry": sched.retry_s}
-        if self.passes.has_orders:
-            every["orders"] = sched.orders_s
-        for name, interval_s in every.items():
-            job = self._job(name, getattr(self.passes, name), interval_s)
+        p = self.passes
+        every: dict[str, tuple[PassFunc, float]] = {
+            "tail": (p.tail, sched.tail_s), "send": (p.send, sched.send_s),
+            "retry": (p.retry, sched.retry_s)}
+        if p.has_orders:
+            every["orders"] = (p.orders, sched.orders_s)
+        for name, (run, interval_s) in every.items():
+            job = self._job(name, run, interval_s)
             self.scheduler.add_job(job, IntervalTrigger(seconds=interval_s), id=name, name=name,
                                    next_run_time=now, misfire_grace_time=_grace(interval_s))
         prune = self._job("prune", self.passes.prune, _PRUNE_BACKOFF_BASE_S)

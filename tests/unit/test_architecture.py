@@ -13,7 +13,7 @@ PACKAGE = Path(klaviyo_sync.__file__).parent
 TAKE_THEIR_PARTS = ("business", "parsers", "senders")
 #: The engine factories app.py calls (they are where an engine is made).
 ENGINE_FACTORIES = {"business/db.py"}
-ENGINE_OPENERS = {"create_engine", "open_state", "open_business"}
+ENGINE_OPENERS = {"create_engine", "open_state", "open_business", "open_writer"}
 SENDERS = {"KlaviyoClient", "DryRunSender"}
 
 
