@@ -4,7 +4,6 @@ daemon's send pass raise one exception type (and so one exit code) for one failu
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,9 @@ from klaviyo_sync.cli import cli
 from klaviyo_sync.daemon.passes import Pipeline
 from klaviyo_sync.exceptions import AuthError, BusinessDataError, KlaviyoSyncError
 from klaviyo_sync.queue import QueueStore
-from tests.integration.test_send_runner import API_KEY, make_events
+from tests.integration.test_send_runner import make_events
 from tests.klaviyo_standin import KlaviyoStandIn
-
-
-@pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
-    s.start()
-    yield s
-    s.stop()
+from tests.klaviyo_standin.fixtures import API_KEY
 
 
 def write_settings(tmp_path: Path, state_url: str, base_url: str, business_url: str) -> Path:
@@ -56,16 +48,16 @@ def cli_send_error(settings_path: Path) -> BaseException | None:
 
 @pytest.mark.parametrize("failure", ["credentials", "business_db"])
 def test_cli_and_daemon_raise_the_same_error_for_the_same_stop(
-        failure: str, standin: KlaviyoStandIn, state_url: str, state_engine: sa.Engine,
+        failure: str, klaviyo: KlaviyoStandIn, state_url: str, state_engine: sa.Engine,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLAVIYO_API_KEY", API_KEY)
     QueueStore(state_engine).enqueue_many(make_events(20))
     if failure == "credentials":
-        standin.faults.auth_failing(True)
+        klaviyo.faults.auth_failing(True)
         business_url = ""  # no customer look-up: the first request is refused
     else:
         business_url = f"sqlite:///{tmp_path / 'no-such-dir' / 'business.db'}"
-    settings_path = write_settings(tmp_path, state_url, standin.base_url, business_url)
+    settings_path = write_settings(tmp_path, state_url, klaviyo.base_url, business_url)
     from_daemon = daemon_pass_error(settings_path, state_engine)
     # A business database stop releases the batch for 30 s: the CLI gets fresh events.
     QueueStore(state_engine).enqueue_many(make_events(40)[20:])
