@@ -313,10 +313,22 @@ class StatusSettings:
     degraded_dead_letters: int = 1
     degraded_tail_bytes_behind: int = 50_000_000
     degraded_orders_pass_age_s: float = 3600.0
+    failing_pass_failures: int = 3
+    degraded_pass_age_s: float = 900.0
+    failing_pass_age_s: float = 3600.0
+    degraded_tail_stuck_s: float = 300.0
+    failing_tail_stuck_s: float = 1800.0
+    business_timeout_s: float = 5.0
 
     def validate(self) -> None:
         _at_least("status.failing_backlog_age_s", self.failing_backlog_age_s,
                   self.degraded_backlog_age_s)
+        _at_least("status.failing_pass_age_s", self.failing_pass_age_s,
+                  self.degraded_pass_age_s)
+        _at_least("status.failing_tail_stuck_s", self.failing_tail_stuck_s,
+                  self.degraded_tail_stuck_s)
+        _at_least("status.failing_pass_failures", self.failing_pass_failures, 1)
+        _at_least("status.business_timeout_s", self.business_timeout_s, 0.1)
 
 
 @dataclass(frozen=True)
