@@ -47,6 +47,7 @@ from klaviyo_sync.daemon.http import HealthServer
 from klaviyo_sync.daemon.jobs import Job, PassFunc, hung_since, stalled_for
 from klaviyo_sync.daemon.locks import exclusive
 from klaviyo_sync.daemon.metrics import Metrics, StatusBoard
+from klaviyo_sync.daemon.statelock import one_daemon
 from klaviyo_sync.daemon.passes import Pipeline
 from klaviyo_sync.daemon.systemd import Notifier
 from klaviyo_sync.exceptions import ConfigError, SchemaOutdatedError, StateError
@@ -240,7 +241,8 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or :meth:`request_stop`); the process exit code."""
         previous = self._install_signals() if handle_signals else {}
         try:
-            return self._run()
+            with one_daemon(self.settings.state.url):
+                return self._run()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
