@@ -47,8 +47,8 @@ from klaviyo_sync.daemon.http import HealthServer
 from klaviyo_sync.daemon.jobs import Job, PassFunc, hung_since, stalled_for
 from klaviyo_sync.daemon.locks import exclusive
 from klaviyo_sync.daemon.metrics import Metrics, StatusBoard
-from klaviyo_sync.daemon.statelock import one_daemon
 from klaviyo_sync.daemon.passes import Pipeline
+from klaviyo_sync.daemon.statelock import one_daemon
 from klaviyo_sync.daemon.systemd import Notifier
 from klaviyo_sync.exceptions import ConfigError, SchemaOutdatedError, StateError
 from klaviyo_sync.logconfig import get_logger
