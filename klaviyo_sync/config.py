@@ -201,6 +201,8 @@ class SenderSettings:
     claim_batch: int = 1000
     concurrency: int = 4
     lease_s: float = 300.0
+    heartbeat_s: float = 5.0
+    runner_dead_after_s: float = 15.0
     max_attempts: int = 8
     backoff_base_s: float = 30.0
     backoff_max_s: float = 3600.0
@@ -218,6 +220,9 @@ class SenderSettings:
         if not 1 <= self.concurrency <= 32:
             raise ValueError("sender.concurrency: must be between 1 and 32")
         _at_least("sender.lease_s", self.lease_s, 5)
+        _at_least("sender.heartbeat_s", self.heartbeat_s, 0.1)
+        _at_least("sender.runner_dead_after_s", self.runner_dead_after_s,
+                  2 * self.heartbeat_s)
         _at_least("sender.max_attempts", self.max_attempts, 1)
         _at_least("sender.backoff_base_s", self.backoff_base_s, 0)
         _at_least("sender.backoff_max_s", self.backoff_max_s, self.backoff_base_s)

@@ -206,6 +206,20 @@ class QueueStore:
                 **({"last_error": reason} if reason else {}),
             )
 
+    def release_orphans(self, workers: Sequence[str], now: datetime | None = None) -> int:
+        """Leases of runners that died, due again at once (the attempt stays spent: a
+        batch that keeps crashing its runner must still run out of attempts)."""
+        if not workers:
+            return 0
+        now = now or utcnow()
+        with self._write() as conn:
+            return conn.execute(
+                events.update()
+                .where(events.c.leased_by.in_(list(workers)),
+                       events.c.state == EventState.LEASED.value)
+                .values(state=EventState.PENDING.value, next_attempt_at=now,
+                        lease_until=None, leased_by=None)).rowcount
+
     def fail(self, failures: Mapping[int, str], worker: str, policy: RetryPolicy,
              now: datetime | None = None) -> tuple[int, int]:
         """Record a temporary failure: retry later with backoff, or dead-letter if out of

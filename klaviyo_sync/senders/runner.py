@@ -30,6 +30,7 @@ from klaviyo_sync.config import Settings, parse_duration_s
 from klaviyo_sync.exceptions import BusinessDataError, KlaviyoSyncError
 from klaviyo_sync.logconfig import get_logger
 from klaviyo_sync.queue import EventState, QueuedEvent, QueueStore, RetryPolicy
+from klaviyo_sync.queue.runners import Heartbeat, RunnerRegistry
 from klaviyo_sync.senders import build_sender, default_worker_id
 from klaviyo_sync.senders.audit import prune_audit
 from klaviyo_sync.senders.base import DeliveryReport, Sender
@@ -95,6 +96,8 @@ class Runner:
         self.policy = RetryPolicy(s.max_attempts, s.backoff_base_s, s.backoff_max_s)
         self.lease = timedelta(seconds=s.lease_s)
         self._on_close = on_close
+        self.registry = RunnerRegistry(engine, s.runner_dead_after_s)
+        self._heartbeat = Heartbeat(self.registry, worker_id, s.heartbeat_s)
         self._hook_lock = threading.Lock()
         self._mark_lock = threading.Lock()
         self._marked_at = self._audited_at = float("-inf")
@@ -105,6 +108,8 @@ class Runner:
         """Claim and send until nothing is due, ``stop`` is set (the batches in hand are
         finished first), ``max_batches`` were taken, or Klaviyo refuses the credentials."""
         _freeze_startup_objects()
+        self._heartbeat.start()
+        self.reclaim()
         stop = stop or threading.Event()
         halt = threading.Event()
         report = SendReport()
@@ -268,8 +273,27 @@ class Runner:
         except KlaviyoSyncError as exc:
             log.warning("suppression_flush_failed", error=str(exc)[:300])
 
+    def reclaim(self) -> int:
+        """Take back the leases of runners that died (see queue/runners.py); how many."""
+        dead = self.registry.dead(exclude=self.worker_id)
+        if not dead:
+            return 0
+        workers = [row.worker for row in dead]
+        released = self.store.release_orphans(workers)
+        self.registry.forget(workers)
+        log.info("leases_reclaimed", runners=workers, events=released)
+        return released
+
     def close(self) -> None:
         """Close what the runner built itself (sender, business database engine)."""
+        self._heartbeat.stop()
+        try:
+            # No drain runs now: whatever this worker still holds (a drain that raised)
+            # is due again at once rather than after its lease.
+            self.store.release_orphans([self.worker_id])
+            self.registry.remove(self.worker_id)
+        except Exception as exc:  # closing must not fail on a database that went away
+            log.debug("runner_not_unregistered", error=str(exc).splitlines()[0])
         if self._on_close is not None:
             self._on_close()
             self._on_close = None

@@ -139,6 +139,18 @@ audit = Table(
 )
 
 #: Small named values: order watermark, last successful send, auth state, OAuth tokens.
+#: Runners draining the queue: who holds leases, from which host and process, and when it
+#: last showed it is alive (see queue/runners.py).
+runners = Table(
+    "runners",
+    metadata,
+    Column("worker", String(128), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer(), nullable=False),
+    Column("started_at", DateTime(), nullable=False),
+    Column("heartbeat_at", DateTime(), nullable=False),
+)
+
 meta = Table(
     "meta",
     metadata,
