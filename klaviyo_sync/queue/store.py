@@ -220,6 +220,46 @@ class QueueStore:
                 .values(state=EventState.PENDING.value, next_attempt_at=now,
                         lease_until=None, leased_by=None)).rowcount
 
+    # --- erasure (klaviyo_sync/privacy) -------------------------------------------------
+
+    @staticmethod
+    def _person(emails: Sequence[str], customer_ids: Sequence[str]) -> Any:
+        clauses = []
+        if emails:
+            clauses.append(sa.func.lower(events.c.email).in_([e.lower() for e in emails]))
+        if customer_ids:
+            clauses.append(events.c.customer_id.in_(list(customer_ids)))
+        return sa.or_(*clauses) if clauses else sa.false()
+
+    def person_counts(self, conn: Connection, emails: Sequence[str],
+                      customer_ids: Sequence[str]) -> dict[str, int]:
+        """Events of one person by state (what an erasure would remove)."""
+        rows = conn.execute(sa.select(events.c.state, sa.func.count())
+                            .where(self._person(emails, customer_ids))
+                            .group_by(events.c.state)).fetchall()
+        return {state: int(n) for state, n in rows}
+
+    def person_identities(self, conn: Connection, emails: Sequence[str],
+                          customer_ids: Sequence[str]) -> list[tuple[str | None, str | None]]:
+        """The (email, customer id) pairs the queue knows for a person."""
+        return [(e, c) for e, c in conn.execute(
+            sa.select(events.c.email, events.c.customer_id).distinct()
+            .where(self._person(emails, customer_ids)))]
+
+    def erase_person(self, conn: Connection, emails: Sequence[str],
+                     customer_ids: Sequence[str]) -> int:
+        """Delete every event of one person, whatever its state (in the caller's
+        transaction): pending ones are cancelled, sent ones hold personal data too."""
+        return conn.execute(events.delete().where(self._person(emails, customer_ids))).rowcount
+
+    def drop_claimed(self, ids: Sequence[int], worker: str) -> int:
+        """Delete leased events this worker holds (events of a forgotten person)."""
+        if not ids:
+            return 0
+        with self._write() as conn:
+            return conn.execute(events.delete().where(
+                events.c.id.in_(list(ids)), events.c.leased_by == worker)).rowcount
+
     def fail(self, failures: Mapping[int, str], worker: str, policy: RetryPolicy,
              now: datetime | None = None) -> tuple[int, int]:
         """Record a temporary failure: retry later with backoff, or dead-letter if out of
