@@ -30,8 +30,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business.checkout_events import CheckoutAttempt
-from klaviyo_sync.business.customers import Customer, SqlCustomerReader
-from klaviyo_sync.clock import utcnow
+from klaviyo_sync.business.customers import Customer, SqlCustomerReader, customer_select
+from klaviyo_sync.clock import iso_utc, utcnow
 from klaviyo_sync.config import BusinessSettings, Settings, parse_duration_s
 from klaviyo_sync.exceptions import BusinessDataError
 from klaviyo_sync.state.schema import events
@@ -59,8 +59,8 @@ class MissedSignup:
 
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in COLUMNS}
-        data["first_attempt_at"] = self.first_attempt_at.isoformat() + "+00:00"
-        data["last_attempt_at"] = self.last_attempt_at.isoformat() + "+00:00"
+        data["first_attempt_at"] = iso_utc(self.first_attempt_at)
+        data["last_attempt_at"] = iso_utc(self.last_attempt_at)
         data["sources"] = list(self.sources)
         return data
 
@@ -243,14 +243,8 @@ def _customers_by_email(engine: Engine, settings: BusinessSettings, emails: set[
                         ) -> dict[str, Customer]:
     if not emails:
         return {}
-    c = settings.columns
-    names = (c.customer_id, c.customer_email, c.customer_first_name, c.customer_last_name,
-             c.customer_status, c.customer_schedule, c.customer_box, c.customer_signup_date,
-             c.customer_email_opt_in)
-    table = sa.table(settings.customers_table, *(sa.column(n) for n in names))
-    labels = ("id", "email", "first_name", "last_name", "status", "schedule", "box",
-              "signup_date", "email_opt_in")
-    select = sa.select(*(table.c[n].label(label) for n, label in zip(names, labels, strict=True)))
+    table, select = customer_select(settings)
+    email = table.c[settings.columns.customer_email]
     wanted = sorted(e.lower() for e in emails)
     found: dict[str, Customer] = {}
     try:
@@ -258,7 +252,7 @@ def _customers_by_email(engine: Engine, settings: BusinessSettings, emails: set[
             for start in range(0, len(wanted), settings.lookup_batch_size):
                 chunk = wanted[start:start + settings.lookup_batch_size]
                 for row in conn.execute(select.where(
-                        sa.func.lower(table.c[c.customer_email]).in_(chunk))).mappings():
+                        sa.func.lower(email).in_(chunk))).mappings():
                     customer = Customer.from_row(row)
                     found.setdefault((customer.email or "").lower(), customer)
     except sa.exc.SQLAlchemyError as exc:

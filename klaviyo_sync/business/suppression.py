@@ -31,7 +31,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business.customers import Customer
-from klaviyo_sync.clock import utcnow
+from klaviyo_sync.clock import iso_utc, iso_utc_or_none, utcnow
 from klaviyo_sync.config import Settings, SuppressionSettings
 from klaviyo_sync.exceptions import RejectedSendError, SendError
 from klaviyo_sync.queue.store import insert_ignoring_duplicates
@@ -82,8 +82,8 @@ class Suppression:
         return {"email": self.email, "customer_id": self.customer_id, "reason": self.reason,
                 "state": self.state.value, "attempts": self.attempts,
                 "last_error": self.last_error,
-                "created_at": self.created_at.isoformat() + "+00:00",
-                "sent_at": self.sent_at.isoformat() + "+00:00" if self.sent_at else None}
+                "created_at": iso_utc(self.created_at),
+                "sent_at": iso_utc_or_none(self.sent_at)}
 
 
 def suppression_reason(customer: Customer, dead_statuses: Iterable[str]) -> str | None:

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business.customers import Customer, CustomerDirectory
-from klaviyo_sync.clock import utcnow
+from klaviyo_sync.clock import iso_utc, utcnow
 from klaviyo_sync.config import Settings, parse_duration_s
 from klaviyo_sync.exceptions import BusinessDataError, KlaviyoSyncError
 from klaviyo_sync.logconfig import get_logger
@@ -230,7 +230,7 @@ class Runner:
         if result.auth_error:
             status = re.search(r": (\d{3})\b", result.auth_error)
             _put_meta(self.engine, meta.AUTH_FAILURE, json.dumps({
-                "at": utcnow().isoformat() + "+00:00",
+                "at": iso_utc(utcnow()),
                 "status": int(status.group(1)) if status else None,
                 "detail": result.auth_error[:500]}))
             log.error("klaviyo_auth_refused", error=result.auth_error[:300],
@@ -250,7 +250,7 @@ class Runner:
             if not force and now - self._marked_at < MARK_EVERY_S:
                 return
             self._marked_at, self._sent_since_mark = now, False
-        _put_meta(self.engine, meta.LAST_SEND_OK_AT, utcnow().isoformat() + "+00:00",
+        _put_meta(self.engine, meta.LAST_SEND_OK_AT, iso_utc(utcnow()),
                   clear=meta.AUTH_FAILURE)
 
     def _flush_audit(self, force: bool = False) -> None:

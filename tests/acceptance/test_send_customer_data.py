@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -18,14 +17,6 @@ from tests.integration.test_send_runner import API_KEY, make_events, send_settin
 from tests.klaviyo_standin import KlaviyoStandIn
 
 CUSTOMERS = 30
-
-
-@pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
-    s.start()
-    yield s
-    s.stop()
 
 
 def create_customers(url: str) -> sa.Engine:

@@ -8,7 +8,7 @@ and no attempt spent on a 429.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -32,11 +32,8 @@ POISON = {f"log:{i:07d}": f"Poison event {i}: property 'n' must not be {i}"
 
 
 @pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False, seed=7)
-    s.start()
-    yield s
-    s.stop()
+def klaviyo_options() -> dict[str, Any]:
+    return {"seed": 7}
 
 
 def test_faults_each_good_event_recorded_once(standin: KlaviyoStandIn,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,7 @@ from klaviyo_sync.senders.audit import list_audit, prune_audit
 from klaviyo_sync.senders.runner import build_runner, prune
 from klaviyo_sync.state import meta
 from tests.klaviyo_standin import KlaviyoStandIn
-
-API_KEY = "pk_test_standin"
-
-
-@pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False,
-                       oauth_clients={"client-id": "client-secret"})
-    s.start()
-    yield s
-    s.stop()
+from tests.klaviyo_standin.fixtures import API_KEY
 
 
 def send_settings(base_url: str, state_url: str = "sqlite://", **sender: Any) -> Settings:
