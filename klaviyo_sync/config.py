@@ -337,6 +337,16 @@ class StatusSettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    key_file: str = ""
+    erase_statuses: tuple[str, ...] = ()
+    erase_vanished: bool = False
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "auto"
@@ -366,6 +376,7 @@ class Settings:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     status: StatusSettings = field(default_factory=StatusSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     #: The file these settings came from (None for built-in defaults).
     source: str | None = None

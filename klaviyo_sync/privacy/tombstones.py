@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -132,9 +132,31 @@ class Tombstones:
 def load_tombstones(engine: Engine, hasher: Hasher) -> Tombstones:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(
-            erasures.c.id, erasures.c.requested_at, erasures.c.email_hash,
-            erasures.c.customer_hash, erasures.c.lifted_at)).fetchall()
-    return Tombstones(hasher, (Tombstone(*row) for row in rows))
+            erasures.c.id, erasures.c.asked_by, erasures.c.requested_at,
+            erasures.c.email_hash, erasures.c.customer_hash, erasures.c.lifted_at)).fetchall()
+    lifted = {row[0]: row[5] for row in rows}
+    # A row that links a further identifier counts (and is lifted) with its request's.
+    return Tombstones(hasher, (
+        Tombstone(primary, at, email_hash, customer_hash, lifted.get(primary, lifted_at))
+        for row_id, asked_by, at, email_hash, customer_hash, lifted_at in rows
+        for primary in [int(asked_by[5:]) if asked_by.startswith("link:") else row_id]))
+
+
+NO_TOMBSTONES = Tombstones(Hasher(b""), ())
+
+
+def tombstone_source(engine: Engine, key_file: str) -> Callable[[], Tombstones]:
+    """What the runner and the suppressor call before each pass: the live tombstones,
+    read fresh (a `forget` in another process takes effect at the next pass)."""
+
+    def load() -> Tombstones:
+        key = load_key(key_file, engine, create=False) if not key_file or \
+            Path(key_file).exists() else b""
+        if not key:
+            return NO_TOMBSTONES  # no erasure was ever made: nothing to check
+        return load_tombstones(engine, Hasher(key))
+
+    return load
 
 
 def count_skipped(conn: Connection, counts: dict[int, int]) -> None:

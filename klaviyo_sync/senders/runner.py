@@ -29,6 +29,7 @@ from klaviyo_sync.clock import iso_utc, utcnow
 from klaviyo_sync.config import Settings, parse_duration_s
 from klaviyo_sync.exceptions import BusinessDataError, KlaviyoSyncError
 from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.privacy.tombstones import NO_TOMBSTONES, count_skipped, lift, tombstone_source
 from klaviyo_sync.queue import EventState, QueuedEvent, QueueStore, RetryPolicy
 from klaviyo_sync.queue.runners import Heartbeat, RunnerRegistry
 from klaviyo_sync.senders import build_sender, default_worker_id
@@ -58,6 +59,7 @@ class SendReport:
     released: int = 0
     requests: int = 0
     suppressed: int = 0
+    erased: int = 0  # events of forgotten people, dropped unsent
     auth_error: str | None = None
     error: str | None = None
     elapsed_s: float = 0.0
@@ -98,6 +100,8 @@ class Runner:
         self._on_close = on_close
         self.registry = RunnerRegistry(engine, s.runner_dead_after_s)
         self._heartbeat = Heartbeat(self.registry, worker_id, s.heartbeat_s)
+        self._tombstone_source = tombstone_source(engine, settings.privacy.key_file)
+        self._tombstones = NO_TOMBSTONES
         self._hook_lock = threading.Lock()
         self._mark_lock = threading.Lock()
         self._marked_at = self._audited_at = float("-inf")
@@ -110,6 +114,7 @@ class Runner:
         _freeze_startup_objects()
         self._heartbeat.start()
         self.reclaim()
+        self._tombstones = self._tombstone_source()
         stop = stop or threading.Event()
         halt = threading.Event()
         report = SendReport()
@@ -181,6 +186,15 @@ class Runner:
             log.error("business_db_unavailable", error=str(exc))
             halt.set()
             return
+        if self._tombstones:
+            erased = self._drop_erased(batch, customers)
+            if erased:
+                batch = [e for e in batch if e.id not in erased]
+                with report._lock:
+                    report.claimed += len(erased)
+                    report.erased += len(erased)
+                if not batch:
+                    return
         names = self.settings.klaviyo.profile_properties
         currency = self.settings.klaviyo.default_currency
         events = [outgoing(e, customers.get(str(e.customer_id)) if e.customer_id else None,
@@ -200,6 +214,40 @@ class Runner:
             report.released += len(result.deferred)
             report.requests += result.requests
             report.auth_error = report.auth_error or result.auth_error
+
+    def _drop_erased(self, batch: list[QueuedEvent], customers: dict[str, Customer]
+                     ) -> set[int]:
+        """Events of people who asked to be forgotten: deleted, never sent. One that
+        happened after the request, of a customer the business shows active again, is a
+        new relationship: it goes, and the tombstone is lifted (privacy/tombstones.py)."""
+        erased: dict[int, int] = {}  # event id -> erasure id
+        lifted: set[int] = set()
+        ended = set(self.settings.privacy.erase_statuses)
+        for event in batch:
+            stone = self._tombstones.match(event.email, event.customer_id)
+            if stone is None or stone.id in lifted:
+                continue
+            customer = customers.get(str(event.customer_id)) if event.customer_id else None
+            if customer is not None and event.occurred_at > stone.requested_at \
+                    and customer.status not in ended:
+                lifted.add(stone.id)
+                continue
+            erased[event.id] = stone.id
+        if not erased and not lifted:
+            return set()
+        self.store.drop_claimed(list(erased), self.worker_id)
+        per_request: dict[int, int] = {}
+        for erasure_id in erased.values():
+            per_request[erasure_id] = per_request.get(erasure_id, 0) + 1
+        with self.engine.begin() as conn:
+            count_skipped(conn, per_request)
+            for erasure_id in lifted:
+                lift(conn, erasure_id)
+        if lifted:
+            self._tombstones = self._tombstone_source()
+        if erased:
+            log.info("events_skipped_for_erasure", count=len(erased))
+        return set(erased)
 
     def _lookup(self, batch: list[QueuedEvent]) -> dict[str, Customer]:
         if self.customers is None:
