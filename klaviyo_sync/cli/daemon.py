@@ -115,6 +115,10 @@ def _render(d: dict[str, Any]) -> str:
     item("orders pass", orders if d["orders_expected"] else "off (no business.url or disabled)")
     item("last tail", d["last_tail_at"] or "never")
     item("suppressions", f"{d['suppressions_pending']:,} pending")
+    erased = d.get("erasures") or {}
+    if erased.get("requests"):
+        item("erasures", f"{erased['requests']:,} request(s); {erased['skipped']:,} later "
+             "event(s) skipped for erasure (klaviyo-sync forget --list)")
     if d.get("business_error"):
         item("business db", f"NO ANSWER ({d['business_error']})")
     for name, record in (d.get("passes") or {}).items():

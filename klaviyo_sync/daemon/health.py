@@ -30,7 +30,7 @@ from klaviyo_sync.config import Settings, StatusSettings
 from klaviyo_sync.exceptions import StateError
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state import meta
-from klaviyo_sync.state.schema import checkpoints, rejects, suppressions
+from klaviyo_sync.state.schema import checkpoints, erasures, rejects, suppressions
 
 #: The passes whose runs the daemon records and health judges.
 JUDGED_PASSES = ("tail", "send", "orders")
@@ -113,6 +113,8 @@ class Status:
     business_error: str | None = None  # why the business database did not answer
     #: Daemon jobs the scheduler has not called for far longer than their interval.
     stalled_jobs: tuple[str, ...] = ()
+    #: Erasure requests made, and later events of those people skipped (not sent).
+    erasures: dict[str, int] = field(default_factory=lambda: {"requests": 0, "skipped": 0})
     health: Health = Health.HEALTHY
     reasons: tuple[str, ...] = field(default_factory=tuple)
     #: The check whose finding decided the health (the worst, first); None when healthy.
@@ -312,6 +314,9 @@ def _compute_status(settings: Settings, engine: Engine, now: datetime) -> Status
         ).first()
         values = {name: meta.get(conn, name) for name in (
             meta.LAST_SEND_OK_AT, meta.AUTH_FAILURE, meta.LAST_ORDERS_PASS_AT, meta.LAST_TAIL_AT)}
+        requests, skipped = conn.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(erasures.c.skipped), 0))
+            .where(sa.not_(erasures.c.asked_by.like("link:%")))).one()
         passes = {name: PassRecord.from_json(data) for name in JUDGED_PASSES
                   if isinstance(data := meta.get_json(conn, pass_key(name)), dict)}
     status = Status(
@@ -323,7 +328,7 @@ def _compute_status(settings: Settings, engine: Engine, now: datetime) -> Status
         last_orders_pass_at=values[meta.LAST_ORDERS_PASS_AT],
         last_tail_at=values[meta.LAST_TAIL_AT],
         orders_expected=bool(settings.business.url and settings.orders.enabled),
-        passes=passes,
+        passes=passes, erasures={"requests": int(requests), "skipped": int(skipped)},
     )
     return status
 

@@ -100,7 +100,7 @@ class Forgetter:
             total = {k: int(previous.get(k, 0)) + v for k, v in removed.items()}
             conn.execute(erasures.update().where(erasures.c.id == erasure_id).values(
                 removed=total,
-                state=state if state is ErasureState.DONE else ErasureState.ERASED.value))
+                state=state if state == ErasureState.DONE else ErasureState.ERASED.value))
         lines = erase_outbox(self.outbox, person) if self.outbox else 0
         log.info("person_erased_locally", erasure=erasure_id, **removed, outbox_lines=lines)
         answer = self._ask_klaviyo(erasure_id, person, state)

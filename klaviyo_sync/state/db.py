@@ -112,13 +112,17 @@ def erasing(engine: Engine) -> Iterator[Connection]:
             yield conn
         return
     with engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA secure_delete = ON")
+        # On the driver's connection: a statement through SQLAlchemy would begin the
+        # transaction before the IMMEDIATE one below.
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.execute("PRAGMA secure_delete = ON")
         try:
             with conn.execution_options(sqlite_begin="IMMEDIATE").begin():
                 yield conn
         finally:
-            conn.exec_driver_sql("PRAGMA secure_delete = OFF")  # the pool reuses it
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            driver.execute("PRAGMA secure_delete = OFF")  # the pool reuses the connection
+        driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
