@@ -8,7 +8,6 @@ dry-run sender, which writes the exact Klaviyo request bodies to an outbox file.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ from klaviyo_sync import config
 from klaviyo_sync.business.db import open_business
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.demo_log import DemoCustomer, write_sample_log
+from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state.db import open_state
-from klaviyo_sync.state.schema import events, rejects, suppressions
+from klaviyo_sync.state.schema import rejects, suppressions
 
 DEMO_CUSTOMERS = 60
 DEMO_ORDERS = 150
@@ -116,15 +116,12 @@ def _demo_customer(customer: Any) -> DemoCustomer:
 def _report(folder: Path, settings_path: Path, files: tuple[Path, ...], lines: int,
             engine: sa.Engine, order_report: Any, missed: list[Any],
             settings: config.Settings) -> DemoReport:
+    queue = QueueStore(engine)
+    by_metric = queue.metric_counts(source="log")
+    by_state = queue.counts()
+    order_events = queue.source_count("order")
     with engine.connect() as conn:
-        by_metric: dict[str, int] = dict(conn.execute(
-            sa.select(events.c.metric, sa.func.count()).where(events.c.source == "log")
-            .group_by(events.c.metric)).all())
-        by_state: Counter[str] = Counter(dict(conn.execute(
-            sa.select(events.c.state, sa.func.count()).group_by(events.c.state)).all()))
         reject_count = conn.execute(sa.select(sa.func.count()).select_from(rejects)).scalar()
-        order_events = conn.execute(sa.select(sa.func.count()).select_from(events)
-                                    .where(events.c.source == "order")).scalar()
         suppressed = conn.execute(sa.select(sa.func.count()).select_from(suppressions)
                                   .where(suppressions.c.state == "sent")).scalar()
     outbox = Path(settings.sender.outbox)
@@ -133,7 +130,7 @@ def _report(folder: Path, settings_path: Path, files: tuple[Path, ...], lines: i
     return DemoReport(
         folder=folder, settings_path=settings_path, log_files=list(files), log_lines=lines,
         events_by_metric={str(k): int(v) for k, v in by_metric.items()},
-        rejects=int(reject_count or 0), order_events=int(order_events or 0),
+        rejects=int(reject_count or 0), order_events=order_events,
         sent=by_state.get("sent", 0), dead=by_state.get("dead", 0),
         outbox_requests=len(requests), suppressed=int(suppressed or 0), missed_signups=missed,
     )

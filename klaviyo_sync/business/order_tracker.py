@@ -47,8 +47,9 @@ from klaviyo_sync.business.orders import (
 )
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
+from klaviyo_sync.queue.drivers import insert_ignoring_duplicates, write_transaction
 from klaviyo_sync.queue.models import NewEvent
-from klaviyo_sync.queue.store import QueueStore, insert_ignoring_duplicates
+from klaviyo_sync.queue.store import QueueStore
 from klaviyo_sync.state import meta
 from klaviyo_sync.state.schema import order_sync
 
@@ -289,10 +290,8 @@ class OrderTracker:
         return order_sync.update().where(order_sync.c.order_id == sa.bindparam("b_order_id"))
 
     def _write(self) -> Any:
-        # BEGIN IMMEDIATE on SQLite: take the write lock before reading, like the queue.
-        if self.state_engine.dialect.name == "sqlite":
-            return self.state_engine.execution_options(sqlite_begin="IMMEDIATE").begin()
-        return self.state_engine.begin()
+        # The queue's write transaction: on SQLite it takes the write lock before reading.
+        return write_transaction(self.state_engine)
 
     def _load_watermark(self) -> Any:
         text = meta.get(self.state_engine, meta.ORDERS_WATERMARK)

@@ -35,7 +35,7 @@ from klaviyo_sync.clock import iso_utc, iso_utc_or_none, utcnow
 from klaviyo_sync.config import Settings, SuppressionSettings
 from klaviyo_sync.exceptions import RejectedSendError, SendError
 from klaviyo_sync.privacy.tombstones import NO_TOMBSTONES, Tombstones, tombstone_source
-from klaviyo_sync.queue.store import insert_ignoring_duplicates
+from klaviyo_sync.queue.drivers import insert_ignoring_duplicates, write_transaction
 from klaviyo_sync.state.schema import suppressions
 
 log = structlog.get_logger(__name__)
@@ -236,9 +236,8 @@ class Suppressor:
                             .values(**values)).rowcount
 
     def _write(self) -> Any:
-        if self.engine.dialect.name == "sqlite":
-            return self.engine.execution_options(sqlite_begin="IMMEDIATE").begin()
-        return self.engine.begin()
+        # The queue's write transaction: on SQLite it takes the write lock before reading.
+        return write_transaction(self.engine)
 
 
 def list_suppressions(state_engine: Engine, state: SuppressionState | None = None,

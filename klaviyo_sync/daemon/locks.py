@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.queue.drivers import driver_for
 
 log = get_logger(__name__)
 
@@ -145,7 +146,7 @@ def _setup_session(conn: Connection) -> None:
 def role_lock(engine: Engine, role: str, resource: str, enabled: bool = True) -> RoleLock:
     """The lock for ``role`` on ``resource``: advisory on PostgreSQL, none on SQLite."""
     name = f"{role}:{resource}"
-    if not enabled or engine.dialect.name != "postgresql":
+    if not enabled or not driver_for(engine).advisory_locks:
         return NoLock(name)
     return AdvisoryLock(engine, name, lock_key(role, resource))
 
@@ -161,7 +162,7 @@ def exclusive(engine: Engine, role: str, resource: str) -> Iterator[None]:
     Used around creating a brand-new state database: two daemons started together on an
     empty PostgreSQL database would otherwise both run the first migration, and one fail.
     """
-    if engine.dialect.name != "postgresql":
+    if not driver_for(engine).advisory_locks:
         yield
         return
     key = lock_key(role, resource)

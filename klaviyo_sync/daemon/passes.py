@@ -20,9 +20,9 @@ from klaviyo_sync.config import Settings
 from klaviyo_sync.daemon.locks import RoleLock, role_lock
 from klaviyo_sync.exceptions import AuthError, KlaviyoSyncError, SendError
 from klaviyo_sync.logconfig import get_logger
-from klaviyo_sync.queue.models import EventState
+from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state import meta
-from klaviyo_sync.state.schema import audit, events
+from klaviyo_sync.state.schema import audit
 
 log = get_logger(__name__)
 
@@ -39,13 +39,7 @@ def _database_name(url: str) -> str:
 
 def has_due_retries(engine: Engine, now: Any = None) -> bool:
     """Whether an event that already failed once (or whose lease ran out) is due now."""
-    now = now or utcnow()
-    stmt = (sa.select(events.c.id)
-            .where(events.c.state.in_((EventState.PENDING.value, EventState.LEASED.value)),
-                   events.c.next_attempt_at <= now, events.c.attempts > 0)
-            .limit(1))
-    with engine.connect() as conn:
-        return conn.execute(stmt).first() is not None
+    return QueueStore(engine).has_due_retries(now)
 
 
 class Pipeline:
