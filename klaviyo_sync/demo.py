@@ -15,11 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from klaviyo_sync import config
-from klaviyo_sync.business.db import open_business
+from klaviyo_sync.app import App, connect_business_writer
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.demo_log import DemoCustomer, write_sample_log
 from klaviyo_sync.queue import QueueStore
-from klaviyo_sync.state.db import open_state
 from klaviyo_sync.state.schema import rejects, suppressions
 
 DEMO_CUSTOMERS = 60
@@ -61,10 +60,7 @@ def settings_text(folder: Path) -> str:
 def run_demo(folder: Path) -> DemoReport:
     """Build the demo folder from scratch and run every pass once."""
     from klaviyo_sync.business.missed_signups import find_missed_signups
-    from klaviyo_sync.business.order_tracker import build_order_tracker
     from klaviyo_sync.business.sample_data import create_schema, generate
-    from klaviyo_sync.parsers.ingest import Ingestor
-    from klaviyo_sync.senders.runner import build_runner
 
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,7 +71,7 @@ def run_demo(folder: Path) -> DemoReport:
     settings_path.write_text(settings_text(folder), encoding="utf-8")
     settings = config.load(settings_path)
 
-    business = sa.create_engine(settings.business.url)
+    business = connect_business_writer(settings)
     create_schema(business, settings.business)
     sample = generate(business, settings.business, customers=DEMO_CUSTOMERS, orders=DEMO_ORDERS,
                       seed=7)
@@ -86,25 +82,17 @@ def run_demo(folder: Path) -> DemoReport:
         attempt.last_name or "Sample")) for attempt in sample.signups]
     log = write_sample_log(folder, list(people.values()), end=utcnow(), signups=signups)
 
-    engine = open_state(settings.state.url)
-    try:
-        Ingestor(settings, engine).replay()
-        tracker = build_order_tracker(settings, engine)
+    with App(settings, worker_id="demo") as app:
+        engine = app.state_engine
+        app.ingestor.replay()
+        tracker = app.order_tracker
         order_report = tracker.run_once() if tracker else None
-        runner = build_runner(settings, engine, worker_id="demo")
-        try:
-            runner.drain()
-        finally:
-            runner.close()
-        reader = open_business(settings.business.url)
-        try:
-            missed = find_missed_signups(engine, reader, settings)
-        finally:
-            reader.dispose()
+        app.runner.drain()
+        reader = app.business_engine
+        assert reader is not None  # the demo's settings name its business database
+        missed = find_missed_signups(engine, reader, settings)
         return _report(folder, settings_path, log.files, log.lines, engine, order_report,
                        missed, settings)
-    finally:
-        engine.dispose()
 
 
 def _demo_customer(customer: Any) -> DemoCustomer:

@@ -24,7 +24,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -264,7 +264,14 @@ def _row(person: _Attempts, customer: Customer | None,
     )
 
 
-def write_profile_flags(sender: Any, outcome: SignupOutcome, property_name: str) -> int:
+class ProfileWriter(Protocol):
+    """What the flags need of a sender (senders/base.py's Sender has it)."""
+
+    def import_profile(self, profile: dict[str, Any]) -> None: ...
+
+
+def write_profile_flags(sender: ProfileWriter, outcome: SignupOutcome, property_name: str
+                        ) -> int:
     """Set ``property_name`` true on missed signups' profiles and false on the others'.
 
     One profile-import request each (paced by the sender); returns profiles written.
@@ -287,38 +294,3 @@ def write_profile_flags(sender: Any, outcome: SignupOutcome, property_name: str)
         sender.import_profile(profile)
         written += 1
     return written
-
-
-def run_ruleset(settings: Settings, state_engine: Engine, since: date | None = None,
-                until: date | None = None, include_klaviyo: bool = False) -> SignupOutcome:
-    """What `klaviyo-sync missed-signups` does: open the business DB (and Klaviyo if asked),
-    apply the ruleset, and write the profile flags when the setting says so."""
-    from klaviyo_sync.business.checkout_events import KlaviyoReader, iter_checkouts
-    from klaviyo_sync.business.db import open_business
-    from klaviyo_sync.exceptions import ConfigError
-    from klaviyo_sync.senders import build_sender
-
-    if not settings.business.url:
-        raise ConfigError("business.url is empty: the missed-signup ruleset reads the "
-                          "business database")
-    needs_sender = include_klaviyo or settings.missed_signups.write_profile_flag
-    sender = build_sender(settings, state_engine) if needs_sender else None
-    business = open_business(settings.business.url)
-    try:
-        checkouts: list[CheckoutAttempt] = []
-        if include_klaviyo:
-            if not isinstance(sender, KlaviyoReader):
-                raise ConfigError("--include-klaviyo reads from Klaviyo: it needs "
-                                  "sender.kind = \"klaviyo\"")
-            start, end = window(since, until)
-            checkouts = list(iter_checkouts(sender, settings.missed_signups
-                                            .klaviyo_checkout_metric, start, end))
-        outcome = evaluate_signups(state_engine, business, settings, since, until, checkouts)
-        if sender is not None and settings.missed_signups.write_profile_flag:
-            write_profile_flags(sender, outcome,
-                                settings.klaviyo.profile_properties.missed_signup)
-        return outcome
-    finally:
-        business.dispose()
-        if sender is not None:
-            sender.close()

@@ -32,9 +32,9 @@ from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business.customers import Customer
 from klaviyo_sync.clock import iso_utc, iso_utc_or_none, utcnow
-from klaviyo_sync.config import Settings, SuppressionSettings
+from klaviyo_sync.config import SuppressionSettings
 from klaviyo_sync.exceptions import RejectedSendError, SendError
-from klaviyo_sync.privacy.tombstones import NO_TOMBSTONES, Tombstones, tombstone_source
+from klaviyo_sync.privacy.tombstones import NO_TOMBSTONES, Tombstones
 from klaviyo_sync.queue.drivers import insert_ignoring_duplicates, write_transaction
 from klaviyo_sync.state.schema import suppressions
 
@@ -251,11 +251,3 @@ def list_suppressions(state_engine: Engine, state: SuppressionState | None = Non
         stmt = stmt.limit(limit)
     with state_engine.connect() as conn:
         return [Suppression.from_row(r) for r in conn.execute(stmt)]
-
-
-def build_suppressor(settings: Settings, state_engine: Engine) -> Suppressor | None:
-    """The configured suppressor, or None when suppression is switched off."""
-    if not settings.suppression.enabled:
-        return None
-    return Suppressor(state_engine, settings.suppression,
-                      tombstone_source(state_engine, settings.privacy.key_file))

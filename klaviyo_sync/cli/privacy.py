@@ -33,22 +33,8 @@ def forget(app: AppContext, email: str | None, customer_id: str | None, dry_run:
         return
     if (email is None) == (customer_id is None):
         raise click.UsageError("give exactly one of --email or --customer (or --list)")
-    from klaviyo_sync.business.db import open_business
-    from klaviyo_sync.privacy import build_forgetter
-    from klaviyo_sync.senders import build_sender
-
-    settings = app.settings
-    engine = app.state_engine()
-    business = open_business(settings.business.url) if settings.business.url else None
-    sender = None if dry_run else build_sender(settings, engine)
-    try:
-        result = build_forgetter(settings, engine, sender, business).forget(
-            email=email, customer_id=customer_id, dry_run=dry_run)
-    finally:
-        if sender is not None:
-            sender.close()
-        if business is not None:
-            business.dispose()
+    result = app.parts.forgetter(ask_klaviyo=not dry_run).forget(
+        email=email, customer_id=customer_id, dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return
