@@ -15,8 +15,8 @@ import enum
 from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 
+from klaviyo_sync.business.consent_records import KlaviyoConsent, Suppression
 from klaviyo_sync.business.consent_source import ConsentCustomer
-from klaviyo_sync.senders.consent import KlaviyoConsent, Suppression
 
 #: Klaviyo's reason for a suppression made by a profile-suppression job (ours).
 JOB_SUPPRESSION_REASON = "USER_SUPPRESSED"

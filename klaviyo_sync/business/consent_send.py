@@ -26,13 +26,13 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business import consent_store as store
+from klaviyo_sync.business.consent_records import SUBSCRIBE_MAX, ConsentApi, Subscribe
 from klaviyo_sync.business.consent_rules import ConsentState, newer_optout, their_optouts
 from klaviyo_sync.business.consent_store import ConsentReport, ConsentRow
 from klaviyo_sync.business.optouts import OptoutRecorder, our_suppressed
 from klaviyo_sync.clock import iso_utc, utcnow
 from klaviyo_sync.config import ConsentSettings
 from klaviyo_sync.exceptions import RejectedSendError, SendError
-from klaviyo_sync.senders.consent import SUBSCRIBE_MAX, ConsentApi, Subscribe
 from klaviyo_sync.state.schema import consent_sync
 
 log = structlog.get_logger(__name__)

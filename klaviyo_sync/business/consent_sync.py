@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business import consent_store as store
+from klaviyo_sync.business.consent_records import ConsentApi
 from klaviyo_sync.business.consent_rules import ConsentState, is_historical, wants_email
 from klaviyo_sync.business.consent_send import Subscriber
 from klaviyo_sync.business.consent_source import (
@@ -38,7 +39,6 @@ from klaviyo_sync.business.orders import (
 )
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
-from klaviyo_sync.senders.consent import ConsentApi
 from klaviyo_sync.state import meta
 
 log = structlog.get_logger(__name__)

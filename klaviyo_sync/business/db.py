@@ -49,21 +49,15 @@ def open_business(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+def open_writer(url: str) -> Engine:
+    """An engine that may write the business database: only to create sample data (the
+    demo); klaviyo-sync itself reads the business database through :func:`open_business`."""
+    try:
+        return sa.create_engine(url)
+    except sa.exc.ArgumentError as exc:
+        raise BusinessDataError(f"business.url: not a database URL: {exc}") from exc
+
+
 def describe_error(exc: Exception) -> str:
     return str(getattr(exc, "orig", exc)).splitlines()[0]
 
-
-def open_business_writer(url: str, **kwargs: Any) -> Engine:
-    """An engine that may write, for ``[consent] writeback_url`` only (opt-in, off by
-    default): everything else reads the business database through :func:`open_business`."""
-    try:
-        parsed = sa.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise BusinessDataError(f"consent.writeback_url: not a database URL: {exc}") from exc
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.drivername in ("mysql", "mariadb"):
-        parsed = parsed.set(drivername="mysql+pymysql")
-    if parsed.get_backend_name() != "sqlite":
-        kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(parsed, **kwargs)

@@ -26,11 +26,11 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Engine
 
+from klaviyo_sync.business.consent_records import ConsentApi, KlaviyoConsent
 from klaviyo_sync.business.consent_rules import is_ours
 from klaviyo_sync.clock import iso_utc, iso_utc_or_none, utcnow
 from klaviyo_sync.config import ConsentSettings
 from klaviyo_sync.exceptions import BusinessDataError
-from klaviyo_sync.senders.consent import ConsentApi, KlaviyoConsent
 from klaviyo_sync.state import meta
 from klaviyo_sync.state.schema import consent_sync, optouts, suppressions
 

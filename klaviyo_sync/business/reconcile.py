@@ -21,11 +21,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from klaviyo_sync.business import consent_store as store
+from klaviyo_sync.business.consent_records import KlaviyoConsent
 from klaviyo_sync.business.consent_rules import (
     Action,
     ConsentState,
@@ -39,8 +40,6 @@ from klaviyo_sync.business.consent_store import ConsentReport
 from klaviyo_sync.business.consent_sync import ConsentSync
 from klaviyo_sync.business.optouts import our_suppressed
 from klaviyo_sync.clock import iso_utc, utcnow
-from klaviyo_sync.senders.audit import AuditLog
-from klaviyo_sync.senders.consent import KlaviyoConsent
 from klaviyo_sync.state.schema import optouts
 
 
@@ -76,10 +75,19 @@ class ReconcileReport:
         return f"{self.customers} customers, {self.profiles} Klaviyo profiles: {parts}"
 
 
+class AuditTrail(Protocol):
+    """Where the summary goes (senders/audit.py ``AuditLog``)."""
+
+    def record(self, method: str, endpoint: str, items: int, status_code: int | None,
+               duration_ms: float, error_codes: list[str] | None = None) -> None: ...
+
+    def flush(self) -> int: ...
+
+
 class Reconciler:
     """Compares, and (unless dry-run) applies, through a :class:`ConsentSync`."""
 
-    def __init__(self, sync: ConsentSync, audit: AuditLog | None = None) -> None:
+    def __init__(self, sync: ConsentSync, audit: AuditTrail | None = None) -> None:
         self.sync = sync
         self.audit = audit
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,34 +18,11 @@ from klaviyo_sync.exceptions import ConfigError, SendError
 _FORMAT = click.Choice(["table", "csv", "json"])
 
 
-@contextmanager
-def _parts(app: AppContext, need_enabled: bool = True) -> Iterator[dict[str, Any]]:
-    """Open the business database and the sender for one command, and close them after.
-
-    (The construction the daemon shares lives in business/consent_app.py.)
-    """
-    from klaviyo_sync.business.db import open_business, open_business_writer
-    from klaviyo_sync.senders import build_sender
-
-    settings = app.settings
-    if need_enabled and not settings.consent.enabled:
-        raise ConfigError("consent is off: set [consent] enabled = true (run `klaviyo-sync "
-                          "consent reconcile --dry-run` first)")
-    if not settings.business.url:
-        raise ConfigError("consent needs the business database: business.url is empty")
-    engine = app.state_engine()
-    business = open_business(settings.business.url)
-    sender = build_sender(settings, engine)
-    writer = (open_business_writer(settings.consent.writeback_url)
-              if settings.consent.writeback_url else None)
-    try:
-        yield {"settings": settings, "state": engine, "business": business,
-               "sender": sender, "writer": writer}
-    finally:
-        sender.close()
-        business.dispose()
-        if writer is not None:
-            writer.dispose()
+def _off(app: AppContext) -> ConfigError:
+    if not app.settings.business.url:
+        return ConfigError("consent needs the business database: business.url is empty")
+    return ConfigError("consent is off: set [consent] enabled = true (run `klaviyo-sync "
+                       "consent reconcile --dry-run` first)")
 
 
 def _render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> str:
@@ -79,13 +55,12 @@ def consent_group(ctx: click.Context, as_json: bool) -> None:
     """Subscribe customers whose email opt-in turned on: one pass, then exit."""
     if ctx.invoked_subcommand is not None:
         return
-    from klaviyo_sync.business.consent_app import build_consent_sync
-
     app = ctx.find_object(AppContext)
     assert app is not None
-    with _parts(app) as p:
-        sync = build_consent_sync(p["settings"], p["state"], p["business"], p["sender"])
-        report = sync.run_once()
+    sync = app.parts.consent_sync
+    if sync is None:
+        raise _off(app)
+    report = sync.run_once()
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
@@ -101,11 +76,10 @@ def consent_group(ctx: click.Context, as_json: bool) -> None:
 @pass_app
 def consent_reconcile(app: AppContext, dry_run: bool, fmt: str) -> None:
     """Compare every customer's opt-in with Klaviyo's consent; apply unless --dry-run."""
-    from klaviyo_sync.business.consent_app import build_consent_sync, build_reconciler
-
-    with _parts(app, need_enabled=not dry_run) as p:
-        sync = build_consent_sync(p["settings"], p["state"], p["business"], p["sender"])
-        report = build_reconciler(sync).run(dry_run)
+    reconciler = app.parts.reconciler(dry_run)
+    if reconciler is None:
+        raise _off(app)
+    report = reconciler.run(dry_run)
     rows = [r.to_json() for r in report.rows]
     click.echo(_render(rows, ("customer_id", "email", "business_opt_in_at", "klaviyo",
                               "action"), fmt), nl=False)
@@ -145,13 +119,12 @@ def optouts_group(ctx: click.Context, as_json: bool) -> None:
         return
     from dataclasses import asdict
 
-    from klaviyo_sync.business.consent_app import build_optouts
-
     app = ctx.find_object(AppContext)
     assert app is not None
-    with _parts(app) as p:
-        report = build_optouts(p["settings"], p["state"], p["business"], p["sender"],
-                               p["writer"]).run_once()
+    optouts = app.parts.optouts
+    if optouts is None:
+        raise _off(app)
+    report = optouts.run_once()
     if as_json:
         click.echo(json.dumps(asdict(report)))
     else:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from klaviyo_sync.clock import iso_utc
 from klaviyo_sync.exceptions import QueueError
-from klaviyo_sync.queue.store import insert_ignoring_duplicates
+from klaviyo_sync.queue.drivers import insert_ignoring_duplicates
 from klaviyo_sync.state.schema import REJECT_RAW_BYTES, rejects
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from klaviyo_sync.exceptions import ConfigError
 from klaviyo_sync.senders import payloads
+from klaviyo_sync.senders.audit import AuditLog
 from klaviyo_sync.senders.base import DeliveryReport, OutgoingEvent
 from klaviyo_sync.senders.batching import DEFAULT_CAPS, BatchCaps
 from klaviyo_sync.senders.consent import (
@@ -30,6 +31,9 @@ from klaviyo_sync.senders.delivery import deliver
 
 class DryRunSender:
     """A Sender that appends request bodies to ``outbox`` instead of calling Klaviyo."""
+
+    #: No request is made, so there is no request trail to keep.
+    audit: AuditLog | None = None
 
     def __init__(self, outbox: str | Path, caps: BatchCaps = DEFAULT_CAPS) -> None:
         self.path = Path(outbox)
@@ -78,6 +82,18 @@ class DryRunSender:
     def write_request(self, path: str, body: dict[str, Any] | bytes, items: int) -> None:
         """Append one POST's exact body (for request kinds with their own module)."""
         self._write(path, body, items)
+
+    def request_profile_deletion(self, email: str | None = None,
+                                 profile_id: str | None = None) -> int:
+        # The outbox is a copy of our data too: the request is written with the
+        # identifier masked, not in the clear (the person asked to be forgotten).
+        masked = "[erased]" if email is not None else None
+        self._write("/api/data-privacy-deletion-jobs",
+                    payloads.deletion_body(masked, None if masked else "[erased]"), 1)
+        return 202
+
+    def find_profile_ids(self, external_id: str) -> list[str]:
+        return []  # a dry run knows no Klaviyo profiles
 
     def close(self) -> None:
         with self._lock:

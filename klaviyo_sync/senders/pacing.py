@@ -41,6 +41,7 @@ PUBLISHED: dict[str, Limit] = {
     "GET /api/lists": Limit(75, 750),
     "GET /api/events": Limit(350, 3500),
     "GET /api/metrics": Limit(10, 150),
+    "POST /api/data-privacy-deletion-jobs": Limit(3, 60),
 }
 
 

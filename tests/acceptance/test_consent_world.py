@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from klaviyo_sync.app import App
 from klaviyo_sync.business.customers import Customer
 from klaviyo_sync.business.suppression import Suppressor
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings, SuppressionSettings
-from klaviyo_sync.senders import build_sender
 from klaviyo_sync.state.db import open_state
 from klaviyo_sync.state.schema import audit, consent_sync
 from tests.consent_world import World, build_world, email
@@ -77,15 +77,11 @@ def suppress_ours(state_url: str, base_url: str, world: World) -> None:
     settings = Settings()
     settings = settings.replace(klaviyo=settings.klaviyo.__class__(
         base_url=base_url, respect_published_limits=False))
-    engine = open_state(state_url)
-    sender = build_sender(settings, engine)
-    try:
-        suppressor = Suppressor(engine, SuppressionSettings())
+    settings = settings.replace(state=settings.state.__class__(url=state_url))
+    with App(settings) as app:
+        suppressor = Suppressor(app.state_engine, SuppressionSettings())
         suppressor.observe([Customer(i, email(i), status="Dead") for i in world.ours])
-        assert suppressor.flush(sender) == len(world.ours)  # type: ignore[arg-type]
-    finally:
-        sender.close()
-        engine.dispose()
+        assert suppressor.flush(app.sender) == len(world.ours)  # type: ignore[arg-type]
 
 
 def email_subscriptions(standin: KlaviyoStandIn) -> dict[str, list[Any]]:

@@ -55,6 +55,13 @@ def test_demo_ingests_every_event_line_and_dry_runs_them_all(tmp_path: Path) -> 
             sent_uids.add(data["attributes"]["unique_id"])
     assert sent_uids == uids
 
+    # The consent pass subscribed the opted-in sample customers: historical and live jobs.
+    jobs = [r["body"]["data"]["attributes"] for r in bodies
+            if r["path"] == "/api/profile-subscription-bulk-create-jobs"]
+    assert sorted(bool(j.get("historical_import")) for j in jobs) == [False, True]
+    assert all(j["custom_source"] == "klaviyo-sync" and j["profiles"]["data"] for j in jobs)
+    assert "Consent pass:" in result.stdout
+
 
 def test_demo_folder_then_works_with_every_command(tmp_path: Path) -> None:
     folder = tmp_path / "demo"

@@ -11,17 +11,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from klaviyo_sync.business.consent_app import build_consent_sync, build_optouts, build_reconciler
+from klaviyo_sync.app import App
 from klaviyo_sync.business.consent_rules import Action, ConsentState
 from klaviyo_sync.business.consent_sync import list_consent
 from klaviyo_sync.business.customers import Customer
-from klaviyo_sync.business.db import open_business, open_business_writer
 from klaviyo_sync.business.optouts import list_optouts
 from klaviyo_sync.business.suppression import Suppressor
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import ConsentSettings, Settings, SuppressionSettings
-from klaviyo_sync.senders import build_sender
-from klaviyo_sync.state.db import open_state
 from klaviyo_sync.state.schema import consent_sync
 from tests.consent_world import PHONE, SMS_OPT_IN, World, build_world, email
 from tests.klaviyo_standin import KlaviyoStandIn
@@ -45,33 +42,30 @@ def settings_for(state_url: str, business_url: str, base_url: str, **consent: An
 
 
 class Parts:
+    """The consent parts from the wiring (app.py), on one set of settings."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.state = open_state(settings.state.url)
-        self.business = open_business(settings.business.url)
-        self.sender = build_sender(settings, self.state)
-        self.writer = (open_business_writer(settings.consent.writeback_url)
-                       if settings.consent.writeback_url else None)
+        self.app = App(settings)
+        self.state = self.app.state_engine
 
     def sync(self) -> Any:
-        return build_consent_sync(self.settings, self.state, self.business, self.sender)
+        return self.app.consent_sync
 
     def optouts(self) -> Any:
-        return build_optouts(self.settings, self.state, self.business, self.sender,
-                             self.writer)
+        return self.app.optouts
+
+    def reconciler(self, dry_run: bool) -> Any:
+        return self.app.reconciler(dry_run)
 
     def suppress_dead(self, world: World) -> None:
         suppressor = Suppressor(self.state, SuppressionSettings())
         suppressor.observe([Customer(i, email(i), status="Dead", email_opt_in=False)
                             for i in sorted(world.ours)])
-        suppressor.flush(self.sender)  # type: ignore[arg-type]
+        suppressor.flush(self.app.sender)  # type: ignore[arg-type]
 
     def close(self) -> None:
-        self.sender.close()
-        self.business.dispose()
-        if self.writer is not None:
-            self.writer.dispose()
-        self.state.dispose()
+        self.app.close()
 
 
 @pytest.fixture
@@ -137,7 +131,7 @@ def test_reconcile_dry_run_changes_nothing_then_applies(
         world: tuple[Parts, World], standin: KlaviyoStandIn) -> None:
     parts, w = world
     writes_before = [r for r in standin.requests if r.method != "GET"]
-    report = build_reconciler(parts.sync()).run(dry_run=True)
+    report = parts.reconciler(True).run(dry_run=True)
     assert [r for r in standin.requests if r.method != "GET"] == writes_before
     with parts.state.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(consent_sync)).scalar() == 0
@@ -147,7 +141,7 @@ def test_reconcile_dry_run_changes_nothing_then_applies(
         == len(w.to_subscribe())
     assert actions[Action.SUBSCRIBE_LIVE] == len(w.fresh - w.conflicts)
     assert actions[Action.RECORD_OPTOUT] == len(w.not_opted_in_optouts)
-    applied = build_reconciler(parts.sync()).run(dry_run=False)
+    applied = parts.reconciler(False).run(dry_run=False)
     assert applied.applied is not None and applied.applied.error is None
     assert set(subscribed_emails(standin)) == {email(i) for i in w.to_subscribe()}
     assert {lift.email for lift in standin.suppressions_lifted} \

@@ -11,13 +11,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from klaviyo_sync.business.consent_records import KlaviyoConsent, Subscribe
 from klaviyo_sync.business.consent_source import ConsentReader
 from klaviyo_sync.business.consent_sync import ConsentSync
 from klaviyo_sync.business.db import open_business
 from klaviyo_sync.business.optouts import OptoutRecorder
 from klaviyo_sync.business.sample_data import create_schema, tables
 from klaviyo_sync.config import BusinessSettings, ConsentSettings, Settings
-from klaviyo_sync.senders.consent import KlaviyoConsent, Subscribe
 from klaviyo_sync.state.db import open_state
 
 T0 = datetime(2026, 4, 1, 9, 0, 0)

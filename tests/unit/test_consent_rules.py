@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from klaviyo_sync.business.consent_records import KlaviyoConsent, Subscribe, Suppression
 from klaviyo_sync.business.consent_rules import (
     is_historical,
     is_ours,
@@ -16,13 +17,7 @@ from klaviyo_sync.business.consent_rules import (
 )
 from klaviyo_sync.business.consent_source import ConsentCustomer, e164_problem
 from klaviyo_sync.business.customers import Customer
-from klaviyo_sync.senders.consent import (
-    KlaviyoConsent,
-    Subscribe,
-    Suppression,
-    subscription_body,
-    suppressed_since_params,
-)
+from klaviyo_sync.senders.consent import subscription_body, suppressed_since_params
 
 T = datetime(2026, 5, 1, 12, 0)
 

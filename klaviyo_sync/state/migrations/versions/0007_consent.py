@@ -1,7 +1,7 @@
 """consent both ways: consent_sync and optouts
 
 Revision ID: 0007
-Revises: 0001
+Revises: 0006
 Create Date: 2026-12-01 11:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0007'
-down_revision = '0001'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
