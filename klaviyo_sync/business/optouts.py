@@ -24,6 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business.consent_records import ConsentApi, KlaviyoConsent
@@ -140,7 +141,12 @@ class OptoutRecorder:
                              "state": state.value, "recorded_at": now})
         fresh = self._new_only(conn, rows)
         if fresh:
-            conn.execute(optouts.insert(), fresh)
+            # The consent pass and the optouts pass may record the same opt-out at once
+            # (two daemon threads on PostgreSQL): the unique key lets the second go quietly.
+            insert = (postgresql.insert if conn.dialect.name == "postgresql"
+                      else sqlite.insert)(optouts)
+            conn.execute(insert.on_conflict_do_nothing(
+                index_elements=["email", "at", "reason"]), fresh)
         theirs = sum(1 for r in fresh if r["source"] == "klaviyo")
         return theirs, len(fresh) - theirs
 
