@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from klaviyo_sync.exceptions import ConfigError
 
 #: Where settings are looked for when neither --config nor KLAVIYO_SYNC_CONFIG is given.
@@ -409,7 +412,15 @@ class Settings:
 
 
 def _redact_url(url: str) -> str:
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """The URL with its password as ``***``, parsed as SQLAlchemy does (a password may hold
+    ``/`` or ``:``); a URL that does not parse shows only its scheme."""
+    if not url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        scheme, sep, _rest = url.partition("://")
+        return f"{scheme}://***" if sep else "***"
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

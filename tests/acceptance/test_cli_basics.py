@@ -53,3 +53,15 @@ def test_db_upgrade_creates_then_reports_up_to_date(tmp_path: Path) -> None:
     assert "schema none ->" in first.stdout
     status = run("--config", str(cfg), "db", "status")
     assert "up to date" in status.stdout
+
+
+def test_config_show_masks_a_password_containing_a_slash(tmp_path: Path) -> None:
+    cfg = tmp_path / "settings.toml"
+    cfg.write_text("[state]\nurl = 'postgresql+psycopg://sync:pa/ss@db/state'\n"
+                   "[business]\nurl = 'mysql+pymysql://shop:hun/ter2@db:3306/shop'\n")
+    result = run("--config", str(cfg), "config", "show", "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["state"]["url"] == "postgresql+psycopg://sync:***@db/state"
+    assert shown["business"]["url"] == "mysql+pymysql://shop:***@db:3306/shop"
+    assert "pa/ss" not in result.stdout and "ter2" not in result.stdout

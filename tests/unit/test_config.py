@@ -105,3 +105,11 @@ def test_redacted_hides_url_passwords() -> None:
                                                ("250ms", 0.25), ("15m", 900)])
 def test_parse_duration(text: str, seconds: float) -> None:
     assert config.parse_duration_s(text) == seconds
+
+
+def test_a_url_that_does_not_parse_is_masked_whole() -> None:
+    shown = config.from_mapping(
+        {"business": {"url": "mysql+pymysql://root:p@ss:w/rd@127.0.0.1:3306/test"}}
+    ).redacted()
+    assert "ss:w" not in shown["business"]["url"] and "rd@" not in shown["business"]["url"]
+    assert shown["business"]["url"].startswith("mysql+pymysql://")
