@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 import click
 
@@ -31,7 +33,7 @@ def config_check(app: AppContext) -> None:
 
 
 @config_group.command("show")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML-like text.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
 @pass_app
 def config_show(app: AppContext, as_json: bool) -> None:
     """Print every setting in force, defaults included, credentials as ***."""
@@ -42,12 +44,42 @@ def config_show(app: AppContext, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     click.echo(f"# from {app.settings.source}")
-    for section, values in data.items():
-        if not isinstance(values, dict):
-            continue
-        click.echo(f"\n[{section}]")
-        for key, value in values.items():
-            click.echo(f"{key} = {json.dumps(value, default=str)}")
+    for line in _toml_lines(data, ""):
+        click.echo(line)
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    # A JSON string is a valid TOML basic string; booleans and numbers need TOML spelling.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _toml_lines(table: dict[str, Any], prefix: str) -> list[str]:
+    """A table as TOML: its plain keys first, then each sub-table under its own header.
+    Keys whose value is None (not set) become comments, as TOML has no null."""
+    lines = []
+    for key, value in table.items():
+        if value is None:
+            lines.append(f"# {_toml_key(key)} is not set")
+        elif not isinstance(value, dict):
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in table.items():
+        if isinstance(value, dict):
+            name = f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key)
+            lines += ["", f"[{name}]", *_toml_lines(value, name)]
+    return lines
 
 
 @cli.group("db")

@@ -65,3 +65,18 @@ def test_config_show_masks_a_password_containing_a_slash(tmp_path: Path) -> None
     assert shown["state"]["url"] == "postgresql+psycopg://sync:***@db/state"
     assert shown["business"]["url"] == "mysql+pymysql://shop:***@db:3306/shop"
     assert "pa/ss" not in result.stdout and "ter2" not in result.stdout
+
+
+def test_config_show_prints_valid_toml_that_reads_back(tmp_path: Path) -> None:
+    import tomllib
+
+    cfg = tmp_path / "settings.toml"
+    cfg.write_text(f"[state]\nurl = 'sqlite:///{tmp_path}/s.db'\n"
+                   "[events]\n'started.signup' = 'Started Signup \u65b0\u898f'\n")
+    result = run("--config", str(cfg), "config", "show")
+    assert result.returncode == 0, result.stderr
+    shown = tomllib.loads(result.stdout)
+    assert shown["events"]["started.signup"] == "Started Signup \u65b0\u898f"
+    assert shown["business"]["columns"]["customer_id"] == "id"
+    assert shown["klaviyo"]["profile_properties"]["status"] == "Status"
+    assert shown["state"]["url"] == f"sqlite:///{tmp_path}/s.db"
