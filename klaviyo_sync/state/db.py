@@ -20,6 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.exceptions import SchemaOutdatedError, StateError
+from klaviyo_sync.private_files import create_private
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -75,6 +76,11 @@ def _prepare_sqlite_dir(path: Path) -> None:
     target = path if path.exists() else folder
     if not os.access(target, os.W_OK):
         raise StateError(f"state.url: {target} is not writable by this user")
+    try:
+        # SQLite gives the -wal and -shm files the database file's mode: 0600 for all.
+        create_private(path)
+    except OSError as exc:
+        raise StateError(f"state.url: cannot create {path}: {exc.strerror}") from exc
 
 
 def _install_sqlite_pragmas(engine: Engine, busy_timeout_s: float) -> None:
