@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -113,3 +117,53 @@ def test_a_busy_port_is_a_clear_error(served: tuple[str, sa.Engine, Metrics]) ->
     port = served[0].rsplit(":", 1)[1]
     with pytest.raises(ConfigError, match="cannot listen on"):
         HealthServer(f"127.0.0.1:{port}", Metrics())
+
+
+@pytest.fixture
+def bare() -> Iterator[tuple[str, int]]:
+    """A listener whose /metrics carries only the counters: cheap to hammer."""
+    server = HealthServer("127.0.0.1:0", Metrics(), request_timeout_s=0.5)
+    server.start()
+    yield server.address
+    server.stop()
+
+
+def test_head_answers_like_get_without_a_body(bare: tuple[str, int]) -> None:
+    conn = http.client.HTTPConnection(*bare, timeout=10)
+    conn.request("HEAD", "/metrics")
+    resp = conn.getresponse()
+    assert resp.status == 200 and int(resp.headers["Content-Length"]) > 0
+    assert resp.read() == b""
+    conn.close()
+
+
+def test_a_client_that_sends_nothing_is_dropped_after_the_request_timeout(
+        bare: tuple[str, int]) -> None:
+    with socket.create_connection(bare, timeout=20) as idle:
+        assert idle.recv(1024) == b""  # the server closed it; no answer owed
+
+
+def test_idle_connections_hold_a_bounded_number_of_threads(bare: tuple[str, int]) -> None:
+    before = threading.active_count()
+    idle = [socket.create_connection(bare, timeout=20) for _ in range(60)]
+    try:
+        # Every connection has reached the server once a real request behind them is
+        # answered (they are served in order of arrival, in a pool).
+        assert get(f"http://{bare[0]}:{bare[1]}/metrics")[0] == 200
+        assert threading.active_count() - before <= HealthServer.MAX_THREADS
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_300_concurrent_scrapes_are_all_answered(bare: tuple[str, int]) -> None:
+    url = f"http://{bare[0]}:{bare[1]}/metrics"
+
+    def scrape(_: int) -> int:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            resp.read()
+            return int(resp.status)
+
+    with ThreadPoolExecutor(max_workers=300) as pool:
+        codes = list(pool.map(scrape, range(300)))
+    assert codes == [200] * 300
