@@ -36,7 +36,8 @@ class FakePasses:
         self.behaviour: dict[str, Any] = {}
         self.closed = False
         self.ran = threading.Condition()
-        self.requests: list[tuple[int | None, float]] = [(202, 35.0), (429, 5.0)]
+        self.requests: list[tuple[str, int | None, float]] = [
+            ("POST /api/events", 202, 35.0), ("POST /api/events", 429, 5.0)]
 
     def _run(self, name: str, stop: threading.Event) -> Any:
         with self.ran:
@@ -60,7 +61,7 @@ class FakePasses:
     def prune(self, stop: threading.Event) -> Any:
         return self._run("prune", stop)
 
-    def new_requests(self) -> list[tuple[int | None, float]]:
+    def new_requests(self) -> list[tuple[str, int | None, float]]:
         requests, self.requests = self.requests, []
         return requests
 
@@ -133,8 +134,8 @@ def test_a_raising_job_does_not_stop_the_others(tmp_path: Path, engine: sa.Engin
     assert passes.closed
     assert metrics.job_runs.labels("tail", "error")._value.get() >= 3
     assert metrics.job_runs.labels("send", "ok")._value.get() >= 3
-    assert metrics.requests.labels("202")._value.get() == 1
-    assert metrics.requests.labels("429")._value.get() == 1
+    assert metrics.requests.labels("POST /api/events", "202")._value.get() == 1
+    assert metrics.requests.labels("POST /api/events", "429")._value.get() == 1
 
 
 def test_stop_lets_the_pass_in_flight_finish_its_batch(tmp_path: Path,
