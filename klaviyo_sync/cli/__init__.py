@@ -36,15 +36,20 @@ class AppContext:
             level = "debug" if self.verbose > 1 else self._settings.logging.level
             logconfig.configure(level, self._settings.logging.format,
                                 self._settings.logging.mask_emails)
+            logconfig.get_logger("klaviyo_sync.cli").info("settings_file",
+                                                          path=self._settings.source)
         return self._settings
 
-    def state_engine(self) -> Engine:
-        """The state database, created on first use, refused if its schema is outdated."""
+    def state_engine(self, read_only: bool = False) -> Engine:
+        """The state database, refused if its schema is outdated or not ours. Created on
+        first use, except by a ``read_only`` command, which creates nothing: a missing
+        database is a StateMissingError (exit 3)."""
         if self._engine is None:
             from klaviyo_sync.state.db import open_state
 
             self._engine = open_state(self.settings.state.url,
-                                      self.settings.state.sqlite_busy_timeout_s)
+                                      self.settings.state.sqlite_busy_timeout_s,
+                                      create=not read_only)
         return self._engine
 
     def close(self) -> None:

@@ -109,7 +109,8 @@ def db_status(app: AppContext) -> None:
     """Show the schema revision of the state database and the one this version needs."""
     from klaviyo_sync.state import db
 
-    engine = db.create_engine(app.settings.state.url, app.settings.state.sqlite_busy_timeout_s)
+    engine = db.create_engine(app.settings.state.url, app.settings.state.sqlite_busy_timeout_s,
+                              create=False)
     try:
         status = db.schema_status(engine)
     finally:

@@ -62,8 +62,8 @@ def suppressions_list(app: AppContext, state: str | None, limit: int | None,
     """List suppressions, newest first."""
     from klaviyo_sync.business.suppression import SuppressionState, list_suppressions
 
-    rows = list_suppressions(app.state_engine(), SuppressionState(state) if state else None,
-                             limit)
+    rows = list_suppressions(app.state_engine(read_only=True),
+                             SuppressionState(state) if state else None, limit)
     for row in rows:
         if as_json:
             click.echo(json.dumps(row.to_json()))

@@ -11,7 +11,7 @@ import click
 
 from klaviyo_sync import config
 from klaviyo_sync.cli import AppContext, cli, pass_app
-from klaviyo_sync.exceptions import StateError
+from klaviyo_sync.exceptions import NotStateDatabaseError, StateError, StateMissingError
 
 
 @cli.command("run")
@@ -53,7 +53,9 @@ def status_cmd(app: AppContext, as_json: bool) -> None:
 
     settings = app.settings
     try:
-        status = compute_status(settings, app.state_engine())
+        status = compute_status(settings, app.state_engine(read_only=True))
+    except (StateMissingError, NotStateDatabaseError):
+        raise  # not a health question: the settings point at the wrong database (exit 3)
     except StateError as exc:
         data = failing_status(f"state database: {exc}")
         click.echo(json.dumps(data) if as_json else f"failing\n  - {data['reasons'][0]}")

@@ -94,7 +94,7 @@ def rejects_group() -> None:
 @pass_app
 def rejects_list(app: AppContext, limit: int, offset: int, as_json: bool) -> None:
     """List rejected lines, newest first."""
-    for reject in RejectStore(app.state_engine()).list(limit, offset):
+    for reject in RejectStore(app.state_engine(read_only=True)).list(limit, offset):
         if as_json:
             click.echo(json.dumps(reject.to_json()))
             continue
@@ -108,5 +108,5 @@ def rejects_list(app: AppContext, limit: int, offset: int, as_json: bool) -> Non
 @pass_app
 def rejects_show(app: AppContext, reject_id: int) -> None:
     """Show one rejected line in full (as much of it as was kept), as JSON."""
-    reject = RejectStore(app.state_engine()).get(reject_id)
+    reject = RejectStore(app.state_engine(read_only=True)).get(reject_id)
     click.echo(json.dumps(reject.to_json(), indent=2))

@@ -28,7 +28,7 @@ def queue_group() -> None:
 def queue_list(app: AppContext, state: str | None, metric: str | None, limit: int,
                offset: int, as_json: bool) -> None:
     """List queued events, oldest first."""
-    store = QueueStore(app.state_engine())
+    store = QueueStore(app.state_engine(read_only=True))
     rows = store.list(EventState(state) if state else None, metric, limit, offset)
     for event in rows:
         if as_json:
@@ -45,7 +45,7 @@ def queue_list(app: AppContext, state: str | None, metric: str | None, limit: in
 @pass_app
 def queue_show(app: AppContext, event_id: int) -> None:
     """Show one event in full, as JSON."""
-    event = QueueStore(app.state_engine()).get(event_id)
+    event = QueueStore(app.state_engine(read_only=True)).get(event_id)
     click.echo(json.dumps(event.to_json(), indent=2, default=str))
 
 

@@ -67,7 +67,7 @@ def audit(app: AppContext, since: str | None, limit: int, as_json: bool) -> None
             cutoff = utcnow() - timedelta(seconds=parse_duration_s(since))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--since") from None
-    for row in list_audit(app.state_engine(), cutoff, limit):
+    for row in list_audit(app.state_engine(read_only=True), cutoff, limit):
         if as_json:
             click.echo(json.dumps(row.to_json()))
         else:

@@ -41,7 +41,12 @@ from klaviyo_sync.daemon.locks import exclusive
 from klaviyo_sync.daemon.metrics import Metrics, StatusBoard
 from klaviyo_sync.daemon.passes import Pipeline
 from klaviyo_sync.daemon.systemd import Notifier
-from klaviyo_sync.exceptions import ConfigError, SchemaOutdatedError, StateError
+from klaviyo_sync.exceptions import (
+    ConfigError,
+    NotStateDatabaseError,
+    SchemaOutdatedError,
+    StateError,
+)
 from klaviyo_sync.logconfig import get_logger
 from klaviyo_sync.state import db
 
@@ -264,8 +269,8 @@ class Daemon:
                 with exclusive(engine, "migrate", "state"):
                     db.ensure_schema(engine)
                 return engine
-            except SchemaOutdatedError:
-                engine.dispose()
+            except (SchemaOutdatedError, NotStateDatabaseError):
+                engine.dispose()  # waiting would not change it: say so and stop
                 raise
             except (StateError, sa.exc.OperationalError) as exc:
                 log.warning("state_database_waiting", error=str(exc).splitlines()[0],

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def run(*args: str, cwd: Path | None = None, env: dict | None = None
         ) -> subprocess.CompletedProcess[str]:
@@ -80,3 +82,62 @@ def test_config_show_prints_valid_toml_that_reads_back(tmp_path: Path) -> None:
     assert shown["business"]["columns"]["customer_id"] == "id"
     assert shown["klaviyo"]["profile_properties"]["status"] == "Status"
     assert shown["state"]["url"] == f"sqlite:///{tmp_path}/s.db"
+
+
+READ_ONLY = [("status",), ("queue", "list"), ("queue", "show", "1"), ("rejects", "list"),
+             ("rejects", "show", "1"), ("audit",), ("suppressions", "list"),
+             ("db", "status")]
+
+
+def files_under(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
+
+
+def test_read_only_commands_create_nothing_and_say_the_state_is_missing(
+        tmp_path: Path) -> None:
+    cfg = tmp_path / "settings.toml"
+    cfg.write_text(f"[state]\nurl = 'sqlite:///{tmp_path}/var/state.db'\n"
+                   f"[business]\nurl = 'sqlite:///{tmp_path}/shop.db'\n"
+                   f"[log]\npath = '{tmp_path}/system.log'\n"
+                   "[sender]\nkind = 'dry-run'\n")
+    before = files_under(tmp_path)
+    for command in READ_ONLY:
+        result = run("--config", str(cfg), *command, cwd=tmp_path)
+        assert result.returncode == 3, (command, result.stdout, result.stderr)
+        assert f"{tmp_path}/var/state.db does not exist" in result.stderr, command
+        assert "Traceback" not in result.stderr
+        assert files_under(tmp_path) == before, command
+    for command in (("config", "check"), ("config", "show")):
+        result = run("--config", str(cfg), *command, cwd=tmp_path)
+        assert result.returncode == 0, (command, result.stderr)
+        assert files_under(tmp_path) == before, command
+
+
+def test_every_command_says_which_settings_file_it_uses(tmp_path: Path) -> None:
+    cfg = tmp_path / "settings.toml"
+    cfg.write_text(f"[state]\nurl = 'sqlite:///{tmp_path}/state.db'\n")
+    for command in (("status",), ("queue", "list"), ("db", "upgrade"), ("config", "check")):
+        result = run("--config", str(cfg), *command, cwd=tmp_path)
+        assert "settings_file" in result.stderr and str(cfg) in result.stderr, command
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage\xff" * 300, "business"])
+def test_a_state_database_that_is_not_ours_is_named_exit_3(tmp_path: Path,
+                                                           content: bytes | str) -> None:
+    path = tmp_path / "state.db"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        import sqlite3
+
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT)")
+        db.commit()
+        db.close()
+    cfg = tmp_path / "settings.toml"
+    cfg.write_text(f"[state]\nurl = 'sqlite:///{path}'\n")
+    for command in (("status",), ("queue", "list"), ("send",), ("run",)):
+        result = run("--config", str(cfg), *command, cwd=tmp_path)
+        assert result.returncode == 3, (command, result.stderr)
+        assert "not a klaviyo-sync state database: check state.url" in result.stderr, command
+        assert "Traceback" not in result.stderr and "db upgrade" not in result.stderr

@@ -30,7 +30,7 @@ def setup(tmp_path: Path, state_engine: sa.Engine, state_url: str) -> tuple[Path
 
 def status(config: Path, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["--config", str(config), "status", *args])
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 def enqueue(engine: sa.Engine, n: int, age: timedelta) -> None:
