@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 import click
@@ -17,18 +18,25 @@ def config_group() -> None:
 
 
 @config_group.command("check")
+@click.option("--connect", is_flag=True,
+              help="Also try the state and business databases, the log and Klaviyo "
+                   "(a read that spends nothing).")
 @pass_app
-def config_check(app: AppContext) -> None:
-    """Validate the settings file; exit 2 naming the key if anything is wrong."""
+def config_check(app: AppContext, connect: bool) -> None:
+    """Validate the settings as `run` would; exit 2 naming the key if anything is wrong."""
+    from klaviyo_sync import preflight
+
     settings = app.settings
-    problems = []
-    if settings.sender.kind == "klaviyo" and settings.klaviyo.auth == "api_key" \
-            and not settings.api_key():
-        problems.append(
-            f"no Klaviyo API key: set ${settings.klaviyo.api_key_env} or klaviyo.api_key_file"
-        )
+    problems = preflight.refusals(settings)
     for problem in problems:
-        click.echo(f"warning: {problem}", err=True)
+        click.echo(f"klaviyo-sync: error: {problem}", err=True)
+    failed = bool(problems)
+    if connect:
+        for result in preflight.connect_all(settings):
+            click.echo(f"{result.part}: {'ok' if result.ok else 'FAILED'}: {result.detail}")
+            failed = failed or not result.ok
+    if failed:
+        sys.exit(2)
     click.echo(f"{settings.source}: OK")
 
 
