@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import click
 
 from klaviyo_sync.cli import AppContext, cli, pass_app
+from klaviyo_sync.cli.table import echo_table, truncate
 from klaviyo_sync.exceptions import LogSourceError
 from klaviyo_sync.parsers.ingest import Ingestor, IngestReport, Progress
 from klaviyo_sync.parsers.rejects import RejectStore
@@ -94,13 +95,15 @@ def rejects_group() -> None:
 @pass_app
 def rejects_list(app: AppContext, limit: int, offset: int, as_json: bool) -> None:
     """List rejected lines, newest first."""
-    for reject in RejectStore(app.state_engine(read_only=True)).list(limit, offset):
-        if as_json:
+    found = RejectStore(app.state_engine(read_only=True)).list(limit, offset)
+    if as_json:
+        for reject in found:
             click.echo(json.dumps(reject.to_json()))
-            continue
-        head = reject.text.replace("\r", "\\r")[:60]
-        click.echo(f"{reject.id:>6}  {reject.event_type or '-':<16} {reject.file}:{reject.offset}"
-                   f"  {reject.reason[:70]}  | {head}")
+        return
+    echo_table(("ID", "TYPE", "WHERE", "REASON", "LINE"),
+               [(str(r.id), r.event_type or "-", f"{r.file}:{r.offset}", truncate(r.reason, 70),
+                 truncate(r.text.replace("\r", "\\r").rstrip("\n"), 60)) for r in found],
+               empty="no rejected lines", right=(0,))
 
 
 @rejects_group.command("show")
