@@ -6,11 +6,14 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, TextIO, cast
 
 import click
 
+from klaviyo_sync import logconfig
 from klaviyo_sync.cli import AppContext, cli, pass_app
 from klaviyo_sync.cli.table import echo_table, truncate
+from klaviyo_sync.config import Settings
 from klaviyo_sync.exceptions import LogSourceError
 from klaviyo_sync.parsers.ingest import Ingestor, IngestReport, Progress
 from klaviyo_sync.parsers.rejects import RejectStore
@@ -53,7 +56,7 @@ def replay_cmd(app: AppContext, backfill: bool, as_json: bool, progress: bool | 
     again. Events older than log.backfill_after_hours are marked backfill."""
     ingestor = _ingestor(app)
     show = sys.stderr.isatty() if progress is None else progress
-    with _progress_bar(show) as update:
+    with _progress_bar(show, app.settings) as update:
         report = ingestor.replay(backfill=backfill, progress=update)
     _print(report, as_json)
     if not report.files:
@@ -65,18 +68,47 @@ def replay_cmd(app: AppContext, backfill: bool, as_json: bool, progress: bool | 
                    err=True)
 
 
+class _AboveTheBar:
+    """A stream for log lines while a progress bar is drawn on the same terminal: each
+    line clears the bar's row first and the bar is drawn again under it, so neither
+    overwrites the other."""
+
+    def __init__(self, bar: Any, stream: TextIO) -> None:
+        self._bar = bar
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write("\r\x1b[K" + text)
+        if text.endswith("\n"):
+            self._bar.render_progress()
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
 @contextmanager
-def _progress_bar(show: bool) -> Iterator[Progress | None]:
+def _progress_bar(show: bool, settings: Settings) -> Iterator[Progress | None]:
     if not show:
         yield None
         return
+    log_settings = (settings.logging.level, settings.logging.format,
+                    settings.logging.mask_emails)
     with click.progressbar(length=1, label="replaying", file=sys.stderr,
                            show_pos=False, show_percent=True, show_eta=True) as bar:
         def update(done: int, total: int) -> None:
             bar.length = max(total, 1)
             bar.update(done - bar.pos)
 
-        yield update
+        logconfig.configure(*log_settings,
+                            stream=cast(TextIO, _AboveTheBar(bar, sys.stderr)))
+        try:
+            yield update
+        finally:
+            logconfig.configure(*log_settings)
 
 
 def _print(report: IngestReport, as_json: bool) -> None:
