@@ -284,3 +284,58 @@ def test_the_daemon_waits_for_the_state_database_before_ready(
     daemon.request_stop()
     thread.join(10)
     assert codes == [0] and daemon.runtime is None
+
+
+# The interval loop reads the monotonic clock in this module; the ignore list keeps
+# freezegun from faking it there, so only the wall clock is stepped.
+_MONOTONIC_MODULES = ["klaviyo_sync.daemon.ticker"]
+
+
+def test_a_backward_wall_clock_step_does_not_freeze_the_jobs(
+        tmp_path: Path, engine: sa.Engine) -> None:
+    from freezegun import freeze_time
+
+    passes = FakePasses()
+    runtime = Runtime(fast_settings(tmp_path), engine, passes, Notifier(None), Metrics())
+    with freeze_time("2026-06-01 12:00:00", tick=True, ignore=_MONOTONIC_MODULES) as wall:
+        runtime.start()
+        try:
+            assert passes.wait_for("tail", 2)
+            wall.move_to("2026-06-01 11:00:00")  # an NTP step back by an hour
+            after_step = passes.runs["tail"]
+            assert passes.wait_for("tail", after_step + 5), "the jobs froze after the step"
+            assert passes.wait_for("send", passes.runs["send"] + 3)
+        finally:
+            assert runtime.stop(5)
+
+
+def test_a_forward_wall_clock_step_does_not_make_a_running_job_look_hung(
+        tmp_path: Path, engine: sa.Engine, receiver: tuple[str, socket.socket]) -> None:
+    from freezegun import freeze_time
+
+    path, sock = receiver
+    passes = FakePasses()
+    started, release = threading.Event(), threading.Event()
+
+    def long_orders(_stop: threading.Event) -> None:
+        started.set()
+        release.wait(30)
+
+    passes.behaviour["orders"] = long_orders
+    notifier = Notifier(path, watchdog_s=0.1)
+    runtime = Runtime(fast_settings(tmp_path, hung_job_s=600.0), engine, passes, notifier,
+                      Metrics())
+    with freeze_time("2026-06-01 12:00:00", tick=True, ignore=_MONOTONIC_MODULES) as wall:
+        runtime.start()
+        try:
+            assert started.wait(10)
+            wall.move_to("2026-06-01 14:00:00")  # two hours on the wall, none in truth
+            with capture_logs() as logs:
+                seen = messages_until(sock, "WATCHDOG=1")
+                seen += messages_until(sock, "WATCHDOG=1")
+            assert not [e for e in logs if e["event"] == "job_hung"], logs
+            assert "WATCHDOG=1" in seen[-1]
+        finally:
+            release.set()
+            runtime.stop(5)
+            notifier.close()
