@@ -53,12 +53,14 @@ class Build(enum.Enum):
 FROM_SETTINGS = Build.FROM_SETTINGS
 
 
-def connect_state(settings: Settings) -> Engine:
+def connect_state(settings: Settings, create: bool = True) -> Engine:
     """An engine on the state database without the schema check (``db upgrade``/``status``
-    and the daemon, which waits for the database and migrates it itself)."""
+    and the daemon, which waits for the database and migrates it itself); with ``create``
+    False a missing SQLite file is an error, not created."""
     from klaviyo_sync.state import db
 
-    return db.create_engine(settings.state.url, settings.state.sqlite_busy_timeout_s)
+    return db.create_engine(settings.state.url, settings.state.sqlite_busy_timeout_s,
+                            create=create)
 
 
 def connect_business_writer(settings: Settings) -> Engine:
@@ -79,8 +81,11 @@ class App:
     def __init__(self, settings: Settings, *, state_engine: Engine | None = None,
                  worker_id: str | None = None, sender: Sender | None = None,
                  customers: CustomerDirectory | Build | None = FROM_SETTINGS,
-                 suppression: SuppressionHook | Build | None = FROM_SETTINGS) -> None:
+                 suppression: SuppressionHook | Build | None = FROM_SETTINGS,
+                 read_only: bool = False) -> None:
         self.settings = settings
+        #: A read-only command's app creates nothing: no state file, folder or schema.
+        self.read_only = read_only
         self.worker_id = worker_id or default_worker_id()
         self._state_engine = state_engine
         self._built: dict[str, object] = {}
@@ -116,7 +121,8 @@ class App:
             from klaviyo_sync.state.db import open_state
 
             engine = open_state(self.settings.state.url,
-                                self.settings.state.sqlite_busy_timeout_s)
+                                self.settings.state.sqlite_busy_timeout_s,
+                                create=not self.read_only)
             self._own(engine.dispose)
             self._state_engine = engine
         return self._state_engine

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from klaviyo_sync.exceptions import ConfigError
 
 #: Where settings are looked for when neither --config nor KLAVIYO_SYNC_CONFIG is given.
@@ -437,7 +440,15 @@ class Settings:
 
 
 def _redact_url(url: str) -> str:
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """The URL with its password as ``***``, parsed as SQLAlchemy does (a password may hold
+    ``/`` or ``:``); a URL that does not parse shows only its scheme."""
+    if not url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        scheme, sep, _rest = url.partition("://")
+        return f"{scheme}://***" if sep else "***"
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -486,11 +497,32 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a table, got {_toml_type(value)}")
         return {str(k): _coerce(f"{key}.{k}", str, v) for k, v in value.items()}
+    duration = _duration(key, tp, value)
+    if duration is not None:
+        return duration
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (bool, int, str, float) and (type(value) is not tp):
         raise ValueError(f"{key}: expected {_type_name(tp)}, got {_toml_type(value)} {value!r}")
     return value
+
+
+def _duration(key: str, tp: Any, value: Any) -> Any:
+    """Every duration key takes a number of seconds or a text such as "10s" or "15m": keys
+    ending in _s (a float of seconds), _hours (a float of hours) and _retention (kept as
+    text, parsed where it is used). None when ``key`` is not a duration given that way."""
+    name = key.rpartition(".")[2]
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    try:
+        if tp is float and name.endswith("_s") and isinstance(value, str):
+            return parse_duration_s(value)
+        if tp is float and name.endswith("_hours") and isinstance(value, str):
+            return parse_duration_s(value) / 3600
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    if tp is str and name.endswith("_retention") and is_number:
+        return f"{value:g}"
+    return None
 
 
 def _build(cls: Any, data: Mapping[str, Any], prefix: str) -> Any:

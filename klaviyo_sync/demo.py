@@ -18,6 +18,7 @@ from klaviyo_sync import config
 from klaviyo_sync.app import App, connect_business_writer
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.demo_log import DemoCustomer, write_sample_log
+from klaviyo_sync.exceptions import ConfigError
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state.schema import rejects, suppressions
 
@@ -57,13 +58,35 @@ def settings_text(folder: Path) -> str:
     )
 
 
-def run_demo(folder: Path) -> DemoReport:
+#: Left in every folder the demo builds: a folder without it is not the demo's to wipe.
+MARKER = ".klaviyo-sync-demo"
+
+
+def claim_folder(folder: Path, force: bool = False) -> None:
+    """Refuse to rebuild a folder the demo did not make (it would delete its settings,
+    state and logs) unless ``force``; an absent or empty folder is the demo's to take."""
+    if force or not folder.exists() or (folder / MARKER).is_file():
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"demo --dir {folder}: not a folder")
+    if any(folder.iterdir()):
+        raise ConfigError(
+            f"demo --dir {folder}: the demo did not make this folder (no {MARKER} in it) "
+            "and would overwrite its settings, state and logs: choose another folder or "
+            "pass --force"
+        )
+
+
+def run_demo(folder: Path, force: bool = False) -> DemoReport:
     """Build the demo folder from scratch and run every pass once."""
     from klaviyo_sync.business.missed_signups import find_missed_signups
     from klaviyo_sync.business.sample_data import create_schema, generate
 
     folder = folder.resolve()
+    claim_folder(folder, force)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("This folder was made by `klaviyo-sync demo`, which may "
+                                 "delete and rebuild it.\n", encoding="utf-8")
     for name in ("state.db", "state.db-wal", "state.db-shm", "business.db", "outbox.jsonl",
                  "system.log", "system.log.1", "system.log.2.gz"):
         (folder / name).unlink(missing_ok=True)

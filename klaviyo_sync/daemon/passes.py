@@ -111,17 +111,19 @@ class Pipeline:
 
         return prune(self.settings, self.engine)
 
-    def new_requests(self) -> list[tuple[int | None, float]]:
-        """(status code, duration ms) of requests this process made since the last call."""
+    def new_requests(self) -> list[tuple[str, int | None, float]]:
+        """(endpoint, status code, duration ms) of requests this process made since the
+        last call."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(audit.c.id, audit.c.status_code, audit.c.duration_ms)
+                sa.select(audit.c.id, audit.c.endpoint, audit.c.status_code,
+                          audit.c.duration_ms)
                 .where(audit.c.id > self._audit_after, audit.c.worker == self.worker_id)
                 .order_by(audit.c.id)
             ).fetchall()
         if rows:
             self._audit_after = rows[-1][0]
-        return [(code, float(ms)) for _, code, ms in rows]
+        return [(endpoint, code, float(ms)) for _, endpoint, code, ms in rows]
 
     def close(self) -> None:
         """Release the locks and the runner's connections (no pass may be in flight)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from klaviyo_sync.exceptions import ConfigError
+from klaviyo_sync.private_files import create_private
 from klaviyo_sync.senders import payloads
 from klaviyo_sync.senders.audit import AuditLog
 from klaviyo_sync.senders.base import DeliveryReport, OutgoingEvent
@@ -33,6 +34,7 @@ class DryRunSender:
         self.caps = caps
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(self.path)
             self._file = self.path.open("ab")
         except OSError as exc:
             raise ConfigError(f"sender.outbox: cannot write {self.path}: {exc.strerror}"

@@ -70,3 +70,26 @@ def test_demo_folder_then_works_with_every_command(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout
+
+
+def test_demo_refuses_a_folder_it_did_not_make_unless_forced(tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "settings.toml").write_text("# my own settings\n")
+    (folder / "state.db").write_bytes(b"precious")
+
+    def demo(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "klaviyo_sync", "demo", "--dir",
+                               str(folder), *extra], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+
+    refused = demo()
+    assert refused.returncode == 2, refused.stderr
+    assert "--force" in refused.stderr and "did not make" in refused.stderr
+    assert (folder / "settings.toml").read_text() == "# my own settings\n"
+    assert (folder / "state.db").read_bytes() == b"precious"
+    forced = demo("--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "Written by `klaviyo-sync demo`" in (folder / "settings.toml").read_text()
+    again = demo()  # a folder the demo made is its own to rebuild
+    assert again.returncode == 0, again.stderr

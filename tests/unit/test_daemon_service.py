@@ -36,7 +36,8 @@ class FakePasses:
         self.behaviour: dict[str, Any] = {}
         self.closed = False
         self.ran = threading.Condition()
-        self.requests: list[tuple[int | None, float]] = [(202, 35.0), (429, 5.0)]
+        self.requests: list[tuple[str, int | None, float]] = [
+            ("POST /api/events", 202, 35.0), ("POST /api/events", 429, 5.0)]
 
     def _run(self, name: str, stop: threading.Event) -> Any:
         with self.ran:
@@ -60,7 +61,7 @@ class FakePasses:
     def prune(self, stop: threading.Event) -> Any:
         return self._run("prune", stop)
 
-    def new_requests(self) -> list[tuple[int | None, float]]:
+    def new_requests(self) -> list[tuple[str, int | None, float]]:
         requests, self.requests = self.requests, []
         return requests
 
@@ -133,8 +134,8 @@ def test_a_raising_job_does_not_stop_the_others(tmp_path: Path, engine: sa.Engin
     assert passes.closed
     assert metrics.job_runs.labels("tail", "error")._value.get() >= 3
     assert metrics.job_runs.labels("send", "ok")._value.get() >= 3
-    assert metrics.requests.labels("202")._value.get() == 1
-    assert metrics.requests.labels("429")._value.get() == 1
+    assert metrics.requests.labels("POST /api/events", "202")._value.get() == 1
+    assert metrics.requests.labels("POST /api/events", "429")._value.get() == 1
 
 
 def test_stop_lets_the_pass_in_flight_finish_its_batch(tmp_path: Path,
@@ -325,12 +326,66 @@ def test_a_scheduler_that_stops_calling_the_jobs_is_failing(tmp_path: Path,
     try:
         assert passes.wait_for("tail", 2)
         assert runtime.board.refresh().health is Health.HEALTHY
-        runtime.scheduler.pause()  # frozen: nothing calls the jobs any more
+        runtime.loop.shutdown()  # frozen: nothing calls the jobs any more
         for job in runtime.jobs:  # as if it had been frozen for two minutes
             job.last_called_mono -= 120
         status = runtime.board.refresh()
         assert status.health is Health.FAILING and status.decided_by == "scheduler"
         assert "tail" in status.reasons[0]
     finally:
-        runtime.scheduler.resume()
         assert runtime.stop(5)
+
+
+# The interval loop reads the monotonic clock in this module; the ignore list keeps
+# freezegun from faking it there, so only the wall clock is stepped.
+_MONOTONIC_MODULES = ["klaviyo_sync.daemon.ticker"]
+
+
+def test_a_backward_wall_clock_step_does_not_freeze_the_jobs(
+        tmp_path: Path, engine: sa.Engine) -> None:
+    from freezegun import freeze_time
+
+    passes = FakePasses()
+    runtime = Runtime(fast_settings(tmp_path), engine, passes, Notifier(None), Metrics())
+    with freeze_time("2026-06-01 12:00:00", tick=True, ignore=_MONOTONIC_MODULES) as wall:
+        runtime.start()
+        try:
+            assert passes.wait_for("tail", 2)
+            wall.move_to("2026-06-01 11:00:00")  # an NTP step back by an hour
+            after_step = passes.runs["tail"]
+            assert passes.wait_for("tail", after_step + 5), "the jobs froze after the step"
+            assert passes.wait_for("send", passes.runs["send"] + 3)
+        finally:
+            assert runtime.stop(5)
+
+
+def test_a_forward_wall_clock_step_does_not_make_a_running_job_look_hung(
+        tmp_path: Path, engine: sa.Engine, receiver: tuple[str, socket.socket]) -> None:
+    from freezegun import freeze_time
+
+    path, sock = receiver
+    passes = FakePasses()
+    started, release = threading.Event(), threading.Event()
+
+    def long_orders(_stop: threading.Event) -> None:
+        started.set()
+        release.wait(30)
+
+    passes.behaviour["orders"] = long_orders
+    notifier = Notifier(path, watchdog_s=0.1)
+    runtime = Runtime(fast_settings(tmp_path, hung_job_s=600.0), engine, passes, notifier,
+                      Metrics())
+    with freeze_time("2026-06-01 12:00:00", tick=True, ignore=_MONOTONIC_MODULES) as wall:
+        runtime.start()
+        try:
+            assert started.wait(10)
+            wall.move_to("2026-06-01 14:00:00")  # two hours on the wall, none in truth
+            with capture_logs() as logs:
+                seen = messages_until(sock, "WATCHDOG=1")
+                seen += messages_until(sock, "WATCHDOG=1")
+            assert not [e for e in logs if e["event"] == "job_hung"], logs
+            assert "WATCHDOG=1" in seen[-1]
+        finally:
+            release.set()
+            runtime.stop(5)
+            notifier.close()
