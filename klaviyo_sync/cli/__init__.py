@@ -97,6 +97,7 @@ def main() -> None:
 from klaviyo_sync.cli import (  # noqa: E402,F401
     admin,
     business,
+    catalog,
     daemon,
     demo,
     ingest,

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tests.klaviyo_standin.catalog import LIMITS as CATALOG_LIMITS
+
 BURST_WINDOW_S = 1.0
 STEADY_WINDOW_S = 60.0
 
@@ -27,6 +29,7 @@ DEFAULT_LIMITS: dict[str, tuple[int, int]] = {
     "jobs": (75, 750),
     "get_events": (350, 3500),
     "metrics": (10, 150),
+    **CATALOG_LIMITS,
 }
 
 
