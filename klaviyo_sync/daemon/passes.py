@@ -48,8 +48,21 @@ def has_due_retries(engine: Engine, now: Any = None) -> bool:
         return conn.execute(stmt).first() is not None
 
 
+def _build_catalog(settings: Settings, engine: Engine, sender: Any
+                   ) -> tuple[Any, list[Any]]:
+    """The catalog pass on the runner's sender and a business engine of its own (the
+    wiring module takes this over), with what closes it."""
+    if not settings.business.url or not settings.catalog.enabled:
+        return None, []
+    from klaviyo_sync.business.db import open_business
+    from klaviyo_sync.catalog.sync import build_catalog_sync
+
+    business = open_business(settings.business.url)
+    return build_catalog_sync(settings, engine, business, sender), [business.dispose]
+
+
 class Pipeline:
-    """Tail, send, retry, orders and prune passes for one daemon process."""
+    """Tail, send, retry, orders, catalog and prune passes for one daemon process."""
 
     def __init__(self, settings: Settings, engine: Engine, worker_id: str) -> None:
         self.settings = settings
@@ -74,6 +87,10 @@ class Pipeline:
                                              settings.daemon.tail_lock)
         self.orders_lock: RoleLock = role_lock(engine, "orders",
                                                _database_name(settings.business.url))
+        self.catalog_sync, self._catalog_closers = _build_catalog(settings, engine,
+                                                                  self.runner.sender)
+        self.catalog_lock: RoleLock = role_lock(engine, "catalog",
+                                                _database_name(settings.business.url))
         self._delivery = threading.Lock()
         self._lock_state: dict[str, bool] = {}
         self._audit_after = self._last_audit_id()
@@ -123,6 +140,23 @@ class Pipeline:
             return None
         return self.tracker.run_once(stop=stop)
 
+    @property
+    def has_catalog(self) -> bool:
+        return self.catalog_sync is not None
+
+    def catalog(self, stop: threading.Event) -> Any:
+        """Sync the products whose updated_at moved to Klaviyo's catalog (one daemon at a
+        time: the catalog role lock)."""
+        if self.catalog_sync is None or not self._holds(self.catalog_lock, "catalog"):
+            return None
+        return self.catalog_sync.run_once(full=False, stop=stop)
+
+    def catalog_all(self, stop: threading.Event) -> Any:
+        """The daily full catalog pass: every product, deletions of vanished ones included."""
+        if self.catalog_sync is None or not self._holds(self.catalog_lock, "catalog"):
+            return None
+        return self.catalog_sync.run_once(full=True, stop=stop)
+
     def prune(self, stop: threading.Event) -> Any:
         """Delete sent events and audit rows past their retention."""
         from klaviyo_sync.senders.runner import prune
@@ -143,9 +177,11 @@ class Pipeline:
 
     def close(self) -> None:
         """Release the locks and the runner's connections (no pass may be in flight)."""
-        for lock in (self.tail_lock, self.orders_lock):
+        for lock in (self.tail_lock, self.orders_lock, self.catalog_lock):
             dispose = getattr(lock, "dispose", lock.release)
             dispose()
+        for close in self._catalog_closers:
+            close()
         self.runner.close()
         if self.tracker is not None:
             self.tracker.close()
