@@ -139,6 +139,16 @@ class ProductReader:
         return [Variant(str(r[0]), str(r[1]), _text(r[2]), _text(r[3]) or str(r[0]),
                         _number(r[4]), _count(r[5]), _flag(r[6])) for r in rows]
 
+    def products_of_changed_variants(self, since: Any) -> set[str]:
+        """Ids of products with a variant whose updated_at >= ``since``."""
+        if not self.has_variants():
+            return set()
+        c = self.settings.columns
+        t = sa.table(self.settings.variants_table, sa.column(c.variant_product_id),
+                     sa.column(c.variant_updated_at)).c
+        stmt = sa.select(t[c.variant_product_id]).where(t[c.variant_updated_at] >= since)
+        return {str(r[0]) for r in self._fetch(stmt.distinct(), self.settings.variants_table)}
+
     def lookup(self, product_ids: Iterable[str]) -> dict[str, Product]:
         """Products by id (for the order events' links); missing ids are left out."""
         ids = sorted({i for i in product_ids if i})

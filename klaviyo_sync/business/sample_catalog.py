@@ -34,21 +34,21 @@ def catalog_tables(settings: CatalogSettings) -> tuple[sa.Table, sa.Table]:
     """The documented products and product_variants tables under the configured names."""
     c = settings.columns
     md = sa.MetaData()
+    # A column set to "" in the settings is one the table does not have.
+    optional: list[tuple[str, Any]] = [
+                (c.product_description, sa.Text()), (c.product_url, sa.String(500)),
+                (c.product_image_url, sa.String(500)), (c.product_currency, sa.String(3)),
+                (c.product_category, sa.String(64)), (c.product_inventory, sa.Integer())]
     columns: list[sa.Column[Any]] = [
         sa.Column(c.product_id, sa.Integer, primary_key=True, autoincrement=False),
         sa.Column(c.product_sku, sa.String(64)),
         sa.Column(c.product_name, sa.String(200)),
-        sa.Column(c.product_description, sa.Text),
-        sa.Column(c.product_url, sa.String(500)),
-        sa.Column(c.product_image_url, sa.String(500)),
         sa.Column(c.product_price, sa.Numeric(12, 2)),
-        sa.Column(c.product_currency, sa.String(3)),
-        sa.Column(c.product_category, sa.String(64)),
         sa.Column(c.product_active, sa.Boolean, nullable=False),
-        sa.Column(c.product_inventory, sa.Integer),
         sa.Column(c.product_updated_at, sa.DateTime, nullable=False),
+        *(sa.Column(name, kind) for name, kind in optional if name),
     ]
-    products = sa.Table(settings.products_table, md, *(col for col in columns if col.name),
+    products = sa.Table(settings.products_table, md, *columns,
                         sa.Index(f"ix_{settings.products_table}_updated",
                                  c.product_updated_at))
     variants = sa.Table(

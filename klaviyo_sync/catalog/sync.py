@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from klaviyo_sync.business.orders import raw_time_from_text, raw_time_to_text, shift_raw_time
 from klaviyo_sync.business.products import Product, ProductReader, Variant, later
 from klaviyo_sync.catalog.records import Wanted, delete_resource, wanted_catalog
-from klaviyo_sync.catalog.store import CatalogStore, JobRecord, Outcome, SyncRow
+from klaviyo_sync.catalog.store import CatalogStore, JobRecord, Outcome, SyncRow, SyncState
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import CatalogSettings, Settings
 from klaviyo_sync.exceptions import RejectedSendError, SendError
@@ -82,14 +82,18 @@ def plan_kind(kind: CatalogKind, wanted: dict[str, Wanted], known: dict[str, Syn
               scope: set[str] | None) -> _Plan:
     """What to send for one kind; deletes only within ``scope`` (None: everything known)."""
     plan = _Plan(kind)
+    busy = {e for e, row in known.items() if row.state is SyncState.IN_FLIGHT}
     for external_id, want in wanted.items():
         row = known.get(external_id)
+        if external_id in busy:
+            continue  # in a job Klaviyo is still processing: its read-back decides
         if row is None or not row.in_klaviyo:
             plan.creates.append(want)
         elif row.digest != want.digest:
             plan.updates.append(want)
     for external_id, row in known.items():
-        if external_id in wanted or not (row.in_klaviyo and row.created_by_us):
+        if external_id in wanted or external_id in busy or not (
+                row.in_klaviyo and row.created_by_us):
             continue
         if scope is None or external_id in scope:
             plan.deletes.append(external_id)
@@ -182,6 +186,11 @@ class CatalogSync:
         since = shift_raw_time(raw_time_from_text(watermark_text, self._text_times),
                                -self.settings.overlap_s)
         products = self.reader.read_products(since)
+        if has_variants:
+            # A variant edited on its own moves its updated_at, not its product's.
+            seen = {p.id for p in products}
+            extra = self.reader.products_of_changed_variants(since) - seen
+            products += self.reader.lookup(extra).values()
         ids = [p.id for p in products]
         variants = self.reader.read_variants(ids) if has_variants else None
         scope = {CatalogKind.ITEM: set(ids), CatalogKind.CATEGORY: set(),

@@ -5,15 +5,16 @@ progress cap, and the stand-in's own checks of what it is sent."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
 from klaviyo_sync.business.db import open_business
-from klaviyo_sync.business.sample_catalog import generate_catalog
+from klaviyo_sync.business.sample_catalog import catalog_tables, generate_catalog
 from klaviyo_sync.catalog.store import CatalogStore, SyncState
 from klaviyo_sync.catalog.sync import CatalogSync, build_catalog_sync
 from klaviyo_sync.clock import utcnow
@@ -169,3 +170,45 @@ def test_the_standin_checks_what_it_is_sent(klaviyo: KlaviyoStandIn) -> None:
     assert len(page["data"]) == 100 and page["links"]["next"]
     rest = requests.get(page["links"]["next"], headers=HEADERS, timeout=10).json()
     assert len(rest["data"]) == 50 and rest["links"]["next"] is None
+
+
+def test_the_changes_pass_picks_up_a_variant_edited_on_its_own(
+        parts: tuple[Settings, sa.Engine, Sender], state_engine: sa.Engine,
+        klaviyo: KlaviyoStandIn) -> None:
+    sync = sync_of(parts, state_engine)
+    sync.run_once(full=True)
+    settings, _business, _sender = parts
+    _products, variants = catalog_tables(CatalogSettings())
+    writer = sa.create_engine(settings.business.url)
+    with writer.begin() as conn:
+        conn.execute(variants.update().where(variants.c.id == "3-S")
+                     .values(inventory=0, updated_at=T0 + timedelta(days=1)))
+    writer.dispose()
+    report = sync.run_once()
+    assert not report.full and report.sent == {"variant update": 1}
+    assert klaviyo.catalog.held("variant")["3-S"]["inventory_quantity"] == 0
+
+
+def test_without_a_products_table_the_pass_says_so_once(
+        tmp_path: Path, state_engine: sa.Engine, klaviyo: KlaviyoStandIn) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    writer = sa.create_engine(url)
+    with writer.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE customers (id INTEGER PRIMARY KEY)"))
+    writer.dispose()
+    settings = Settings(business=BusinessSettings(url=url),
+                        sender=SenderSettings(kind="dry-run",
+                                              outbox=str(tmp_path / "outbox.jsonl")))
+    business = open_business(url)
+    sender = build_sender(settings, state_engine)
+    try:
+        sync = build_catalog_sync(settings, state_engine, business, sender)
+        assert sync is not None
+        with capture_logs() as logs:
+            first, second = sync.run_once(), sync.run_once(full=True)
+    finally:
+        sender.close()
+        business.dispose()
+    assert first.off == second.off == "the business database has no products table"
+    assert [e["event"] for e in logs].count("catalog_pass_off") == 1
+    assert build_catalog_sync(settings, state_engine, None, sender) is None

@@ -87,6 +87,13 @@ def test_plan_creates_updates_and_deletes_only_what_we_created() -> None:
     assert plan.deletes == ["4"]
     # A changes pass deletes only within what it read.
     assert plan_kind(CatalogKind.ITEM, wanted, known, {"1", "2", "3"}).deletes == []
+    # An object in a job Klaviyo is still processing waits for that job's read-back.
+    busy = {"3": SyncRow(CatalogKind.ITEM, "3", None, False, False, SyncState.IN_FLIGHT, 7,
+                         None, T0),
+            "4": SyncRow(CatalogKind.ITEM, "4", "x", True, True, SyncState.IN_FLIGHT, 8,
+                         None, T0)}
+    idle = plan_kind(CatalogKind.ITEM, {"3": wanted["3"]}, busy, None)
+    assert not idle.creates and not idle.deletes
 
 
 def test_job_documents_and_paths() -> None:
