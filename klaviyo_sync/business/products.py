@@ -103,6 +103,10 @@ class ProductReader:
                 raise self._error("list the tables of", exc) from exc
         return self._tables
 
+    def refresh(self) -> None:
+        """Look at the database's tables again (a products table may appear later)."""
+        self._tables = None
+
     def has_products(self) -> bool:
         return self.settings.products_table in self._table_names()
 

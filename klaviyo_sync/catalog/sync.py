@@ -123,6 +123,7 @@ class CatalogSync:
         """One pass: every product with ``full`` (deletions of vanished ones included),
         else those changed since the last pass. ``dry_run``: send, record nothing."""
         report = CatalogReport(full=full, dry_run=dry_run)
+        self.reader.refresh()
         if not self.reader.has_products():
             report.off = f"the business database has no {self.settings.products_table} table"
             if not self._said_off:

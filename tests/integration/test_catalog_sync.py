@@ -206,9 +206,14 @@ def test_without_a_products_table_the_pass_says_so_once(
         assert sync is not None
         with capture_logs() as logs:
             first, second = sync.run_once(), sync.run_once(full=True)
+        writer = sa.create_engine(url)
+        generate_catalog(writer, CatalogSettings(), 5, ["Tea"], T0)
+        writer.dispose()
+        third = sync.run_once()  # the table appeared: the pass is on, without a restart
     finally:
         sender.close()
         business.dispose()
     assert first.off == second.off == "the business database has no products table"
     assert [e["event"] for e in logs].count("catalog_pass_off") == 1
+    assert third.off is None and third.sent["item create"] == 5
     assert build_catalog_sync(settings, state_engine, None, sender) is None
