@@ -4,6 +4,7 @@ progress cap, and the stand-in's own checks of what it is sent."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -60,7 +61,7 @@ def sync_of(parts: tuple[Settings, sa.Engine, Sender], state_engine: sa.Engine,
             **catalog: object) -> CatalogSync:
     settings, business, sender = parts
     if catalog:
-        settings = settings.replace(catalog=CatalogSettings(job_poll_s=0.01, **catalog))
+        settings = settings.replace(catalog=CatalogSettings(**{"job_poll_s": 0.01, **catalog}))
     sync = build_catalog_sync(settings, state_engine, business, sender)
     assert sync is not None
     return sync
@@ -217,3 +218,27 @@ def test_without_a_products_table_the_pass_says_so_once(
     assert [e["event"] for e in logs].count("catalog_pass_off") == 1
     assert third.off is None and third.sent["item create"] == 5
     assert build_catalog_sync(settings, state_engine, None, sender) is None
+
+
+def test_a_job_still_processing_is_polled_then_left_for_the_next_pass(
+        parts: tuple[Settings, sa.Engine, Sender], state_engine: sa.Engine,
+        klaviyo: KlaviyoStandIn) -> None:
+    klaviyo.catalog.processing_reads = 2
+    patient = sync_of(parts, state_engine).run_once(full=True)  # polls until complete
+    assert patient.unfinished_jobs == 0 and not klaviyo.catalog.unread_jobs()
+    settings, _business, _sender = parts
+    writer = sa.create_engine(settings.business.url)
+    products, _variants = catalog_tables(CatalogSettings())
+    with writer.begin() as conn:
+        conn.execute(products.update().where(products.c.id == 1)
+                     .values(name="Renamed", updated_at=T0 + timedelta(days=1)))
+    writer.dispose()
+    klaviyo.catalog.processing_reads = 20  # longer than the hasty pass below waits
+    hasty = sync_of(parts, state_engine, job_wait_s=0.01, job_poll_s=0.01).run_once()
+    assert hasty.sent == {"item update": 1} and hasty.unfinished_jobs == 1
+    assert CatalogStore(state_engine).known(CatalogKind.ITEM)["1"].state is SyncState.IN_FLIGHT
+    # The next pass reads that job back first; the rename is not sent a second time.
+    after = sync_of(parts, state_engine).run_once()
+    assert after.recovered_jobs == 1 and after.sent == {}
+    assert klaviyo.catalog.counts("update", "item") == Counter({"1": 1})
+    assert CatalogStore(state_engine).known(CatalogKind.ITEM)["1"].state is SyncState.SYNCED

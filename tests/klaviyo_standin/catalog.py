@@ -9,7 +9,8 @@ job answers it complete with those errors and counts. ``GET /api/catalog-items``
 ``-variants``, ``-categories``) lists what is held, 100 a page, with
 ``filter=any(ids,["$custom:::$default:::X",...])``.
 
-A job is "in progress" from its POST until it is read back complete; more than
+A job is "in progress" from its POST until it is read back complete (after
+``processing_reads`` reads answered "processing"); more than
 ``max_in_progress`` (Klaviyo: 500) at once refuses the POST (400), so a test can show a
 client keeps under the cap.
 """
@@ -143,6 +144,8 @@ class CatalogState:
     """The catalog, its jobs and what was done to it; everything under :attr:`lock`."""
 
     max_in_progress: int = 500
+    #: Reads of a job answered "processing" before it is "complete" (0: complete at once).
+    processing_reads: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     objects: dict[str, dict[str, dict[str, Any]]] = field(
         default_factory=lambda: {k: {} for k in KINDS})
@@ -178,11 +181,12 @@ class CatalogState:
             return Counter(self.applied[(kind, action)])
 
     def unread_jobs(self) -> list[str]:
+        """Jobs never read back as complete."""
         with self.lock:
-            return [j.id for j in self.jobs.values() if j.reads == 0]
+            return [j.id for j in self.jobs.values() if j.reads <= self.processing_reads]
 
     def in_progress(self) -> int:
-        return sum(1 for j in self.jobs.values() if j.reads == 0)
+        return sum(1 for j in self.jobs.values() if j.reads <= self.processing_reads)
 
     def new_job_id(self) -> str:
         self._serial += 1
@@ -289,7 +293,8 @@ def get_job(call: Call) -> Reply:
         if job is None or (job.kind, job.action) != (kind, action):
             return error(404, f"No catalog-{kind}-bulk-{action}-job {call.path_args[2]!r}.")
         job.reads += 1
-    return Reply(200, _job_document(call, job, "complete"))
+        status = "complete" if job.reads > state.processing_reads else "processing"
+    return Reply(200, _job_document(call, job, status))
 
 
 def _job_document(call: Call, job: CatalogJob, status: str) -> dict[str, Any]:
