@@ -9,7 +9,6 @@ writes the exact Klaviyo request bodies to an outbox file.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from klaviyo_sync import config
-from klaviyo_sync.business.db import open_business
+from klaviyo_sync.app import App, connect_business_writer
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.demo_log import DemoCustomer, write_sample_log
-from klaviyo_sync.state.db import open_state
-from klaviyo_sync.state.schema import events, rejects, suppressions
+from klaviyo_sync.queue import QueueStore
+from klaviyo_sync.state.schema import rejects, suppressions
 
 DEMO_CUSTOMERS = 60
 DEMO_ORDERS = 150
@@ -66,11 +65,8 @@ def settings_text(folder: Path) -> str:
 def run_demo(folder: Path) -> DemoReport:
     """Build the demo folder from scratch and run every pass once."""
     from klaviyo_sync.business.missed_signups import find_missed_signups
-    from klaviyo_sync.business.order_tracker import build_order_tracker
     from klaviyo_sync.business.sample_catalog import generate_catalog
     from klaviyo_sync.business.sample_data import CATEGORIES, create_schema, generate
-    from klaviyo_sync.parsers.ingest import Ingestor
-    from klaviyo_sync.senders.runner import build_runner
 
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -81,7 +77,7 @@ def run_demo(folder: Path) -> DemoReport:
     settings_path.write_text(settings_text(folder), encoding="utf-8")
     settings = config.load(settings_path)
 
-    business = sa.create_engine(settings.business.url)
+    business = connect_business_writer(settings)
     create_schema(business, settings.business)
     sample = generate(business, settings.business, customers=DEMO_CUSTOMERS, orders=DEMO_ORDERS,
                       seed=7)
@@ -94,45 +90,23 @@ def run_demo(folder: Path) -> DemoReport:
         attempt.last_name or "Sample")) for attempt in sample.signups]
     log = write_sample_log(folder, list(people.values()), end=utcnow(), signups=signups)
 
-    engine = open_state(settings.state.url)
-    try:
-        Ingestor(settings, engine).replay()
-        tracker = build_order_tracker(settings, engine)
+    with App(settings, worker_id="demo") as app:
+        engine = app.state_engine
+        app.ingestor.replay()
+        tracker = app.order_tracker
         order_report = tracker.run_once() if tracker else None
-        catalog_report = _catalog_pass(settings, engine)
-        runner = build_runner(settings, engine, worker_id="demo")
-        try:
-            runner.drain()
-        finally:
-            runner.close()
-        reader = open_business(settings.business.url)
-        try:
-            missed = find_missed_signups(engine, reader, settings)
-        finally:
-            reader.dispose()
+        catalog = app.catalog_sync
+        assert catalog is not None  # the demo's settings name its business database
+        catalog_report = catalog.run_once(full=True)
+        app.runner.drain()
+        reader = app.business_engine
+        assert reader is not None  # the demo's settings name its business database
+        missed = find_missed_signups(engine, reader, settings)
         report = _report(folder, settings_path, log.files, log.lines, engine, order_report,
                          missed, settings)
         report.catalog_sent = dict(catalog_report.sent)
         report.catalog_requests = sum(catalog_report.requests.values())
         return report
-    finally:
-        engine.dispose()
-
-
-def _catalog_pass(settings: config.Settings, engine: sa.Engine) -> Any:
-    """One full catalog pass through the dry-run sender: the job bodies go to the outbox."""
-    from klaviyo_sync.catalog.sync import build_catalog_sync
-    from klaviyo_sync.senders import build_sender
-
-    business = open_business(settings.business.url)
-    sender = build_sender(settings, engine, "demo")
-    try:
-        sync = build_catalog_sync(settings, engine, business, sender)
-        assert sync is not None  # the demo's settings have a business database
-        return sync.run_once(full=True)
-    finally:
-        sender.close()
-        business.dispose()
 
 
 def _demo_customer(customer: Any) -> DemoCustomer:
@@ -144,15 +118,12 @@ def _demo_customer(customer: Any) -> DemoCustomer:
 def _report(folder: Path, settings_path: Path, files: tuple[Path, ...], lines: int,
             engine: sa.Engine, order_report: Any, missed: list[Any],
             settings: config.Settings) -> DemoReport:
+    queue = QueueStore(engine)
+    by_metric = queue.metric_counts(source="log")
+    by_state = queue.counts()
+    order_events = queue.source_count("order")
     with engine.connect() as conn:
-        by_metric: dict[str, int] = dict(conn.execute(
-            sa.select(events.c.metric, sa.func.count()).where(events.c.source == "log")
-            .group_by(events.c.metric)).all())
-        by_state: Counter[str] = Counter(dict(conn.execute(
-            sa.select(events.c.state, sa.func.count()).group_by(events.c.state)).all()))
         reject_count = conn.execute(sa.select(sa.func.count()).select_from(rejects)).scalar()
-        order_events = conn.execute(sa.select(sa.func.count()).select_from(events)
-                                    .where(events.c.source == "order")).scalar()
         suppressed = conn.execute(sa.select(sa.func.count()).select_from(suppressions)
                                   .where(suppressions.c.state == "sent")).scalar()
     outbox = Path(settings.sender.outbox)
@@ -161,7 +132,7 @@ def _report(folder: Path, settings_path: Path, files: tuple[Path, ...], lines: i
     return DemoReport(
         folder=folder, settings_path=settings_path, log_files=list(files), log_lines=lines,
         events_by_metric={str(k): int(v) for k, v in by_metric.items()},
-        rejects=int(reject_count or 0), order_events=int(order_events or 0),
+        rejects=int(reject_count or 0), order_events=order_events,
         sent=by_state.get("sent", 0), dead=by_state.get("dead", 0),
         outbox_requests=len(requests), suppressed=int(suppressed or 0), missed_signups=missed,
     )

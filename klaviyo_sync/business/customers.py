@@ -85,31 +85,32 @@ class InMemoryCustomers:
         return {i: self.customers[i] for i in set(ids) if i in self.customers}
 
 
+# Customer's fields in the order Customer.from_values takes them.
+CUSTOMER_FIELDS = ("id", "email", "first_name", "last_name", "status", "schedule", "box",
+                   "signup_date", "email_opt_in")
+
+
+def customer_select(settings: BusinessSettings) -> tuple[sa.TableClause, sa.Select[Any]]:
+    """The customers table and a SELECT of its [business.columns], labelled and ordered
+    as :data:`CUSTOMER_FIELDS`; callers add their own WHERE."""
+    cols = settings.columns
+    names = (cols.customer_id, cols.customer_email, cols.customer_first_name,
+             cols.customer_last_name, cols.customer_status, cols.customer_schedule,
+             cols.customer_box, cols.customer_signup_date, cols.customer_email_opt_in)
+    table = sa.table(settings.customers_table, *(sa.column(name) for name in names))
+    select = sa.select(*(table.c[name].label(field)
+                         for name, field in zip(names, CUSTOMER_FIELDS, strict=True)))
+    return table, select
+
+
 class SqlCustomerReader:
     """Reads customers from the business database: one query per batch of ids."""
 
     def __init__(self, engine: Engine, settings: BusinessSettings) -> None:
         self.engine = engine
         self.settings = settings
-        cols = settings.columns
-        table = sa.table(
-            settings.customers_table,
-            *(sa.column(name) for name in (
-                cols.customer_id, cols.customer_email, cols.customer_first_name,
-                cols.customer_last_name, cols.customer_status, cols.customer_schedule,
-                cols.customer_box, cols.customer_signup_date, cols.customer_email_opt_in)),
-        )
-        c = table.c
-        self._id = c[cols.customer_id]
-        self._select = sa.select(
-            self._id.label("id"), c[cols.customer_email].label("email"),
-            c[cols.customer_first_name].label("first_name"),
-            c[cols.customer_last_name].label("last_name"),
-            c[cols.customer_status].label("status"),
-            c[cols.customer_schedule].label("schedule"), c[cols.customer_box].label("box"),
-            c[cols.customer_signup_date].label("signup_date"),
-            c[cols.customer_email_opt_in].label("email_opt_in"),
-        )
+        table, self._select = customer_select(settings)
+        self._id = table.c[settings.columns.customer_id]
         self.queries = 0
         self._id_kind: str | None = None  # "int" | "text" | "cast", see _id_matcher
 
@@ -133,6 +134,23 @@ class SqlCustomerReader:
                 f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}"
             ) from exc
         return found
+
+    def by_email(self, emails: Iterable[str]) -> list[Customer]:
+        """Customers whose email is one of ``emails`` (compared lower-cased)."""
+        wanted = sorted({e.strip().lower() for e in emails if e and e.strip()})
+        if not wanted:
+            return []
+        table, select = customer_select(self.settings)
+        column = table.c[self.settings.columns.customer_email]
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select.where(sa.func.lower(column).in_(wanted))).fetchall()
+        except sa.exc.SQLAlchemyError as exc:
+            raise BusinessDataError(
+                f"cannot read {self.settings.customers_table} from the business database: "
+                f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}"
+            ) from exc
+        return [Customer.from_values(*row) for row in rows]
 
     def _id_matcher(self, conn: sa.Connection
                     ) -> Callable[[list[str]], tuple[Any, dict[str, Any]]]:

@@ -26,9 +26,7 @@ def catalog(ctx: click.Context, full: bool, dry_run: bool, as_json: bool) -> Non
     """Sync Klaviyo's catalog (categories, items, variants) with the products table."""
     if ctx.invoked_subcommand is not None:
         return
-    from klaviyo_sync.business.db import open_business
-    from klaviyo_sync.catalog.sync import build_catalog_sync
-    from klaviyo_sync.senders import build_sender
+    from klaviyo_sync.app import App
 
     app = ctx.find_object(AppContext)
     assert app is not None  # the root group always sets it
@@ -37,8 +35,6 @@ def catalog(ctx: click.Context, full: bool, dry_run: bool, as_json: bool) -> Non
         raise ConfigError("the catalog pass is off: business.url is empty")
     if not settings.catalog.enabled:
         raise ConfigError("the catalog pass is off: catalog.enabled = false")
-    if dry_run:
-        settings = settings.replace(sender=dataclasses.replace(settings.sender, kind="dry-run"))
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -46,16 +42,18 @@ def catalog(ctx: click.Context, full: bool, dry_run: bool, as_json: bool) -> Non
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
-    engine = app.state_engine()
-    business = open_business(settings.business.url)
-    sender = build_sender(settings, engine)
+    parts = app.parts
+    if dry_run:  # the same state database, the dry-run sender whatever sender.kind says
+        parts = App(settings.replace(sender=dataclasses.replace(settings.sender,
+                                                                kind="dry-run")),
+                    state_engine=app.state_engine())
     try:
-        sync = build_catalog_sync(settings, engine, business, sender)
+        sync = parts.catalog_sync
         assert sync is not None  # business and catalog are on: checked above
         report = sync.run_once(full=full, dry_run=dry_run, stop=stop)
     finally:
-        sender.close()
-        business.dispose()
+        if parts is not app.parts:
+            parts.close()
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return

@@ -1,4 +1,4 @@
-"""The passes the daemon schedules, built once from settings on one state engine.
+"""The passes the daemon schedules, on the parts the app (app.py) builds from settings.
 
 Each method is what one job runs. The services (ingest, delivery, orders) do the work; this
 module only decides whether this process may run them now: the tail and orders passes
@@ -15,21 +15,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from klaviyo_sync.app import App
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
-from klaviyo_sync.daemon.locks import RoleLock, role_lock
-from klaviyo_sync.exceptions import AuthError, KlaviyoSyncError, SendError
+from klaviyo_sync.daemon.locks import RoleLock
 from klaviyo_sync.logconfig import get_logger
-from klaviyo_sync.queue.models import EventState
+from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state import meta
-from klaviyo_sync.state.schema import audit, events
+from klaviyo_sync.state.schema import audit
 
 log = get_logger(__name__)
-
-
-def _missing(what: str, exc: ImportError) -> KlaviyoSyncError:
-    return KlaviyoSyncError(f"this build of klaviyo-sync has no {what} ({exc}); "
-                            "the daemon cannot run without it")
 
 
 def _database_name(url: str) -> str:
@@ -39,26 +34,7 @@ def _database_name(url: str) -> str:
 
 def has_due_retries(engine: Engine, now: Any = None) -> bool:
     """Whether an event that already failed once (or whose lease ran out) is due now."""
-    now = now or utcnow()
-    stmt = (sa.select(events.c.id)
-            .where(events.c.state.in_((EventState.PENDING.value, EventState.LEASED.value)),
-                   events.c.next_attempt_at <= now, events.c.attempts > 0)
-            .limit(1))
-    with engine.connect() as conn:
-        return conn.execute(stmt).first() is not None
-
-
-def _build_catalog(settings: Settings, engine: Engine, sender: Any
-                   ) -> tuple[Any, list[Any]]:
-    """The catalog pass on the runner's sender and a business engine of its own (the
-    wiring module takes this over), with what closes it."""
-    if not settings.business.url or not settings.catalog.enabled:
-        return None, []
-    from klaviyo_sync.business.db import open_business
-    from klaviyo_sync.catalog.sync import build_catalog_sync
-
-    business = open_business(settings.business.url)
-    return build_catalog_sync(settings, engine, business, sender), [business.dispose]
+    return QueueStore(engine).has_due_retries(now)
 
 
 class Pipeline:
@@ -68,29 +44,22 @@ class Pipeline:
         self.settings = settings
         self.engine = engine
         self.worker_id = worker_id
+        # The daemon opened (and migrated) the engine and disposes it: the app uses it.
+        self.app = app = App(settings, state_engine=engine, worker_id=worker_id)
         try:
-            from klaviyo_sync.parsers.ingest import Ingestor
-        except ImportError as exc:
-            raise _missing("log ingest (klaviyo_sync.parsers.ingest)", exc) from exc
-        try:
-            from klaviyo_sync.senders.runner import build_runner
-        except ImportError as exc:
-            raise _missing("sender (klaviyo_sync.senders.runner)", exc) from exc
-        try:
-            from klaviyo_sync.business.order_tracker import build_order_tracker
-        except ImportError as exc:
-            raise _missing("order tracker (klaviyo_sync.business.order_tracker)", exc) from exc
-        self.ingestor = Ingestor(settings, engine)
-        self.runner = build_runner(settings, engine, worker_id=worker_id)
-        self.tracker = build_order_tracker(settings, engine)
-        self.tail_lock: RoleLock = role_lock(engine, "tail", settings.log.path,
-                                             settings.daemon.tail_lock)
-        self.orders_lock: RoleLock = role_lock(engine, "orders",
-                                               _database_name(settings.business.url))
-        self.catalog_sync, self._catalog_closers = _build_catalog(settings, engine,
-                                                                  self.runner.sender)
-        self.catalog_lock: RoleLock = role_lock(engine, "catalog",
-                                                _database_name(settings.business.url))
+            self.ingestor = app.ingestor
+            self.runner = app.runner
+            self.tracker = app.order_tracker
+            self.tail_lock: RoleLock = app.role_lock("tail", settings.log.path,
+                                                     settings.daemon.tail_lock)
+            self.orders_lock: RoleLock = app.role_lock(
+                "orders", _database_name(settings.business.url))
+            self.catalog_sync = app.catalog_sync
+            self.catalog_lock: RoleLock = app.role_lock(
+                "catalog", _database_name(settings.business.url))
+        except BaseException:
+            app.close()
+            raise
         self._delivery = threading.Lock()
         self._lock_state: dict[str, bool] = {}
         self._audit_after = self._last_audit_id()
@@ -103,8 +72,7 @@ class Pipeline:
         """Read what is new in the log, if this daemon is the one tailing it."""
         # A host that cannot see the log never takes the tail from one that can; the
         # holder keeps the lock through a rotation gap.
-        held = getattr(self.tail_lock, "held", True)
-        if not held and not os.path.exists(self.settings.log.path):
+        if not self.tail_lock.held and not os.path.exists(self.settings.log.path):
             return None
         if not self._holds(self.tail_lock, "tail"):
             return None
@@ -121,11 +89,11 @@ class Pipeline:
         finally:
             self._delivery.release()
         # The runner stops at refused credentials or a database error and says so in its
-        # report; raising makes the job back off instead of knocking every 10 s.
-        if getattr(report, "auth_error", None):
-            raise AuthError(f"Klaviyo refused the credentials: {report.auth_error}")
-        if getattr(report, "error", None):
-            raise SendError(f"delivery stopped: {report.error}")
+        # report; raising makes the job back off instead of knocking every 10 s. The same
+        # error `klaviyo-sync send` raises for the same report.
+        stopped = report.stopped_by()
+        if stopped is not None:
+            raise stopped
         return report
 
     def retry(self, stop: threading.Event) -> Any:
@@ -177,14 +145,7 @@ class Pipeline:
 
     def close(self) -> None:
         """Release the locks and the runner's connections (no pass may be in flight)."""
-        for lock in (self.tail_lock, self.orders_lock, self.catalog_lock):
-            dispose = getattr(lock, "dispose", lock.release)
-            dispose()
-        for close in self._catalog_closers:
-            close()
-        self.runner.close()
-        if self.tracker is not None:
-            self.tracker.close()
+        self.app.close()
 
     def _holds(self, lock: RoleLock, role: str) -> bool:
         held = lock.ensure()

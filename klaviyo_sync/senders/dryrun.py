@@ -16,6 +16,7 @@ from typing import Any
 
 from klaviyo_sync.exceptions import ConfigError
 from klaviyo_sync.senders import payloads
+from klaviyo_sync.senders.audit import AuditLog
 from klaviyo_sync.senders.base import DeliveryReport, OutgoingEvent
 from klaviyo_sync.senders.batching import DEFAULT_CAPS, BatchCaps
 from klaviyo_sync.senders.catalog import CatalogAction, CatalogKind, JobAnswer, job_body, job_path
@@ -24,6 +25,9 @@ from klaviyo_sync.senders.delivery import deliver
 
 class DryRunSender:
     """A Sender that appends request bodies to ``outbox`` instead of calling Klaviyo."""
+
+    #: No request is made, so there is no request trail to keep.
+    audit: AuditLog | None = None
 
     def __init__(self, outbox: str | Path, caps: BatchCaps = DEFAULT_CAPS) -> None:
         self.path = Path(outbox)
@@ -72,6 +76,18 @@ class DryRunSender:
 
     def import_profile(self, profile: dict[str, Any]) -> None:
         self._write("/api/profile-import", payloads.profile_import_body(profile), 1)
+
+    def request_profile_deletion(self, email: str | None = None,
+                                 profile_id: str | None = None) -> int:
+        # The outbox is a copy of our data too: the request is written with the
+        # identifier masked, not in the clear (the person asked to be forgotten).
+        masked = "[erased]" if email is not None else None
+        self._write("/api/data-privacy-deletion-jobs",
+                    payloads.deletion_body(masked, None if masked else "[erased]"), 1)
+        return 202
+
+    def find_profile_ids(self, external_id: str) -> list[str]:
+        return []  # a dry run knows no Klaviyo profiles
 
     def close(self) -> None:
         with self._lock:

@@ -26,7 +26,8 @@ class Limit:
     steady: int  # requests per 60 s
 
 
-#: Klaviyo's published limits per (method, path), from its OpenAPI spec (KLAVIYO.md).
+#: Klaviyo's published limits per (method, path), from its OpenAPI spec
+#: (docs/architecture.md, "Klaviyo API facts the senders rely on").
 PUBLISHED: dict[str, Limit] = {
     "POST /api/events": Limit(350, 3500),
     "POST /api/event-bulk-create-jobs": Limit(10, 150),
@@ -40,6 +41,8 @@ PUBLISHED: dict[str, Limit] = {
     "GET /api/catalog-items": Limit(350, 3500),
     "GET /api/catalog-variants": Limit(350, 3500),
     "GET /api/catalog-categories": Limit(350, 3500),
+    "GET /api/profiles": Limit(75, 750),
+    "POST /api/data-privacy-deletion-jobs": Limit(3, 60),
 }
 # Catalog bulk jobs: every create/update/delete job of categories, items and variants is
 # 75/s, 750/min; reading a job back is the same, except delete jobs' (350/s, 3500/min).

@@ -1,7 +1,7 @@
 """Acceptance: `klaviyo-sync run` as systemd would run it, against the Klaviyo stand-in.
 
 The daemon is a real subprocess with NOTIFY_SOCKET on a datagram socket of the test and
-WATCHDOG_USEC set; the log, the business database (SQLite, DESIGN.md's schema) and the
+WATCHDOG_USEC set; the log, the business database (SQLite, the sample schema) and the
 state database are real files; the stand-in is a real HTTP server on 127.0.0.1.
 """
 
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,10 @@ from klaviyo_sync.clock import utcnow
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state.db import open_state
 from tests.klaviyo_standin import KlaviyoStandIn
+from tests.klaviyo_standin.fixtures import API_KEY
 
 pytestmark = pytest.mark.slow
 
-API_KEY = "pk_test_standin"
 LOG_TYPES = ("started.signup", "cancelled", "contact.form", "failed.payment",
              "referral.credit", "shipping.email")
 
@@ -192,15 +192,6 @@ def metric_values(text: str) -> dict[str, float]:
     return values
 
 
-@pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
-    s.start()
-    yield s
-    s.stop()
-    assert not s.internal_errors, s.internal_errors[0]
-
-
 def test_run_under_a_service_manager_delivers_and_stops_cleanly(
         tmp_path: Path, standin: KlaviyoStandIn) -> None:
     log = tmp_path / "system.log"
@@ -322,3 +313,36 @@ def test_sigterm_during_a_slow_drain_exits_0_within_10_s_and_loses_nothing(
     assert counts["sent"] == len(standin.events) and counts["dead"] == 0
     assert counts["sent"] + counts["pending"] == 300  # the rest waits for the next start
     assert counts["pending"] > 0, "the drain finished before SIGTERM: test proves nothing"
+
+
+def test_a_second_daemon_on_one_sqlite_state_file_is_refused(
+        tmp_path: Path, standin: KlaviyoStandIn) -> None:
+    log = tmp_path / "system.log"
+    log.write_text("")
+    state = tmp_path / "state" / "state.db"
+    config = write_settings(tmp_path / "settings.toml", state_url=f"sqlite:///{state}",
+                            log=log, base_url=standin.base_url)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    first = start_daemon(config, notify, tmp_path / "first.err")
+    try:
+        assert notify.wait_for(lambda m: any("READY=1" in x for x in m), 30)
+        second = subprocess.run(
+            [sys.executable, "-m", "klaviyo_sync", "--config", str(config), "run"],
+            env=dict(os.environ, KLAVIYO_API_KEY=API_KEY,
+                     PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+            capture_output=True, text=True, timeout=60)
+        assert second.returncode == 3
+        assert f"another klaviyo-sync daemon (pid {first.pid})" in second.stderr
+        assert str(state) in second.stderr and "Traceback" not in second.stderr
+        assert first.poll() is None  # the first one carries on
+    finally:
+        code, _ = stop(first)
+        notify.close()
+    assert code == 0
+    # The lock goes with the process: a new daemon may start at once.
+    again = start_daemon(config, None, tmp_path / "again.err")
+    try:
+        assert wait_until(lambda: any(e.get("event") == "daemon_started"
+                                      for e in log_events(tmp_path / "again.err")), 30)
+    finally:
+        assert stop(again)[0] == 0

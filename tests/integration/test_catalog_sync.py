@@ -14,7 +14,7 @@ import requests
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from klaviyo_sync.business.db import open_business
+from klaviyo_sync.app import App
 from klaviyo_sync.business.sample_catalog import catalog_tables, generate_catalog
 from klaviyo_sync.catalog.store import CatalogStore, SyncState
 from klaviyo_sync.catalog.sync import CatalogSync, build_catalog_sync
@@ -26,7 +26,6 @@ from klaviyo_sync.config import (
     SenderSettings,
     Settings,
 )
-from klaviyo_sync.senders import build_sender
 from klaviyo_sync.senders.base import Sender
 from klaviyo_sync.senders.catalog import CatalogAction, CatalogKind, JobStatus
 from klaviyo_sync.state.schema import catalog_jobs
@@ -50,11 +49,10 @@ def parts(tmp_path: Path, state_engine: sa.Engine, klaviyo: KlaviyoStandIn,
                         klaviyo=KlaviyoSettings(base_url=klaviyo.base_url),
                         catalog=CatalogSettings(job_poll_s=0.01),
                         sender=SenderSettings(outbox=str(tmp_path / "outbox.jsonl")))
-    business = open_business(url)
-    sender = build_sender(settings, state_engine)
-    yield settings, business, sender
-    sender.close()
-    business.dispose()
+    app = App(settings, state_engine=state_engine)
+    assert app.business_engine is not None
+    yield settings, app.business_engine, app.sender
+    app.close()
 
 
 def sync_of(parts: tuple[Settings, sa.Engine, Sender], state_engine: sa.Engine,
@@ -200,8 +198,8 @@ def test_without_a_products_table_the_pass_says_so_once(
     settings = Settings(business=BusinessSettings(url=url),
                         sender=SenderSettings(kind="dry-run",
                                               outbox=str(tmp_path / "outbox.jsonl")))
-    business = open_business(url)
-    sender = build_sender(settings, state_engine)
+    app = App(settings, state_engine=state_engine)
+    business, sender = app.business_engine, app.sender
     try:
         sync = build_catalog_sync(settings, state_engine, business, sender)
         assert sync is not None
@@ -212,8 +210,7 @@ def test_without_a_products_table_the_pass_says_so_once(
         writer.dispose()
         third = sync.run_once()  # the table appeared: the pass is on, without a restart
     finally:
-        sender.close()
-        business.dispose()
+        app.close()
     assert first.off == second.off == "the business database has no products table"
     assert [e["event"] for e in logs].count("catalog_pass_off") == 1
     assert third.off is None and third.sent["item create"] == 5

@@ -1,7 +1,7 @@
 """catalog sync state: catalog_sync and catalog_jobs
 
-Revision ID: 0004
-Revises: 0001
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-01 11:20:00.000000
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision = '0004'
-down_revision = '0001'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
