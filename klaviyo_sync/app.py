@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from klaviyo_sync.business.customers import CustomerDirectory
     from klaviyo_sync.business.missed_signups import SignupOutcome
     from klaviyo_sync.business.order_tracker import OrderTracker
+    from klaviyo_sync.catalog.sync import CatalogSync
     from klaviyo_sync.daemon.locks import RoleLock
     from klaviyo_sync.parsers.ingest import Ingestor
     from klaviyo_sync.privacy.forget import Forgetter
@@ -158,6 +159,11 @@ class App:
         return self._once("suppression", self._build_suppression)
 
     @property
+    def catalog_sync(self) -> CatalogSync | None:
+        """The catalog pass; None when ``business.url`` is empty or the catalog is off."""
+        return self._once("catalog_sync", self._build_catalog_sync)
+
+    @property
     def order_tracker(self) -> OrderTracker | None:
         """The orders pass; None when ``business.url`` is empty or orders are off."""
         return self._once("order_tracker", self._build_order_tracker)
@@ -261,12 +267,23 @@ class App:
             return None
         from klaviyo_sync.business.order_tracker import OrderTracker
         from klaviyo_sync.business.orders import OrderReader
+        from klaviyo_sync.business.products import ProductReader
 
         s = self.settings
+        # The products table (when there is one) gives order lines their catalog links.
+        products = ProductReader(business, s.catalog) if s.catalog.enabled else None
         return OrderTracker(s, self.state_engine,
                             OrderReader(business, s.business, s.orders.page_size),
                             customers, self.suppression,
-                            text_times=business.dialect.name == "sqlite")
+                            text_times=business.dialect.name == "sqlite", products=products)
+
+    def _build_catalog_sync(self) -> CatalogSync | None:
+        business = self.business_engine
+        if business is None or not self.settings.catalog.enabled:
+            return None
+        from klaviyo_sync.catalog.sync import build_catalog_sync
+
+        return build_catalog_sync(self.settings, self.state_engine, business, self.sender)
 
     def _build_sender(self) -> Sender:
         sender = (self._dry_run_sender() if self.settings.sender.kind == "dry-run"

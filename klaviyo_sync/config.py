@@ -261,6 +261,81 @@ class OrderSettings:
 
 
 @dataclass(frozen=True)
+class ProductColumns:
+    """Column names of the products and product_variants tables (the documented schema).
+
+    A URL or image column the table does not have is set to "" (for the URL,
+    ``catalog.url_template`` then builds one).
+    """
+
+    product_id: str = "id"
+    product_sku: str = "sku"
+    product_name: str = "name"
+    product_description: str = "description"
+    product_url: str = "url"
+    product_image_url: str = "image_url"
+    product_price: str = "price"
+    product_currency: str = "currency"
+    product_category: str = "category"
+    product_active: str = "active"
+    product_inventory: str = "inventory"
+    product_updated_at: str = "updated_at"
+    variant_id: str = "id"
+    variant_product_id: str = "product_id"
+    variant_sku: str = "sku"
+    variant_name: str = "name"
+    variant_price: str = "price"
+    variant_inventory: str = "inventory"
+    variant_active: str = "active"
+    variant_updated_at: str = "updated_at"
+
+
+#: Columns that may be "" (the table lacks them).
+_OPTIONAL_PRODUCT_COLUMNS = ("product_url", "product_image_url", "product_description",
+                             "product_currency", "product_category", "product_inventory")
+
+
+@dataclass(frozen=True)
+class CatalogSettings:
+    enabled: bool = True
+    products_table: str = "products"
+    variants_table: str = "product_variants"
+    url_template: str = ""
+    image_url_template: str = ""
+    batch_size: int = 100
+    max_jobs_in_progress: int = 500
+    job_poll_s: float = 1.0
+    job_wait_s: float = 600.0
+    overlap_s: float = 300.0
+    columns: ProductColumns = field(default_factory=ProductColumns)
+
+    def validate(self) -> None:
+        if not 1 <= self.batch_size <= 100:
+            raise ValueError("catalog.batch_size: must be between 1 and 100 (Klaviyo's cap)")
+        if not 1 <= self.max_jobs_in_progress <= 500:
+            raise ValueError("catalog.max_jobs_in_progress: must be between 1 and 500 "
+                             "(Klaviyo's cap)")
+        _at_least("catalog.job_poll_s", self.job_poll_s, 0.01)
+        _at_least("catalog.job_wait_s", self.job_wait_s, self.job_poll_s)
+        _at_least("catalog.overlap_s", self.overlap_s, 0)
+        for name in ("products_table", "variants_table"):
+            _identifier(f"catalog.{name}", getattr(self, name))
+        for name in ("url_template", "image_url_template"):
+            template = getattr(self, name)
+            if template and "{id}" not in template:
+                raise ValueError(f"catalog.{name}: must contain {{id}}, e.g. "
+                                 "https://shop.example.com/item/{id}")
+        for f in dataclasses.fields(self.columns):
+            value = getattr(self.columns, f.name)
+            if value == "" and f.name in _OPTIONAL_PRODUCT_COLUMNS:
+                continue
+            _identifier(f"catalog.columns.{f.name}", value)
+        if not self.columns.product_url and not self.url_template:
+            raise ValueError("catalog.url_template: required when catalog.columns.product_url "
+                             "is empty (Klaviyo needs a URL per item)")
+
+
+@dataclass(frozen=True)
 class SuppressionSettings:
     enabled: bool = True
     dead_statuses: tuple[str, ...] = ("Dead",)
@@ -282,14 +357,17 @@ class ScheduleSettings:
     orders_s: float = 60.0
     retry_s: float = 30.0
     prune_cron: str = "0 4 * * *"
+    catalog_cron: str = "30 3 * * *"
+    catalog_changes_s: float = 300.0
 
     def validate(self) -> None:
-        for name in ("tail_s", "send_s", "orders_s", "retry_s"):
+        for name in ("tail_s", "send_s", "orders_s", "retry_s", "catalog_changes_s"):
             _at_least(f"schedule.{name}", getattr(self, name), 0.1)
-        if len(self.prune_cron.split()) != 5:
-            raise ValueError(
-                f"schedule.prune_cron: expected 5 cron fields, got {self.prune_cron!r}"
-            )
+        for name in ("prune_cron", "catalog_cron"):
+            if len(getattr(self, name).split()) != 5:
+                raise ValueError(
+                    f"schedule.{name}: expected 5 cron fields, got {getattr(self, name)!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -374,6 +452,7 @@ class Settings:
     #: Event type in the log -> Klaviyo metric name. A type not listed is not synced.
     events: dict[str, str] = field(default_factory=_default_events)
     orders: OrderSettings = field(default_factory=OrderSettings)
+    catalog: CatalogSettings = field(default_factory=CatalogSettings)
     suppression: SuppressionSettings = field(default_factory=SuppressionSettings)
     missed_signups: MissedSignupSettings = field(default_factory=MissedSignupSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)

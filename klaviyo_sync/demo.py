@@ -1,8 +1,9 @@
 """`klaviyo-sync demo`: the whole pipeline on its embedded defaults, in one folder.
 
-It writes a sample log (with rotated archives) and a sample business database, then runs
-the same passes the daemon runs: replay the log, the orders pass, and a send through the
-dry-run sender, which writes the exact Klaviyo request bodies to an outbox file.
+It writes a sample log (with rotated archives) and a sample business database (customers,
+orders, and a products catalog), then runs the same passes the daemon runs: replay the
+log, the orders pass, the catalog pass and a send, all through the dry-run sender, which
+writes the exact Klaviyo request bodies to an outbox file.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from klaviyo_sync.state.schema import rejects, suppressions
 
 DEMO_CUSTOMERS = 60
 DEMO_ORDERS = 150
+#: Order lines name products 1-200 (sample_data), so every line links to the catalog.
+DEMO_PRODUCTS = 200
 
 
 @dataclass
@@ -39,6 +42,8 @@ class DemoReport:
     dead: int
     outbox_requests: int
     suppressed: int
+    catalog_sent: dict[str, int] = field(default_factory=dict)
+    catalog_requests: int = 0
     missed_signups: list[Any] = field(default_factory=list)
 
 
@@ -80,7 +85,8 @@ def claim_folder(folder: Path, force: bool = False) -> None:
 def run_demo(folder: Path, force: bool = False) -> DemoReport:
     """Build the demo folder from scratch and run every pass once."""
     from klaviyo_sync.business.missed_signups import find_missed_signups
-    from klaviyo_sync.business.sample_data import create_schema, generate
+    from klaviyo_sync.business.sample_catalog import generate_catalog
+    from klaviyo_sync.business.sample_data import CATEGORIES, create_schema, generate
 
     folder = folder.resolve()
     claim_folder(folder, force)
@@ -98,6 +104,8 @@ def run_demo(folder: Path, force: bool = False) -> DemoReport:
     create_schema(business, settings.business)
     sample = generate(business, settings.business, customers=DEMO_CUSTOMERS, orders=DEMO_ORDERS,
                       seed=7)
+    generate_catalog(business, settings.catalog, DEMO_PRODUCTS, CATEGORIES,
+                     utcnow().replace(microsecond=0))
     business.dispose()
     people = {str(c.id): _demo_customer(c) for c in sample.customers}
     signups = [(attempt.occurred_at, people.get(attempt.customer_id) or DemoCustomer(
@@ -110,12 +118,18 @@ def run_demo(folder: Path, force: bool = False) -> DemoReport:
         app.ingestor.replay()
         tracker = app.order_tracker
         order_report = tracker.run_once() if tracker else None
+        catalog = app.catalog_sync
+        assert catalog is not None  # the demo's settings name its business database
+        catalog_report = catalog.run_once(full=True)
         app.runner.drain()
         reader = app.business_engine
         assert reader is not None  # the demo's settings name its business database
         missed = find_missed_signups(engine, reader, settings)
-        return _report(folder, settings_path, log.files, log.lines, engine, order_report,
-                       missed, settings)
+        report = _report(folder, settings_path, log.files, log.lines, engine, order_report,
+                         missed, settings)
+        report.catalog_sent = dict(catalog_report.sent)
+        report.catalog_requests = sum(catalog_report.requests.values())
+        return report
 
 
 def _demo_customer(customer: Any) -> DemoCustomer:

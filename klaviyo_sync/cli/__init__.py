@@ -111,6 +111,7 @@ def main() -> None:
 from klaviyo_sync.cli import (  # noqa: E402,F401
     admin,
     business,
+    catalog,
     daemon,
     demo,
     ingest,

@@ -40,6 +40,10 @@ def demo(folder: Path, force: bool) -> None:
         click.echo(f"  {count:>5}  {metric}")
     click.echo(f"  {report.rejects:>5}  malformed lines kept as rejects (`rejects list`)")
     click.echo(f"\nOrders pass: {report.order_events} order events enqueued")
+    sent = report.catalog_sent
+    click.echo(f"Catalog pass: {sent.get('category create', 0)} categories, "
+               f"{sent.get('item create', 0)} items and {sent.get('variant create', 0)} "
+               f"variants in {report.catalog_requests} bulk job bodies")
     click.echo(f"Dry-run send: {report.sent} events sent, {report.dead} dead-lettered, "
                f"{report.suppressed} emails suppressed")
     click.echo(f"  {report.outbox_requests} request bodies written to "
@@ -49,7 +53,7 @@ def demo(folder: Path, force: bool) -> None:
     click.echo("\nTry next:")
     prog = _invoked_as()
     for command in ("status", "queue list --limit 10", "rejects list", "missed-signups",
-                    "audit"):
+                    "catalog failed", "audit"):
         click.echo(f"  {prog} --config {cfg} {command}")
 
 

@@ -38,7 +38,7 @@ def has_due_retries(engine: Engine, now: Any = None) -> bool:
 
 
 class Pipeline:
-    """Tail, send, retry, orders and prune passes for one daemon process."""
+    """Tail, send, retry, orders, catalog and prune passes for one daemon process."""
 
     def __init__(self, settings: Settings, engine: Engine, worker_id: str) -> None:
         self.settings = settings
@@ -54,6 +54,9 @@ class Pipeline:
                                                      settings.daemon.tail_lock)
             self.orders_lock: RoleLock = app.role_lock(
                 "orders", _database_name(settings.business.url))
+            self.catalog_sync = app.catalog_sync
+            self.catalog_lock: RoleLock = app.role_lock(
+                "catalog", _database_name(settings.business.url))
         except BaseException:
             app.close()
             raise
@@ -104,6 +107,23 @@ class Pipeline:
         if self.tracker is None or not self._holds(self.orders_lock, "orders"):
             return None
         return self.tracker.run_once(stop=stop)
+
+    @property
+    def has_catalog(self) -> bool:
+        return self.catalog_sync is not None
+
+    def catalog(self, stop: threading.Event) -> Any:
+        """Sync the products whose updated_at moved to Klaviyo's catalog (one daemon at a
+        time: the catalog role lock)."""
+        if self.catalog_sync is None or not self._holds(self.catalog_lock, "catalog"):
+            return None
+        return self.catalog_sync.run_once(full=False, stop=stop)
+
+    def catalog_all(self, stop: threading.Event) -> Any:
+        """The daily full catalog pass: every product, deletions of vanished ones included."""
+        if self.catalog_sync is None or not self._holds(self.catalog_lock, "catalog"):
+            return None
+        return self.catalog_sync.run_once(full=True, stop=stop)
 
     def prune(self, stop: threading.Event) -> Any:
         """Delete sent events and audit rows past their retention."""

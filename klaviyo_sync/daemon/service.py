@@ -72,10 +72,15 @@ class Passes(Protocol):
     @property
     def has_orders(self) -> bool: ...
 
+    @property
+    def has_catalog(self) -> bool: ...
+
     def tail(self, stop: threading.Event) -> Any: ...
     def send(self, stop: threading.Event) -> Any: ...
     def retry(self, stop: threading.Event) -> Any: ...
     def orders(self, stop: threading.Event) -> Any: ...
+    def catalog(self, stop: threading.Event) -> Any: ...
+    def catalog_all(self, stop: threading.Event) -> Any: ...
     def prune(self, stop: threading.Event) -> Any: ...
     def new_requests(self) -> list[tuple[str, int | None, float]]: ...
     def close(self) -> None: ...
@@ -121,11 +126,20 @@ class Runtime:
             "retry": (p.retry, sched.retry_s)}
         if p.has_orders:
             every["orders"] = (p.orders, sched.orders_s)
+        if p.has_catalog:
+            every["catalog"] = (p.catalog, sched.catalog_changes_s)
         for name, (run, interval_s) in every.items():
             self.loop.add(name, self._job(name, run, interval_s), interval_s)
         prune = self._job("prune", self.passes.prune, _PRUNE_BACKOFF_BASE_S)
         self.scheduler.add_job(prune, CronTrigger.from_crontab(sched.prune_cron, timezone=UTC),
                                id="prune", name="prune", misfire_grace_time=3600)
+        if self.passes.has_catalog:
+            # The full pass, daily by default; the changes pass above runs in between.
+            full = self._job("catalog_all", self.passes.catalog_all, _PRUNE_BACKOFF_BASE_S)
+            self.scheduler.add_job(full, CronTrigger.from_crontab(sched.catalog_cron,
+                                                                  timezone=UTC),
+                                   id="catalog_all", name="catalog_all",
+                                   misfire_grace_time=3600)
         status_s = self.settings.daemon.status_interval_s
         status = self._job("status", self._publish_status, status_s, report=False)
         self.loop.add("status", status, status_s, first_in_s=status_s)

@@ -55,6 +55,21 @@ def test_demo_ingests_every_event_line_and_dry_runs_them_all(tmp_path: Path) -> 
             sent_uids.add(data["attributes"]["unique_id"])
     assert sent_uids == uids
 
+    # The catalog went out too, and the products in order events are the catalog's.
+    items = [resource for request in bodies
+             if request["path"] == "/api/catalog-item-bulk-create-jobs"
+             for resource in request["body"]["data"]["attributes"]["items"]["data"]]
+    assert len(items) == 200 and items[0]["attributes"]["external_id"] == "1"
+    assert "Catalog pass: 5 categories, 200 items" in result.stdout
+    linked = [e["attributes"]["properties"] for request in bodies
+              if request["body"]["data"]["type"] == "event-bulk-create-job"
+              for group in request["body"]["data"]["attributes"]["events-bulk-create"]["data"]
+              for e in group["attributes"]["events"]["data"]
+              if e["attributes"]["metric"]["data"]["attributes"]["name"] == "Ordered Product"]
+    assert linked and all(p["CatalogItemID"] == f"$custom:::$default:::{p['ProductID']}"
+                          and p["ProductURL"].endswith(f"/item/{p['ProductID']}")
+                          for p in linked)
+
 
 def test_demo_folder_then_works_with_every_command(tmp_path: Path) -> None:
     folder = tmp_path / "demo"

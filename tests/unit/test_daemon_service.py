@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ class FakePasses:
     """Counts runs; each pass's behaviour is a function the test sets."""
 
     has_orders = True
+    has_catalog = True
 
     def __init__(self) -> None:
         self.runs: dict[str, int] = {}
@@ -57,6 +59,12 @@ class FakePasses:
 
     def orders(self, stop: threading.Event) -> Any:
         return self._run("orders", stop)
+
+    def catalog(self, stop: threading.Event) -> Any:
+        return self._run("catalog", stop)
+
+    def catalog_all(self, stop: threading.Event) -> Any:
+        return self._run("catalog_all", stop)
 
     def prune(self, stop: threading.Event) -> Any:
         return self._run("prune", stop)
@@ -284,6 +292,27 @@ def test_the_daemon_waits_for_the_state_database_before_ready(
     daemon.request_stop()
     thread.join(10)
     assert codes == [0] and daemon.runtime is None
+
+
+def test_the_catalog_changes_pass_runs_on_its_interval_and_the_full_pass_on_its_cron(
+        tmp_path: Path, engine: sa.Engine) -> None:
+    passes = FakePasses()
+    settings = config.from_mapping({
+        "state": {"url": f"sqlite:///{tmp_path / 'state.db'}"},
+        "log": {"path": str(tmp_path / "system.log")},
+        "schedule": {"tail_s": 5.0, "send_s": 5.0, "orders_s": 5.0, "retry_s": 5.0,
+                     "catalog_changes_s": 0.1, "catalog_cron": "15 2 * * *"},
+    })
+    runtime = Runtime(settings, engine, passes, Notifier(None), Metrics())
+    runtime.start()
+    try:
+        assert passes.wait_for("catalog", 3)
+        full = runtime.scheduler.get_job("catalog_all")
+        assert full is not None and "catalog_all" not in passes.runs
+        fire = full.trigger.get_next_fire_time(None, datetime(2026, 3, 1, 5, 0, tzinfo=UTC))
+        assert fire == datetime(2026, 3, 2, 2, 15, tzinfo=UTC)
+    finally:
+        assert runtime.stop(5)
 
 
 def test_a_pass_that_keeps_failing_is_recorded_and_makes_health_fail(
