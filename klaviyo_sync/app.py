@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from klaviyo_sync.business.optouts import OptoutsPass
     from klaviyo_sync.business.order_tracker import OrderTracker
     from klaviyo_sync.business.reconcile import Reconciler
+    from klaviyo_sync.catalog.sync import CatalogSync
     from klaviyo_sync.daemon.locks import RoleLock
     from klaviyo_sync.parsers.ingest import Ingestor
     from klaviyo_sync.privacy.forget import Forgetter
@@ -58,12 +59,14 @@ class Build(enum.Enum):
 FROM_SETTINGS = Build.FROM_SETTINGS
 
 
-def connect_state(settings: Settings) -> Engine:
+def connect_state(settings: Settings, create: bool = True) -> Engine:
     """An engine on the state database without the schema check (``db upgrade``/``status``
-    and the daemon, which waits for the database and migrates it itself)."""
+    and the daemon, which waits for the database and migrates it itself); with ``create``
+    False a missing SQLite file is an error, not created."""
     from klaviyo_sync.state import db
 
-    return db.create_engine(settings.state.url, settings.state.sqlite_busy_timeout_s)
+    return db.create_engine(settings.state.url, settings.state.sqlite_busy_timeout_s,
+                            create=create)
 
 
 def connect_business_writer(settings: Settings) -> Engine:
@@ -84,8 +87,11 @@ class App:
     def __init__(self, settings: Settings, *, state_engine: Engine | None = None,
                  worker_id: str | None = None, sender: Sender | None = None,
                  customers: CustomerDirectory | Build | None = FROM_SETTINGS,
-                 suppression: SuppressionHook | Build | None = FROM_SETTINGS) -> None:
+                 suppression: SuppressionHook | Build | None = FROM_SETTINGS,
+                 read_only: bool = False) -> None:
         self.settings = settings
+        #: A read-only command's app creates nothing: no state file, folder or schema.
+        self.read_only = read_only
         self.worker_id = worker_id or default_worker_id()
         self._state_engine = state_engine
         self._built: dict[str, object] = {}
@@ -121,7 +127,8 @@ class App:
             from klaviyo_sync.state.db import open_state
 
             engine = open_state(self.settings.state.url,
-                                self.settings.state.sqlite_busy_timeout_s)
+                                self.settings.state.sqlite_busy_timeout_s,
+                                create=not self.read_only)
             self._own(engine.dispose)
             self._state_engine = engine
         return self._state_engine
@@ -155,6 +162,11 @@ class App:
     def suppression(self) -> SuppressionHook | None:
         """The suppressor the runner and the order tracker share; None when it is off."""
         return self._once("suppression", self._build_suppression)
+
+    @property
+    def catalog_sync(self) -> CatalogSync | None:
+        """The catalog pass; None when ``business.url`` is empty or the catalog is off."""
+        return self._once("catalog_sync", self._build_catalog_sync)
 
     @property
     def order_tracker(self) -> OrderTracker | None:
@@ -290,12 +302,23 @@ class App:
             return None
         from klaviyo_sync.business.order_tracker import OrderTracker
         from klaviyo_sync.business.orders import OrderReader
+        from klaviyo_sync.business.products import ProductReader
 
         s = self.settings
+        # The products table (when there is one) gives order lines their catalog links.
+        products = ProductReader(business, s.catalog) if s.catalog.enabled else None
         return OrderTracker(s, self.state_engine,
                             OrderReader(business, s.business, s.orders.page_size),
                             customers, self.suppression,
-                            text_times=business.dialect.name == "sqlite")
+                            text_times=business.dialect.name == "sqlite", products=products)
+
+    def _build_catalog_sync(self) -> CatalogSync | None:
+        business = self.business_engine
+        if business is None or not self.settings.catalog.enabled:
+            return None
+        from klaviyo_sync.catalog.sync import build_catalog_sync
+
+        return build_catalog_sync(self.settings, self.state_engine, business, self.sender)
 
     def _build_consent_sync(self) -> ConsentSync | None:
         business = self.business_engine

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from klaviyo_sync.exceptions import ConfigError
 
 #: Where settings are looked for when neither --config nor KLAVIYO_SYNC_CONFIG is given.
@@ -259,6 +262,81 @@ class OrderSettings:
 
 
 @dataclass(frozen=True)
+class ProductColumns:
+    """Column names of the products and product_variants tables (the documented schema).
+
+    A URL or image column the table does not have is set to "" (for the URL,
+    ``catalog.url_template`` then builds one).
+    """
+
+    product_id: str = "id"
+    product_sku: str = "sku"
+    product_name: str = "name"
+    product_description: str = "description"
+    product_url: str = "url"
+    product_image_url: str = "image_url"
+    product_price: str = "price"
+    product_currency: str = "currency"
+    product_category: str = "category"
+    product_active: str = "active"
+    product_inventory: str = "inventory"
+    product_updated_at: str = "updated_at"
+    variant_id: str = "id"
+    variant_product_id: str = "product_id"
+    variant_sku: str = "sku"
+    variant_name: str = "name"
+    variant_price: str = "price"
+    variant_inventory: str = "inventory"
+    variant_active: str = "active"
+    variant_updated_at: str = "updated_at"
+
+
+#: Columns that may be "" (the table lacks them).
+_OPTIONAL_PRODUCT_COLUMNS = ("product_url", "product_image_url", "product_description",
+                             "product_currency", "product_category", "product_inventory")
+
+
+@dataclass(frozen=True)
+class CatalogSettings:
+    enabled: bool = True
+    products_table: str = "products"
+    variants_table: str = "product_variants"
+    url_template: str = ""
+    image_url_template: str = ""
+    batch_size: int = 100
+    max_jobs_in_progress: int = 500
+    job_poll_s: float = 1.0
+    job_wait_s: float = 600.0
+    overlap_s: float = 300.0
+    columns: ProductColumns = field(default_factory=ProductColumns)
+
+    def validate(self) -> None:
+        if not 1 <= self.batch_size <= 100:
+            raise ValueError("catalog.batch_size: must be between 1 and 100 (Klaviyo's cap)")
+        if not 1 <= self.max_jobs_in_progress <= 500:
+            raise ValueError("catalog.max_jobs_in_progress: must be between 1 and 500 "
+                             "(Klaviyo's cap)")
+        _at_least("catalog.job_poll_s", self.job_poll_s, 0.01)
+        _at_least("catalog.job_wait_s", self.job_wait_s, self.job_poll_s)
+        _at_least("catalog.overlap_s", self.overlap_s, 0)
+        for name in ("products_table", "variants_table"):
+            _identifier(f"catalog.{name}", getattr(self, name))
+        for name in ("url_template", "image_url_template"):
+            template = getattr(self, name)
+            if template and "{id}" not in template:
+                raise ValueError(f"catalog.{name}: must contain {{id}}, e.g. "
+                                 "https://shop.example.com/item/{id}")
+        for f in dataclasses.fields(self.columns):
+            value = getattr(self.columns, f.name)
+            if value == "" and f.name in _OPTIONAL_PRODUCT_COLUMNS:
+                continue
+            _identifier(f"catalog.columns.{f.name}", value)
+        if not self.columns.product_url and not self.url_template:
+            raise ValueError("catalog.url_template: required when catalog.columns.product_url "
+                             "is empty (Klaviyo needs a URL per item)")
+
+
+@dataclass(frozen=True)
 class SuppressionSettings:
     enabled: bool = True
     dead_statuses: tuple[str, ...] = ("Dead",)
@@ -322,14 +400,18 @@ class ScheduleSettings:
     consent_s: float = 300.0
     optouts_s: float = 600.0
     prune_cron: str = "0 4 * * *"
+    catalog_cron: str = "30 3 * * *"
+    catalog_changes_s: float = 300.0
 
     def validate(self) -> None:
-        for name in ("tail_s", "send_s", "orders_s", "retry_s", "consent_s", "optouts_s"):
+        for name in ("tail_s", "send_s", "orders_s", "retry_s", "consent_s", "optouts_s",
+                     "catalog_changes_s"):
             _at_least(f"schedule.{name}", getattr(self, name), 0.1)
-        if len(self.prune_cron.split()) != 5:
-            raise ValueError(
-                f"schedule.prune_cron: expected 5 cron fields, got {self.prune_cron!r}"
-            )
+        for name in ("prune_cron", "catalog_cron"):
+            if len(getattr(self, name).split()) != 5:
+                raise ValueError(
+                    f"schedule.{name}: expected 5 cron fields, got {getattr(self, name)!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -414,6 +496,7 @@ class Settings:
     #: Event type in the log -> Klaviyo metric name. A type not listed is not synced.
     events: dict[str, str] = field(default_factory=_default_events)
     orders: OrderSettings = field(default_factory=OrderSettings)
+    catalog: CatalogSettings = field(default_factory=CatalogSettings)
     suppression: SuppressionSettings = field(default_factory=SuppressionSettings)
     consent: ConsentSettings = field(default_factory=ConsentSettings)
     missed_signups: MissedSignupSettings = field(default_factory=MissedSignupSettings)
@@ -482,7 +565,15 @@ class Settings:
 
 
 def _redact_url(url: str) -> str:
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """The URL with its password as ``***``, parsed as SQLAlchemy does (a password may hold
+    ``/`` or ``:``); a URL that does not parse shows only its scheme."""
+    if not url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        scheme, sep, _rest = url.partition("://")
+        return f"{scheme}://***" if sep else "***"
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -531,11 +622,32 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a table, got {_toml_type(value)}")
         return {str(k): _coerce(f"{key}.{k}", str, v) for k, v in value.items()}
+    duration = _duration(key, tp, value)
+    if duration is not None:
+        return duration
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (bool, int, str, float) and (type(value) is not tp):
         raise ValueError(f"{key}: expected {_type_name(tp)}, got {_toml_type(value)} {value!r}")
     return value
+
+
+def _duration(key: str, tp: Any, value: Any) -> Any:
+    """Every duration key takes a number of seconds or a text such as "10s" or "15m": keys
+    ending in _s (a float of seconds), _hours (a float of hours) and _retention (kept as
+    text, parsed where it is used). None when ``key`` is not a duration given that way."""
+    name = key.rpartition(".")[2]
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    try:
+        if tp is float and name.endswith("_s") and isinstance(value, str):
+            return parse_duration_s(value)
+        if tp is float and name.endswith("_hours") and isinstance(value, str):
+            return parse_duration_s(value) / 3600
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    if tp is str and name.endswith("_retention") and is_number:
+        return f"{value:g}"
+    return None
 
 
 def _build(cls: Any, data: Mapping[str, Any], prefix: str) -> Any:

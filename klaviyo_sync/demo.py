@@ -1,8 +1,9 @@
 """`klaviyo-sync demo`: the whole pipeline on its embedded defaults, in one folder.
 
-It writes a sample log (with rotated archives) and a sample business database, then runs
-the same passes the daemon runs: replay the log, the orders pass, and a send through the
-dry-run sender, which writes the exact Klaviyo request bodies to an outbox file.
+It writes a sample log (with rotated archives) and a sample business database (customers,
+orders, and a products catalog), then runs the same passes the daemon runs: replay the
+log, the orders pass, the catalog pass and a send, all through the dry-run sender, which
+writes the exact Klaviyo request bodies to an outbox file.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from klaviyo_sync import config
 from klaviyo_sync.app import App, connect_business_writer
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.demo_log import DemoCustomer, write_sample_log
+from klaviyo_sync.exceptions import ConfigError
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state.schema import rejects, suppressions
 
 DEMO_CUSTOMERS = 60
 DEMO_ORDERS = 150
+#: Order lines name products 1-200 (sample_data), so every line links to the catalog.
+DEMO_PRODUCTS = 200
 
 
 @dataclass
@@ -38,6 +42,8 @@ class DemoReport:
     dead: int
     outbox_requests: int
     suppressed: int
+    catalog_sent: dict[str, int] = field(default_factory=dict)
+    catalog_requests: int = 0
     missed_signups: list[Any] = field(default_factory=list)
     #: Customers the consent pass subscribed (historical, live) in the outbox's jobs.
     subscribed: dict[str, int] = field(default_factory=dict)
@@ -61,13 +67,36 @@ def settings_text(folder: Path) -> str:
     )
 
 
-def run_demo(folder: Path) -> DemoReport:
+#: Left in every folder the demo builds: a folder without it is not the demo's to wipe.
+MARKER = ".klaviyo-sync-demo"
+
+
+def claim_folder(folder: Path, force: bool = False) -> None:
+    """Refuse to rebuild a folder the demo did not make (it would delete its settings,
+    state and logs) unless ``force``; an absent or empty folder is the demo's to take."""
+    if force or not folder.exists() or (folder / MARKER).is_file():
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"demo --dir {folder}: not a folder")
+    if any(folder.iterdir()):
+        raise ConfigError(
+            f"demo --dir {folder}: the demo did not make this folder (no {MARKER} in it) "
+            "and would overwrite its settings, state and logs: choose another folder or "
+            "pass --force"
+        )
+
+
+def run_demo(folder: Path, force: bool = False) -> DemoReport:
     """Build the demo folder from scratch and run every pass once."""
     from klaviyo_sync.business.missed_signups import find_missed_signups
-    from klaviyo_sync.business.sample_data import create_schema, generate
+    from klaviyo_sync.business.sample_catalog import generate_catalog
+    from klaviyo_sync.business.sample_data import CATEGORIES, create_schema, generate
 
     folder = folder.resolve()
+    claim_folder(folder, force)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("This folder was made by `klaviyo-sync demo`, which may "
+                                 "delete and rebuild it.\n", encoding="utf-8")
     for name in ("state.db", "state.db-wal", "state.db-shm", "business.db", "outbox.jsonl",
                  "system.log", "system.log.1", "system.log.2.gz"):
         (folder / name).unlink(missing_ok=True)
@@ -79,6 +108,8 @@ def run_demo(folder: Path) -> DemoReport:
     create_schema(business, settings.business)
     sample = generate(business, settings.business, customers=DEMO_CUSTOMERS, orders=DEMO_ORDERS,
                       seed=7)
+    generate_catalog(business, settings.catalog, DEMO_PRODUCTS, CATEGORIES,
+                     utcnow().replace(microsecond=0))
     business.dispose()
     people = {str(c.id): _demo_customer(c) for c in sample.customers}
     signups = [(attempt.occurred_at, people.get(attempt.customer_id) or DemoCustomer(
@@ -91,6 +122,9 @@ def run_demo(folder: Path) -> DemoReport:
         app.ingestor.replay()
         tracker = app.order_tracker
         order_report = tracker.run_once() if tracker else None
+        catalog = app.catalog_sync
+        assert catalog is not None  # the demo's settings name its business database
+        catalog_report = catalog.run_once(full=True)
         app.runner.drain()
         reader = app.business_engine
         assert reader is not None  # the demo's settings name its business database
@@ -98,6 +132,8 @@ def run_demo(folder: Path) -> DemoReport:
         subscribed = _consent_pass(app)
         report = _report(folder, settings_path, log.files, log.lines, engine, order_report,
                          missed, settings)
+        report.catalog_sent = dict(catalog_report.sent)
+        report.catalog_requests = sum(catalog_report.requests.values())
         report.subscribed.update(subscribed)
         return report
 

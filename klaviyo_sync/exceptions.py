@@ -33,6 +33,15 @@ class SchemaOutdatedError(StateError):
     """The state database needs `klaviyo-sync db upgrade`."""
 
 
+class StateMissingError(StateError):
+    """A read-only command found no state database where state.url points (it creates none)."""
+
+
+class NotStateDatabaseError(StateError):
+    """state.url points at a database that klaviyo-sync did not make (a business DB, a file
+    that is not SQLite): nothing is created in it and no upgrade is suggested."""
+
+
 class ParseError(KlaviyoSyncError):
     """A log line of a synced event type could not be turned into an event."""
 

@@ -13,10 +13,11 @@ unique ids are deterministic per order and event (``order:<id>:placed``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from klaviyo_sync.business.orders import Order, OrderState
+from klaviyo_sync.business.orders import Order, OrderItem, OrderState
 from klaviyo_sync.queue.models import NewEvent
 
 PLACED_ORDER = "Placed Order"
@@ -28,6 +29,43 @@ METRICS = {
     OrderState.REFUNDED: "Refunded Order",
 }
 SOURCE = "order"
+#: Klaviyo's custom catalog id prefix: a product in an event names its catalog item.
+CATALOG_ID_PREFIX = "$custom:::$default:::"
+
+
+class CatalogLink(Protocol):
+    """What an event needs of a product to point at its catalog item."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def sku(self) -> str | None: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def image_url(self) -> str | None: ...
+
+
+Links = Mapping[str, CatalogLink]
+
+
+def link_properties(item: OrderItem, links: Links | None) -> dict[str, Any]:
+    """The properties Klaviyo's product blocks read, for a line whose product is known:
+    the catalog item id, URL and image (and name/SKU when the line lacks them)."""
+    product = links.get(item.product_id) if links and item.product_id else None
+    if product is None:
+        return {}
+    found: dict[str, Any] = {"CatalogItemID": CATALOG_ID_PREFIX + product.id,
+                             "ProductURL": product.url}
+    if product.image_url:
+        found["ImageURL"] = product.image_url
+    if not item.name:
+        found["ProductName"] = product.name
+    if not item.sku and product.sku:
+        found["SKU"] = product.sku
+    return found
 
 
 def unique_id(order_id: str, state: OrderState) -> str:
@@ -44,8 +82,9 @@ def _money(amount: float) -> float:
     return round(amount, 6)
 
 
-def order_properties(order: Order) -> dict[str, Any]:
-    """The properties every order-level event of ``order`` carries."""
+def order_properties(order: Order, links: Links | None = None) -> dict[str, Any]:
+    """The properties every order-level event of ``order`` carries; ``links`` (products by
+    id) adds each known product's catalog id, URL and image to its line."""
     items = []
     names = []
     categories: set[str] = set()
@@ -56,6 +95,7 @@ def order_properties(order: Order) -> dict[str, Any]:
             "Quantity": item.quantity, "ItemPrice": item.price,
             "RowTotal": _money(item.price * item.quantity),
             "Categories": [item.category] if item.category else [],
+            **link_properties(item, links),
         })
         if item.name:
             names.append(item.name)
@@ -85,8 +125,10 @@ class OrderEventBuilder:
             backfill=occurred_at < self.backfill_before,
         )
 
-    def ordered_products(self, order: Order, email: str | None) -> list[NewEvent]:
-        """One Ordered Product per line, at the order's creation time."""
+    def ordered_products(self, order: Order, email: str | None,
+                         links: Links | None = None) -> list[NewEvent]:
+        """One Ordered Product per line, at the order's creation time; a product found in
+        ``links`` carries its catalog id, URL and image."""
         at = order.created_at
         backfill = at < self.backfill_before
         currency = order.currency or self.default_currency
@@ -98,7 +140,8 @@ class OrderEventBuilder:
                             "ProductName": item.name, "Quantity": item.quantity,
                             "ItemPrice": item.price,
                             "RowTotal": _money(item.price * item.quantity),
-                            "Categories": [item.category] if item.category else []},
+                            "Categories": [item.category] if item.category else [],
+                            **link_properties(item, links)},
                 customer_id=order.customer_id, email=email,
                 value=_money(item.price * item.quantity), value_currency=currency,
                 backfill=backfill,

@@ -46,6 +46,7 @@ from klaviyo_sync.business.orders import (
 )
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
+from klaviyo_sync.exceptions import BusinessDataError
 from klaviyo_sync.queue.drivers import insert_ignoring_duplicates, write_transaction
 from klaviyo_sync.queue.models import NewEvent
 from klaviyo_sync.queue.store import QueueStore
@@ -58,6 +59,12 @@ _SENT_COLUMN = {OrderState.PLACED: "placed_at", OrderState.CANCELLED: "cancelled
                 OrderState.FULFILLED: "fulfilled_at", OrderState.REFUNDED: "refunded_at"}
 #: order_sync ids per SELECT (under SQLite's bound-parameter limit).
 _KNOWN_CHUNK = 5000
+
+
+class ProductLookup(Protocol):
+    """What the tracker needs of the products reader: products by id, for event links."""
+
+    def lookup(self, product_ids: Any) -> dict[str, Any]: ...
 
 
 class CustomerObserver(Protocol):
@@ -112,7 +119,7 @@ class OrderTracker:
 
     def __init__(self, settings: Settings, state_engine: Engine, reader: OrderReader,
                  customers: CustomerDirectory, observer: CustomerObserver | None = None,
-                 text_times: bool = False) -> None:
+                 text_times: bool = False, products: ProductLookup | None = None) -> None:
         self.settings = settings
         self.state_engine = state_engine
         self.reader = reader
@@ -121,6 +128,8 @@ class OrderTracker:
         self.queue = QueueStore(state_engine)
         self._states = status_map(settings.orders)
         self._text_times = text_times  # the business driver returns timestamps as text
+        self.products = products
+        self._links_broken = False
 
     def run_once(self, stop: threading.Event | None = None, now: datetime | None = None
                  ) -> OrdersReport:
@@ -199,13 +208,14 @@ class OrderTracker:
                              previous=record.last_status, status=order.status)
             plans.append((order, state, emit, record))
         who = self._lookup_customers(plans)
+        links = self._links(plans)
         events: list[NewEvent] = []
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         for order, _state, emit, record in plans:
             customer = who.get(order.customer_id) if order.customer_id else None
             times = self._build(order, emit, customer.email if customer else None, builder,
-                                events)
+                                events, links)
             row = self._sync_row(order, record, times, now)
             if record is None:
                 inserts.append(row)
@@ -230,11 +240,12 @@ class OrderTracker:
 
     @staticmethod
     def _build(order: Order, emit: list[OrderState], email: str | None,
-               builder: OrderEventBuilder, out: list[NewEvent]) -> dict[OrderState, datetime]:
+               builder: OrderEventBuilder, out: list[NewEvent],
+               links: dict[str, Any] | None = None) -> dict[OrderState, datetime]:
         times: dict[OrderState, datetime] = {}
         if not emit:
             return times
-        properties = order_properties(order)
+        properties = order_properties(order, links)
         for state in emit:
             # A transition is never dated before the placement: the events of one order
             # keep their order in Klaviyo even if the business clock disagrees.
@@ -242,7 +253,7 @@ class OrderTracker:
                   else max(order.updated_at, order.created_at))
             out.append(builder.order_event(order, state, at, properties, email))
             if state is OrderState.PLACED:
-                out.extend(builder.ordered_products(order, email))
+                out.extend(builder.ordered_products(order, email, links))
             times[state] = at
         return times
 
@@ -268,6 +279,23 @@ class OrderTracker:
                     record = SyncRecord.from_row(row)
                     found[record.order_id] = record
         return found
+
+    def _links(self, plans: Sequence[tuple[Order, OrderState, list[OrderState],
+                                            SyncRecord | None]]) -> dict[str, Any]:
+        """Products of the lines about to become events (empty without a products table)."""
+        if self.products is None or self._links_broken:
+            return {}
+        ids = {i.product_id for o, _s, emit, _r in plans if emit for i in o.items
+               if i.product_id}
+        if not ids:
+            return {}
+        try:
+            return self.products.lookup(ids)
+        except BusinessDataError as exc:
+            # Links are a nicety; the orders' events go without them.
+            log.warning("order_product_links_off", error=str(exc))
+            self._links_broken = True
+            return {}
 
     def _lookup_customers(self, plans: Sequence[tuple[Order, OrderState, list[OrderState],
                                                        SyncRecord | None]]

@@ -37,6 +37,8 @@ class AppContext:
             level = "debug" if self.verbose > 1 else self._settings.logging.level
             logconfig.configure(level, self._settings.logging.format,
                                 self._settings.logging.mask_emails)
+            logconfig.get_logger("klaviyo_sync.cli").info("settings_file",
+                                                          path=self._settings.source)
         return self._settings
 
     @property
@@ -46,9 +48,18 @@ class AppContext:
             self._parts = App(self.settings)
         return self._parts
 
-    def state_engine(self) -> Engine:
-        """The state database, created on first use, refused if its schema is outdated."""
-        return self.parts.state_engine
+    def reading(self) -> App:
+        """The parts for a read-only command: its state database must exist already."""
+        self.state_engine(read_only=True)
+        return self.parts
+
+    def state_engine(self, read_only: bool = False) -> Engine:
+        """The state database, refused if its schema is outdated or not ours. Created on
+        first use, except by a ``read_only`` command, which creates nothing: a missing
+        database is a StateMissingError (exit 3)."""
+        if self._parts is None:
+            self._parts = App(self.settings, read_only=read_only)
+        return self._parts.state_engine
 
     def close(self) -> None:
         if self._parts is not None:
@@ -100,6 +111,7 @@ def main() -> None:
 from klaviyo_sync.cli import (  # noqa: E402,F401
     admin,
     business,
+    catalog,
     consent,
     daemon,
     demo,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
+from typing import Any
 
 import click
 
@@ -15,23 +18,30 @@ def config_group() -> None:
 
 
 @config_group.command("check")
+@click.option("--connect", is_flag=True,
+              help="Also try the state and business databases, the log and Klaviyo "
+                   "(a read that spends nothing).")
 @pass_app
-def config_check(app: AppContext) -> None:
-    """Validate the settings file; exit 2 naming the key if anything is wrong."""
+def config_check(app: AppContext, connect: bool) -> None:
+    """Validate the settings as `run` would; exit 2 naming the key if anything is wrong."""
+    from klaviyo_sync import preflight
+
     settings = app.settings
-    problems = []
-    if settings.sender.kind == "klaviyo" and settings.klaviyo.auth == "api_key" \
-            and not settings.api_key():
-        problems.append(
-            f"no Klaviyo API key: set ${settings.klaviyo.api_key_env} or klaviyo.api_key_file"
-        )
+    problems = preflight.refusals(settings)
     for problem in problems:
-        click.echo(f"warning: {problem}", err=True)
+        click.echo(f"klaviyo-sync: error: {problem}", err=True)
+    failed = bool(problems)
+    if connect:
+        for result in preflight.connect_all(settings):
+            click.echo(f"{result.part}: {'ok' if result.ok else 'FAILED'}: {result.detail}")
+            failed = failed or not result.ok
+    if failed:
+        sys.exit(2)
     click.echo(f"{settings.source}: OK")
 
 
 @config_group.command("show")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML-like text.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
 @pass_app
 def config_show(app: AppContext, as_json: bool) -> None:
     """Print every setting in force, defaults included, credentials as ***."""
@@ -42,12 +52,42 @@ def config_show(app: AppContext, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     click.echo(f"# from {app.settings.source}")
-    for section, values in data.items():
-        if not isinstance(values, dict):
-            continue
-        click.echo(f"\n[{section}]")
-        for key, value in values.items():
-            click.echo(f"{key} = {json.dumps(value, default=str)}")
+    for line in _toml_lines(data, ""):
+        click.echo(line)
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    # A JSON string is a valid TOML basic string; booleans and numbers need TOML spelling.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _toml_lines(table: dict[str, Any], prefix: str) -> list[str]:
+    """A table as TOML: its plain keys first, then each sub-table under its own header.
+    Keys whose value is None (not set) become comments, as TOML has no null."""
+    lines = []
+    for key, value in table.items():
+        if value is None:
+            lines.append(f"# {_toml_key(key)} is not set")
+        elif not isinstance(value, dict):
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in table.items():
+        if isinstance(value, dict):
+            name = f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key)
+            lines += ["", f"[{name}]", *_toml_lines(value, name)]
+    return lines
 
 
 @cli.group("db")
@@ -79,7 +119,7 @@ def db_status(app: AppContext) -> None:
     from klaviyo_sync.app import connect_state
     from klaviyo_sync.state import db
 
-    engine = connect_state(app.settings)
+    engine = connect_state(app.settings, create=False)
     try:
         status = db.schema_status(engine)
     finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from klaviyo_sync.cli import AppContext, cli, pass_app
+from klaviyo_sync.cli.table import echo_table, truncate
 from klaviyo_sync.exceptions import ConfigError
 
 
@@ -57,17 +58,19 @@ def suppressions_list(app: AppContext, state: str | None, limit: int | None,
     """List suppressions, newest first."""
     from klaviyo_sync.business.suppression import SuppressionState, list_suppressions
 
-    rows = list_suppressions(app.state_engine(), SuppressionState(state) if state else None,
-                             limit)
-    for row in rows:
-        if as_json:
+    rows = list_suppressions(app.state_engine(read_only=True),
+                             SuppressionState(state) if state else None, limit)
+    if as_json:
+        for row in rows:
             click.echo(json.dumps(row.to_json()))
-            continue
-        sent = f"{row.sent_at:%Y-%m-%d %H:%M}" if row.sent_at else "-"
-        error = f"  {row.last_error[:80]}" if row.last_error else ""
-        click.echo(f"{row.created_at:%Y-%m-%d %H:%M}  {row.state.value:<13} {sent:<16}  "
-                   f"{row.reason:<14} {row.customer_id or '-':<10} {row.email}{error}")
-    if not as_json:
+        return
+    echo_table(("CREATED (UTC)", "STATE", "SENT (UTC)", "REASON", "CUSTOMER", "EMAIL",
+                "LAST ERROR"),
+               [(f"{r.created_at:%Y-%m-%d %H:%M}", r.state.value,
+                 f"{r.sent_at:%Y-%m-%d %H:%M}" if r.sent_at else "-", r.reason,
+                 r.customer_id or "-", r.email, truncate(r.last_error or "", 80))
+                for r in rows], empty="no suppressions")
+    if rows:
         click.echo(f"{len(rows)} suppression(s)", err=True)
 
 

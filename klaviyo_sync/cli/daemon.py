@@ -60,16 +60,20 @@ def status_cmd(app: AppContext, as_json: bool) -> None:
         settings = app.settings
         business = _business_engine(settings)
         try:
-            status = compute_status(settings, app.state_engine(), business=business)
+            status = compute_status(settings, app.state_engine(read_only=True),
+                                    business=business)
         finally:
             if business is not None:
                 business.dispose()
     except KlaviyoSyncError as exc:
+        # A missing or foreign state database, a bad setting: nothing is known (3),
+        # said on stdout for the monitor and on stderr for the person.
         check = "state_db" if isinstance(exc, StateError) else "settings"
         data = failing_status(f"{_LABELS[check]}: {exc}", health=Health.UNKNOWN,
                               check=check)
         click.echo(json.dumps(data) if as_json else
                    f"klaviyo-sync: unknown (decided by {check})\n  - {data['reasons'][0]}")
+        click.echo(f"klaviyo-sync: error: {exc}", err=True)
         sys.exit(Health.UNKNOWN.exit_code)
     data = status.to_json()
     click.echo(json.dumps(data, default=str) if as_json else _render(data))

@@ -17,7 +17,9 @@ from klaviyo_sync.cli import cli
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
               default=Path("klaviyo-sync-demo"), show_default=True,
               help="Folder for the sample log, databases, settings and outbox (recreated).")
-def demo(folder: Path) -> None:
+@click.option("--force", is_flag=True,
+              help="Rebuild the folder even if the demo did not make it.")
+def demo(folder: Path, force: bool) -> None:
     """Write a sample log and business database, ingest them, and dry-run the delivery.
 
     Nothing is sent to Klaviyo: the dry-run sender writes the exact request bodies it
@@ -27,7 +29,7 @@ def demo(folder: Path) -> None:
     from klaviyo_sync.demo import run_demo
 
     logconfig.configure("warning")
-    report = run_demo(folder)
+    report = run_demo(folder, force)
     cfg = report.settings_path
     click.echo(f"Demo folder: {report.folder}")
     click.echo(f"  sample log: {', '.join(p.name for p in report.log_files)} "
@@ -38,6 +40,10 @@ def demo(folder: Path) -> None:
         click.echo(f"  {count:>5}  {metric}")
     click.echo(f"  {report.rejects:>5}  malformed lines kept as rejects (`rejects list`)")
     click.echo(f"\nOrders pass: {report.order_events} order events enqueued")
+    sent = report.catalog_sent
+    click.echo(f"Catalog pass: {sent.get('category create', 0)} categories, "
+               f"{sent.get('item create', 0)} items and {sent.get('variant create', 0)} "
+               f"variants in {report.catalog_requests} bulk job bodies")
     click.echo(f"Dry-run send: {report.sent} events sent, {report.dead} dead-lettered, "
                f"{report.suppressed} emails suppressed")
     click.echo(f"  {report.outbox_requests} request bodies written to "
@@ -50,7 +56,7 @@ def demo(folder: Path) -> None:
     click.echo("\nTry next:")
     prog = _invoked_as()
     for command in ("status", "queue list --limit 10", "rejects list", "missed-signups",
-                    "audit"):
+                    "catalog failed", "audit"):
         click.echo(f"  {prog} --config {cfg} {command}")
 
 

@@ -6,10 +6,14 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, TextIO, cast
 
 import click
 
+from klaviyo_sync import logconfig
 from klaviyo_sync.cli import AppContext, cli, pass_app
+from klaviyo_sync.cli.table import echo_table, truncate
+from klaviyo_sync.config import Settings
 from klaviyo_sync.exceptions import LogSourceError
 from klaviyo_sync.parsers.ingest import Ingestor, IngestReport, Progress
 from klaviyo_sync.parsers.rejects import RejectStore
@@ -52,7 +56,7 @@ def replay_cmd(app: AppContext, backfill: bool, as_json: bool, progress: bool | 
     again. Events older than log.backfill_after_hours are marked backfill."""
     ingestor = _ingestor(app)
     show = sys.stderr.isatty() if progress is None else progress
-    with _progress_bar(show) as update:
+    with _progress_bar(show, app.settings) as update:
         report = ingestor.replay(backfill=backfill, progress=update)
     _print(report, as_json)
     if not report.files:
@@ -64,18 +68,47 @@ def replay_cmd(app: AppContext, backfill: bool, as_json: bool, progress: bool | 
                    err=True)
 
 
+class _AboveTheBar:
+    """A stream for log lines while a progress bar is drawn on the same terminal: each
+    line clears the bar's row first and the bar is drawn again under it, so neither
+    overwrites the other."""
+
+    def __init__(self, bar: Any, stream: TextIO) -> None:
+        self._bar = bar
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write("\r\x1b[K" + text)
+        if text.endswith("\n"):
+            self._bar.render_progress()
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
 @contextmanager
-def _progress_bar(show: bool) -> Iterator[Progress | None]:
+def _progress_bar(show: bool, settings: Settings) -> Iterator[Progress | None]:
     if not show:
         yield None
         return
+    log_settings = (settings.logging.level, settings.logging.format,
+                    settings.logging.mask_emails)
     with click.progressbar(length=1, label="replaying", file=sys.stderr,
                            show_pos=False, show_percent=True, show_eta=True) as bar:
         def update(done: int, total: int) -> None:
             bar.length = max(total, 1)
             bar.update(done - bar.pos)
 
-        yield update
+        logconfig.configure(*log_settings,
+                            stream=cast(TextIO, _AboveTheBar(bar, sys.stderr)))
+        try:
+            yield update
+        finally:
+            logconfig.configure(*log_settings)
 
 
 def _print(report: IngestReport, as_json: bool) -> None:
@@ -94,13 +127,15 @@ def rejects_group() -> None:
 @pass_app
 def rejects_list(app: AppContext, limit: int, offset: int, as_json: bool) -> None:
     """List rejected lines, newest first."""
-    for reject in RejectStore(app.state_engine()).list(limit, offset):
-        if as_json:
+    found = RejectStore(app.state_engine(read_only=True)).list(limit, offset)
+    if as_json:
+        for reject in found:
             click.echo(json.dumps(reject.to_json()))
-            continue
-        head = reject.text.replace("\r", "\\r")[:60]
-        click.echo(f"{reject.id:>6}  {reject.event_type or '-':<16} {reject.file}:{reject.offset}"
-                   f"  {reject.reason[:70]}  | {head}")
+        return
+    echo_table(("ID", "TYPE", "WHERE", "REASON", "LINE"),
+               [(str(r.id), r.event_type or "-", f"{r.file}:{r.offset}", truncate(r.reason, 70),
+                 truncate(r.text.replace("\r", "\\r").rstrip("\n"), 60)) for r in found],
+               empty="no rejected lines", right=(0,))
 
 
 @rejects_group.command("show")
@@ -108,5 +143,5 @@ def rejects_list(app: AppContext, limit: int, offset: int, as_json: bool) -> Non
 @pass_app
 def rejects_show(app: AppContext, reject_id: int) -> None:
     """Show one rejected line in full (as much of it as was kept), as JSON."""
-    reject = RejectStore(app.state_engine()).get(reject_id)
+    reject = RejectStore(app.state_engine(read_only=True)).get(reject_id)
     click.echo(json.dumps(reject.to_json(), indent=2))

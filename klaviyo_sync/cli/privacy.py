@@ -50,7 +50,7 @@ def forget(app: AppContext, email: str | None, customer_id: str | None, dry_run:
 def _list(app: AppContext, as_json: bool) -> None:
     from klaviyo_sync.privacy.forget import list_erasures
 
-    rows = list_erasures(app.state_engine())
+    rows = list_erasures(app.state_engine(read_only=True))
     if as_json:
         for row in rows:
             click.echo(json.dumps(row.to_json()))

@@ -7,6 +7,7 @@ import json
 import click
 
 from klaviyo_sync.cli import AppContext, cli, pass_app
+from klaviyo_sync.cli.table import echo_table, truncate
 from klaviyo_sync.config import parse_duration_s
 from klaviyo_sync.queue import EventState
 
@@ -28,16 +29,18 @@ def queue_group() -> None:
 def queue_list(app: AppContext, state: str | None, metric: str | None, limit: int,
                offset: int, as_json: bool) -> None:
     """List queued events, oldest first."""
-    store = app.parts.queue
+    store = app.reading().queue
     rows = store.list(EventState(state) if state else None, metric, limit, offset)
-    for event in rows:
-        if as_json:
+    if as_json:
+        for event in rows:
             click.echo(json.dumps(event.to_json(), default=str))
-        else:
-            error = f"  {event.last_error[:80]}" if event.last_error else ""
-            click.echo(f"{event.id:>8}  {event.state.value:<7} {event.attempts:>2}  "
-                       f"{event.occurred_at:%Y-%m-%d %H:%M:%S}  {event.metric:<18} "
-                       f"{event.customer_id or '-':<10} {event.email or '-'}{error}")
+        return
+    echo_table(("ID", "STATE", "ATTEMPTS", "OCCURRED (UTC)", "METRIC", "CUSTOMER", "EMAIL",
+                "LAST ERROR"),
+               [(str(e.id), e.state.value, str(e.attempts), f"{e.occurred_at:%Y-%m-%d %H:%M:%S}",
+                 e.metric, e.customer_id or "-", e.email or "-",
+                 truncate(e.last_error or "", 80)) for e in rows],
+               empty="no events", right=(0, 2))
 
 
 @queue_group.command("show")
@@ -45,7 +48,7 @@ def queue_list(app: AppContext, state: str | None, metric: str | None, limit: in
 @pass_app
 def queue_show(app: AppContext, event_id: int) -> None:
     """Show one event in full, as JSON."""
-    event = app.parts.queue.get(event_id)
+    event = app.reading().queue.get(event_id)
     click.echo(json.dumps(event.to_json(), indent=2, default=str))
 
 

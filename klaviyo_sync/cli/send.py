@@ -11,6 +11,7 @@ from types import FrameType
 import click
 
 from klaviyo_sync.cli import AppContext, cli, pass_app
+from klaviyo_sync.cli.table import echo_table
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import parse_duration_s
 
@@ -61,11 +62,13 @@ def audit(app: AppContext, since: str | None, limit: int, as_json: bool) -> None
             cutoff = utcnow() - timedelta(seconds=parse_duration_s(since))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--since") from None
-    for row in list_audit(app.state_engine(), cutoff, limit):
-        if as_json:
+    rows = list_audit(app.state_engine(read_only=True), cutoff, limit)
+    if as_json:
+        for row in rows:
             click.echo(json.dumps(row.to_json()))
-        else:
-            status = row.status_code if row.status_code is not None else "---"
-            codes = f"  {row.error_codes}" if row.error_codes else ""
-            click.echo(f"{row.at:%Y-%m-%d %H:%M:%S}  {row.method:<4} {row.endpoint:<44} "
-                       f"{row.items:>5}  {status}  {row.duration_ms:>8.1f} ms{codes}")
+        return
+    echo_table(("AT (UTC)", "METHOD", "ENDPOINT", "ITEMS", "STATUS", "MS", "ERRORS"),
+               [(f"{r.at:%Y-%m-%d %H:%M:%S}", r.method, r.endpoint, str(r.items),
+                 str(r.status_code) if r.status_code is not None else "---",
+                 f"{r.duration_ms:.1f}", str(r.error_codes or "")) for r in rows],
+               empty="no requests to Klaviyo", right=(3, 5))

@@ -409,13 +409,21 @@ def _iso_one(moment: datetime) -> str:
     return iso_utc(moment, to_second=True)
 
 
-def _iso(value: Any) -> Any:
+def _iso(value: Any, key: str = "") -> Any:
+    """Datetimes as ISO text with their offset; the times kept in the meta table as text
+    (naive UTC from older passes) get their offset too, so every time in `status --json`
+    says which zone it is in."""
     if isinstance(value, datetime):
         return _iso_one(value) if value.tzinfo is None else value.isoformat()
+    if isinstance(value, str) and (key.endswith("_at") or key == "at"):
+        try:
+            return _iso(datetime.fromisoformat(value))
+        except ValueError:
+            return value
     if isinstance(value, dict):
-        return {k: _iso(v) for k, v in value.items()}
+        return {k: _iso(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_iso(v) for v in value]
+        return [_iso(v, key) for v in value]
     return value
 
 

@@ -10,7 +10,8 @@ import ipaddress
 import json
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -37,9 +38,30 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(HTTPServer):
+    """Connections are served by a fixed pool of threads, not a thread each: a flood of
+    scrapes (or clients that connect and say nothing) cannot exhaust the process."""
+
+    # The kernel queues this many connections while the pool is busy (the default of 5
+    # made bursts of scrapers wait on SYN retransmits).
+    request_queue_size = 1024
     metrics: Metrics
+    pool: ThreadPoolExecutor
+    request_timeout_s: float
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("http_request_failed", client=str(client_address), exc_info=True)
 
 
 class _Server6(_Server):
@@ -49,6 +71,18 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "klaviyo-sync"
+    protocol_version = "HTTP/1.0"
+    _head_only = False
+
+    def setup(self) -> None:
+        # A client that stalls (sends nothing, or half a request) is dropped when the
+        # socket times out, instead of holding one of the pool's threads.
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout_s)
+
+    def do_HEAD(self) -> None:
+        self._head_only = True
+        self.do_GET()
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -77,16 +111,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if not self._head_only:
+            self.wfile.write(body)
+
+    def log_error(self, format: str, *args: Any) -> None:
+        log.debug("http_request_error", error=format % args)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http_request", request=format % args)
 
 
 class HealthServer:
-    """Serves /healthz and /metrics from a background thread."""
+    """Serves /healthz and /metrics from a background thread and a bounded pool."""
 
-    def __init__(self, listen: str, metrics: Metrics) -> None:
+    #: Threads answering requests; scrapes are quick, so a few suffice for any burst.
+    MAX_THREADS = 8
+    #: A request must arrive whole within this many seconds.
+    REQUEST_TIMEOUT_S = 10.0
+
+    def __init__(self, listen: str, metrics: Metrics,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         host, port = parse_listen(listen)
         try:
             server_class = _Server6 if ":" in host else _Server
@@ -95,6 +139,9 @@ class HealthServer:
             raise ConfigError(f"daemon.http_listen: cannot listen on {listen}: "
                               f"{exc.strerror}") from exc
         self._server.metrics = metrics
+        self._server.request_timeout_s = request_timeout_s
+        self._server.pool = ThreadPoolExecutor(self.MAX_THREADS,
+                                               thread_name_prefix="klaviyo-sync-http")
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="klaviyo-sync-http", daemon=True)
 
@@ -109,4 +156,5 @@ class HealthServer:
 
     def stop(self) -> None:
         self._server.shutdown()
+        self._server.pool.shutdown(wait=False, cancel_futures=True)
         self._server.server_close()

@@ -1,7 +1,7 @@
 """Job wrappers: run one pass, never let it take the daemon down, back off when it keeps failing.
 
-APScheduler calls a :class:`Job` on its trigger. The job decides by itself whether to run
-this time (:func:`should_run`): after ``n`` failures in a row it waits
+The interval loop (daemon/ticker.py) calls a :class:`Job`. The job decides by itself
+whether to run this time (:func:`should_run`): after ``n`` failures in a row it waits
 :func:`backoff_s` seconds from the last failure, doubling up to a cap, so a database that
 is down or a log that is missing costs one error line per back-off step instead of one
 every two seconds. The decisions are pure functions of the time and the job's record, so
@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from klaviyo_sync.clock import utcnow
+from klaviyo_sync.daemon.ticker import monotonic
 from klaviyo_sync.exceptions import KlaviyoSyncError
 from klaviyo_sync.logconfig import get_logger
 
@@ -54,6 +55,9 @@ class JobRecord:
     last_failed_at: datetime | None = None
     last_ok_at: datetime | None = None
     running_since: datetime | None = None
+    #: When the run in flight started, on the monotonic clock (hung-job detection must not
+    #: mistake a forward step of the wall clock for a run that lasted hours).
+    running_since_s: float | None = None
     runs: int = 0
 
     def retry_at(self, interval_s: float, max_s: float) -> datetime | None:
@@ -71,12 +75,12 @@ def should_run(record: JobRecord, now: datetime, interval_s: float, max_s: float
 
 def record_success(record: JobRecord, now: datetime) -> JobRecord:
     return replace(record, failures=0, last_error=None, last_ok_at=now, running_since=None,
-                   runs=record.runs + 1)
+                   running_since_s=None, runs=record.runs + 1)
 
 
 def record_failure(record: JobRecord, now: datetime, error: str) -> JobRecord:
     return replace(record, failures=record.failures + 1, last_error=error, last_failed_at=now,
-                   running_since=None, runs=record.runs + 1)
+                   running_since=None, running_since_s=None, runs=record.runs + 1)
 
 
 def stalled_for(job: Job, now_mono: float, min_s: float = 60.0) -> float | None:
@@ -86,16 +90,17 @@ def stalled_for(job: Job, now_mono: float, min_s: float = 60.0) -> float | None:
     return waited if waited > max(5 * job.interval_s, min_s) else None
 
 
-def hung_since(record: JobRecord, now: datetime, hung_after_s: float) -> float | None:
-    """Seconds a run has lasted if that is more than ``hung_after_s`` (0 disables)."""
-    if not hung_after_s or record.running_since is None:
+def hung_since(record: JobRecord, now_s: float, hung_after_s: float) -> float | None:
+    """Seconds a run has lasted (``now_s`` on the monotonic clock) if that is more than
+    ``hung_after_s`` (0 disables)."""
+    if not hung_after_s or record.running_since_s is None:
         return None
-    lasted = (now - record.running_since).total_seconds()
+    lasted = now_s - record.running_since_s
     return lasted if lasted > hung_after_s else None
 
 
 class Job:
-    """A pass as APScheduler runs it: one at a time, exceptions logged, backing off."""
+    """A pass as the interval loop runs it: one at a time, exceptions logged, backing off."""
 
     def __init__(self, name: str, func: PassFunc, interval_s: float, stop: threading.Event,
                  backoff_max_s: float = 300.0,
@@ -131,7 +136,7 @@ class Job:
                 return
             if not should_run(self.record, now, self.interval_s, self.backoff_max_s):
                 return
-            self.record = replace(self.record, running_since=now)
+            self.record = replace(self.record, running_since=now, running_since_s=monotonic())
             self._idle.clear()
         started = time.monotonic()
         try:

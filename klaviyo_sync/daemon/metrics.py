@@ -14,18 +14,32 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric, StateSetMetricFamily
 from prometheus_client.registry import Collector
 
+from klaviyo_sync import __version__
 from klaviyo_sync.business.order_tracker import OrdersReport
 from klaviyo_sync.daemon.health import Health, Status
 from klaviyo_sync.logconfig import get_logger
 from klaviyo_sync.parsers.report import IngestReport
+from klaviyo_sync.senders.runner import SendReport
 
 log = get_logger(__name__)
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Job durations reach further: an orders pass may take minutes, and the last bucket is
+#: the hung-job threshold, past which the watchdog has the daemon restarted.
+_JOB_BUCKETS = (*_LATENCY_BUCKETS, 300.0, 900.0, 1800.0)
+
+# A `_created` series per counter doubles what is scraped and no dashboard reads it.
+disable_created_metrics()
 
 
 class StatusBoard:
@@ -55,23 +69,37 @@ class StatusBoard:
 class Metrics:
     """Counters fed by the jobs, plus gauges read from a :class:`StatusBoard`."""
 
-    def __init__(self) -> None:
+    def __init__(self, hung_job_s: float = 3600.0) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        Info("klaviyo_sync_build", "The running version", registry=r).info(
+            {"version": __version__})
         self.lines_read = Counter("klaviyo_sync_log_lines_read", "Log lines read by the tailer",
                                   registry=r)
+        self.lines_rejected = Counter("klaviyo_sync_log_lines_rejected",
+                                      "Log lines of synced types kept as rejects", registry=r)
+        self.lines_skipped = Counter("klaviyo_sync_log_lines_skipped",
+                                     "Log lines of event types that are not synced", registry=r)
         self.events_enqueued = Counter("klaviyo_sync_events_enqueued",
                                        "Events added to the queue", ["source"], registry=r)
+        self.events_sent = Counter("klaviyo_sync_events_sent", "Events Klaviyo accepted",
+                                   registry=r)
+        self.events_dead = Counter("klaviyo_sync_events_dead_lettered",
+                                   "Events dead-lettered (refused, or out of attempts)",
+                                   registry=r)
+        self.suppressions_sent = Counter("klaviyo_sync_suppressions_sent",
+                                         "Email suppressions sent to Klaviyo", registry=r)
         self.requests = Counter("klaviyo_sync_klaviyo_requests",
-                                "Requests to Klaviyo by HTTP status code (none: no answer)",
-                                ["status_code"], registry=r)
+                                "Requests to Klaviyo by endpoint and HTTP status code "
+                                "(none: no answer)", ["endpoint", "status_code"], registry=r)
         self.request_seconds = Histogram("klaviyo_sync_klaviyo_request_duration_seconds",
                                          "Latency of requests to Klaviyo",
                                          buckets=_LATENCY_BUCKETS, registry=r)
         self.job_runs = Counter("klaviyo_sync_job_runs", "Job runs by outcome",
                                 ["job", "outcome"], registry=r)
+        buckets = sorted({b for b in _JOB_BUCKETS if b < hung_job_s} | {hung_job_s})
         self.job_seconds = Histogram("klaviyo_sync_job_duration_seconds", "Duration of job runs",
-                                     ["job"], buckets=_LATENCY_BUCKETS, registry=r)
+                                     ["job"], buckets=buckets, registry=r)
         self.board: StatusBoard | None = None
         r.register(_StatusCollector(self))
 
@@ -82,20 +110,27 @@ class Metrics:
         self.job_seconds.labels(job).observe(duration_s)
         if failed or result is None:
             return
-        # The tail pass reports an IngestReport, the orders pass an OrdersReport; the
-        # other passes add nothing to these counters.
+        # The tail pass reports an IngestReport, the orders pass an OrdersReport, the send
+        # and retry passes a SendReport; the other passes add nothing to these counters.
+        counts: tuple[tuple[Counter, int], ...] = ()
         if isinstance(result, IngestReport):
-            if result.lines_read:
-                self.lines_read.inc(result.lines_read)
-            if result.events_enqueued:
-                self.events_enqueued.labels("log").inc(result.events_enqueued)
-        elif isinstance(result, OrdersReport) and result.events_enqueued:
-            self.events_enqueued.labels("order").inc(result.events_enqueued)
+            counts = ((self.lines_read, result.lines_read),
+                      (self.lines_rejected, result.rejected),
+                      (self.lines_skipped, result.skipped),
+                      (self.events_enqueued.labels("log"), result.events_enqueued))
+        elif isinstance(result, OrdersReport):
+            counts = ((self.events_enqueued.labels("order"), result.events_enqueued),)
+        elif isinstance(result, SendReport):
+            counts = ((self.events_sent, result.sent), (self.events_dead, result.dead),
+                      (self.suppressions_sent, result.suppressed))
+        for counter, count in counts:
+            if count:
+                counter.inc(count)
 
-    def observe_requests(self, requests: Iterable[tuple[int | None, float]]) -> None:
-        """(status code or None, duration in ms) of requests made to Klaviyo."""
-        for status_code, duration_ms in requests:
-            self.requests.labels(str(status_code) if status_code else "none").inc()
+    def observe_requests(self, requests: Iterable[tuple[str, int | None, float]]) -> None:
+        """(endpoint, status code or None, duration in ms) of requests made to Klaviyo."""
+        for endpoint, status_code, duration_ms in requests:
+            self.requests.labels(endpoint, str(status_code) if status_code else "none").inc()
             self.request_seconds.observe(duration_ms / 1000)
 
 
@@ -131,8 +166,8 @@ class _StatusCollector(Collector):
         for state, count in status.queue.items():
             queue.add_metric([state], count)
         yield queue
-        yield _gauge("klaviyo_sync_health", "0 healthy, 1 degraded, 2 failing",
-                     status.health.exit_code)
+        yield StateSetMetricFamily("klaviyo_sync_health", "Health as `status` reports it",
+                                   {h.value: h is status.health for h in Health})
         yield _gauge("klaviyo_sync_oldest_due_age_seconds",
                      "Age of the oldest event due for delivery", status.oldest_due_age_s or 0)
         yield _gauge("klaviyo_sync_rejects", "Log lines kept as rejects", status.rejects)
@@ -142,7 +177,7 @@ class _StatusCollector(Collector):
         yield _gauge("klaviyo_sync_tail_offset_bytes", "Tail checkpoint offset",
                      status.tail.offset)
         if status.tail.bytes_behind is not None:
-            yield _gauge("klaviyo_sync_tail_bytes_behind", "Bytes of log not yet read",
+            yield _gauge("klaviyo_sync_tail_behind_bytes", "Bytes of log not yet read",
                          status.tail.bytes_behind)
         yield _gauge("klaviyo_sync_auth_refused", "1 while Klaviyo refuses our credentials",
                      1 if status.auth_failure else 0)

@@ -39,7 +39,7 @@ def has_due_retries(engine: Engine, now: Any = None) -> bool:
 
 
 class Pipeline:
-    """Tail, send, retry, orders and prune passes for one daemon process."""
+    """Tail, send, retry, orders, catalog and prune passes for one daemon process."""
 
     def __init__(self, settings: Settings, engine: Engine, worker_id: str) -> None:
         self.settings = settings
@@ -57,6 +57,9 @@ class Pipeline:
                                                      settings.daemon.tail_lock)
             self.orders_lock: RoleLock = app.role_lock(
                 "orders", _database_name(settings.business.url))
+            self.catalog_sync = app.catalog_sync
+            self.catalog_lock: RoleLock = app.role_lock(
+                "catalog", _database_name(settings.business.url))
         except BaseException:
             app.close()
             raise
@@ -127,23 +130,42 @@ class Pipeline:
             return None
         return self.optouts_pass.run_once(stop=stop)
 
+    @property
+    def has_catalog(self) -> bool:
+        return self.catalog_sync is not None
+
+    def catalog(self, stop: threading.Event) -> Any:
+        """Sync the products whose updated_at moved to Klaviyo's catalog (one daemon at a
+        time: the catalog role lock)."""
+        if self.catalog_sync is None or not self._holds(self.catalog_lock, "catalog"):
+            return None
+        return self.catalog_sync.run_once(full=False, stop=stop)
+
+    def catalog_all(self, stop: threading.Event) -> Any:
+        """The daily full catalog pass: every product, deletions of vanished ones included."""
+        if self.catalog_sync is None or not self._holds(self.catalog_lock, "catalog"):
+            return None
+        return self.catalog_sync.run_once(full=True, stop=stop)
+
     def prune(self, stop: threading.Event) -> Any:
         """Delete sent events and audit rows past their retention."""
         from klaviyo_sync.senders.runner import prune
 
         return prune(self.settings, self.engine)
 
-    def new_requests(self) -> list[tuple[int | None, float]]:
-        """(status code, duration ms) of requests this process made since the last call."""
+    def new_requests(self) -> list[tuple[str, int | None, float]]:
+        """(endpoint, status code, duration ms) of requests this process made since the
+        last call."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(audit.c.id, audit.c.status_code, audit.c.duration_ms)
+                sa.select(audit.c.id, audit.c.endpoint, audit.c.status_code,
+                          audit.c.duration_ms)
                 .where(audit.c.id > self._audit_after, audit.c.worker == self.worker_id)
                 .order_by(audit.c.id)
             ).fetchall()
         if rows:
             self._audit_after = rows[-1][0]
-        return [(code, float(ms)) for _, code, ms in rows]
+        return [(endpoint, code, float(ms)) for _, endpoint, code, ms in rows]
 
     def close(self) -> None:
         """Release the locks and the runner's connections (no pass may be in flight)."""

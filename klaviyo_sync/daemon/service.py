@@ -1,4 +1,4 @@
-"""`klaviyo-sync run`: the passes on an APScheduler schedule, signals, systemd, health.
+"""`klaviyo-sync run`: the passes on their intervals (monotonic), signals, systemd, health.
 
 A :class:`Daemon` lives as long as the process; each set of settings gets a
 :class:`Runtime` (engine, passes, scheduler, listener). SIGHUP loads the settings file
@@ -21,20 +21,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC
 from types import FrameType
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from apscheduler.executors.debug import DebugExecutor
-from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.app import connect_state
-from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
 from klaviyo_sync.daemon.health import (
     JUDGED_PASSES,
@@ -51,7 +47,13 @@ from klaviyo_sync.daemon.metrics import Metrics, StatusBoard
 from klaviyo_sync.daemon.passes import Pipeline
 from klaviyo_sync.daemon.statelock import one_daemon
 from klaviyo_sync.daemon.systemd import Notifier
-from klaviyo_sync.exceptions import ConfigError, SchemaOutdatedError, StateError
+from klaviyo_sync.daemon.ticker import IntervalLoop, monotonic
+from klaviyo_sync.exceptions import (
+    ConfigError,
+    NotStateDatabaseError,
+    SchemaOutdatedError,
+    StateError,
+)
 from klaviyo_sync.logconfig import get_logger
 from klaviyo_sync.state import db
 
@@ -73,14 +75,19 @@ class Passes(Protocol):
     @property
     def has_consent(self) -> bool: ...
 
+    @property
+    def has_catalog(self) -> bool: ...
+
     def tail(self, stop: threading.Event) -> Any: ...
     def send(self, stop: threading.Event) -> Any: ...
     def retry(self, stop: threading.Event) -> Any: ...
     def orders(self, stop: threading.Event) -> Any: ...
     def consent(self, stop: threading.Event) -> Any: ...
     def optouts(self, stop: threading.Event) -> Any: ...
+    def catalog(self, stop: threading.Event) -> Any: ...
+    def catalog_all(self, stop: threading.Event) -> Any: ...
     def prune(self, stop: threading.Event) -> Any: ...
-    def new_requests(self) -> list[tuple[int | None, float]]: ...
+    def new_requests(self) -> list[tuple[str, int | None, float]]: ...
     def close(self) -> None: ...
 
 
@@ -106,11 +113,11 @@ class Runtime:
         self.board = StatusBoard(self._compute_status,
                                  max_age_s=settings.daemon.status_interval_s)
         self.jobs: list[Job] = []
+        # Intervals run off the monotonic clock (daemon/ticker.py); APScheduler keeps only
+        # the daily prune, a time of day, which is a wall-clock notion.
+        self.loop = IntervalLoop(workers=8)
         self.scheduler = BackgroundScheduler(
-            timezone=UTC,
-            executors={"default": ThreadPoolExecutor(8), "loop": DebugExecutor()},
-            job_defaults={"coalesce": True, "max_instances": 1},
-        )
+            timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1})
         self.http: HealthServer | None = None
         if settings.daemon.http_listen:
             self.http = HealthServer(settings.daemon.http_listen, metrics)
@@ -118,7 +125,6 @@ class Runtime:
     def start(self) -> None:
         _quiet_apscheduler()
         sched = self.settings.schedule
-        now = datetime.now(UTC)
         p = self.passes
         every: dict[str, tuple[PassFunc, float]] = {
             "tail": (p.tail, sched.tail_s), "send": (p.send, sched.send_s),
@@ -128,35 +134,40 @@ class Runtime:
         if p.has_consent:
             every["consent"] = (p.consent, sched.consent_s)
             every["optouts"] = (p.optouts, sched.optouts_s)
+        if p.has_catalog:
+            every["catalog"] = (p.catalog, sched.catalog_changes_s)
         for name, (run, interval_s) in every.items():
-            job = self._job(name, run, interval_s)
-            self.scheduler.add_job(job, IntervalTrigger(seconds=interval_s), id=name, name=name,
-                                   next_run_time=now, misfire_grace_time=_grace(interval_s))
+            self.loop.add(name, self._job(name, run, interval_s), interval_s)
         prune = self._job("prune", self.passes.prune, _PRUNE_BACKOFF_BASE_S)
         self.scheduler.add_job(prune, CronTrigger.from_crontab(sched.prune_cron, timezone=UTC),
                                id="prune", name="prune", misfire_grace_time=3600)
+        if self.passes.has_catalog:
+            # The full pass, daily by default; the changes pass above runs in between.
+            full = self._job("catalog_all", self.passes.catalog_all, _PRUNE_BACKOFF_BASE_S)
+            self.scheduler.add_job(full, CronTrigger.from_crontab(sched.catalog_cron,
+                                                                  timezone=UTC),
+                                   id="catalog_all", name="catalog_all",
+                                   misfire_grace_time=3600)
         status_s = self.settings.daemon.status_interval_s
         status = self._job("status", self._publish_status, status_s, report=False)
-        self.scheduler.add_job(status, IntervalTrigger(seconds=status_s), id="status",
-                               name="status", misfire_grace_time=_grace(status_s))
+        self.loop.add("status", status, status_s, first_in_s=status_s)
         if self.notifier.watchdog_s:
-            # The watchdog runs IN the scheduler's own thread (DebugExecutor): if that loop
-            # hangs, the pings stop and systemd restarts us; a thread of its own would
-            # keep pinging a daemon that no longer does anything.
-            ping = IntervalTrigger(seconds=self.notifier.watchdog_s)
-            self.scheduler.add_job(self._watchdog, ping, id="watchdog", name="watchdog",
-                                   executor="loop", next_run_time=now,
-                                   misfire_grace_time=None)
+            # The watchdog runs IN the loop's own thread: if that loop hangs, the pings
+            # stop and systemd restarts us; a thread of its own would keep pinging a
+            # daemon that no longer does anything.
+            self.loop.add("watchdog", self._watchdog, self.notifier.watchdog_s, inline=True)
         self.metrics.board = self.board
         if self.http is not None:
             self.http.start()
         self.scheduler.start()
+        self.loop.start()
         log.info("daemon_started", jobs=sorted(j.name for j in self.jobs),
                  tail_s=sched.tail_s, send_s=sched.send_s, orders=self.passes.has_orders)
 
     def stop(self, grace_s: float) -> bool:
         """Stop starting passes, give those in flight ``grace_s`` to finish; True if they did."""
         self.stop_event.set()
+        self.loop.shutdown()
         self.scheduler.shutdown(wait=False)
         deadline = time.monotonic() + grace_s
         busy = [j.name for j in self.jobs if not j.wait_idle(max(0.0, deadline - time.monotonic()))]
@@ -214,7 +225,7 @@ class Runtime:
             log.debug("pass_record_not_saved", job=name, error=str(exc).splitlines()[0])
 
     def _watchdog(self) -> None:
-        now = utcnow()
+        now = monotonic()
         for job in self.jobs:
             lasted = hung_since(job.record, now, self.settings.daemon.hung_job_s)
             if lasted is not None:
@@ -236,7 +247,7 @@ class Daemon:
         self.load_settings = load_settings
         self.passes_factory = passes_factory
         self.worker_id = worker_id or default_worker_id()
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(settings.daemon.hung_job_s)
         self.runtime: Runtime | None = None
         #: True when a pass did not stop within the grace: the caller must not wait for it.
         self.abandoned_threads = False
@@ -311,8 +322,8 @@ class Daemon:
                 with exclusive(engine, "migrate", "state"):
                     db.ensure_schema(engine)
                 return engine
-            except SchemaOutdatedError:
-                engine.dispose()
+            except (SchemaOutdatedError, NotStateDatabaseError):
+                engine.dispose()  # waiting would not change it: say so and stop
                 raise
             except (StateError, sa.exc.OperationalError) as exc:
                 log.warning("state_database_waiting", error=str(exc).splitlines()[0],
@@ -365,10 +376,6 @@ class Daemon:
 
         handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop, signal.SIGHUP: on_reload}
         return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
-
-
-def _grace(interval_s: float) -> int:
-    return max(1, int(interval_s))
 
 
 def _quiet_apscheduler() -> None:

@@ -293,6 +293,12 @@ class Ingestor:
         # SQLite now, so do not hold a second copy until the commit.
         parsed.rows = []
         parsed.new_rejects = RejectStore.add(conn, parsed.rejects) if parsed.rejects else 0
+        for row in parsed.rejects:
+            # An operator watching the journal learns of a bad line when it happens, not
+            # only from `rejects list`; the line itself stays in the table (it may hold
+            # personal data the log line would spread).
+            log.warning("line_rejected", file=row["file"], offset=row["offset"],
+                        event_type=row["event_type"], reason=row["reason"][:300])
         if parsed.checkpoint is not None:
             checkpoint.save(conn, parsed.checkpoint)
 

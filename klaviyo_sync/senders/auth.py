@@ -6,12 +6,12 @@ transaction) before the access token that came with it is used; a crash after th
 loses nothing, a crash before it loses only an access token.
 
 The design promises that credentials never appear in the database in clear, so the stored
-token is sealed with a key derived from the OAuth client secret, which lives only in the
-environment (or a systemd credential), never in the database. With only the standard
-library available the seal is encrypt-then-MAC built from HMAC-SHA256: the keystream is
-HMAC(enc_key, nonce || counter) (HMAC as a PRF in counter mode) XORed with the token,
-then HMAC(mac_key, version || nonce || ciphertext) authenticates it. A stolen database
-(or backup) without the client secret reveals nothing, and a tampered value is refused.
+token is sealed with AES-256-GCM (the `cryptography` package) under a key derived with
+HKDF-SHA256 from the OAuth client secret, which lives only in the environment (or a
+systemd credential), never in the database: the client secret is the key source. A stolen
+database (or backup) without the client secret reveals nothing, and a tampered value is
+refused. A token sealed by version 0.1.0 (an HMAC-SHA256 keystream) is still opened,
+once, and sealed again the new way.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import requests
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.exceptions import AuthError, ConfigError, RetryableSendError
@@ -34,7 +38,10 @@ from klaviyo_sync.state import meta
 
 log = get_logger(__name__)
 
-_VERSION = b"ks1"
+_VERSION = "ks2"
+_LEGACY_VERSION = b"ks1"
+#: Bound into every seal, so a ciphertext made for another purpose is refused.
+_AAD = b"klaviyo-sync oauth refresh token"
 #: Refresh this long before the access token expires, so no request meets an expired one.
 REFRESH_MARGIN_S = 120.0
 
@@ -69,39 +76,56 @@ class ApiKeyAuth:
 
 
 class TokenSeal:
-    """Encrypts and authenticates a token with keys derived from a secret (see module doc)."""
+    """Encrypts and authenticates a token with a key derived from a secret (see module doc)."""
 
     def __init__(self, secret: str) -> None:
+        self.key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                        info=b"klaviyo-sync token seal v2").derive(secret.encode())
+        self._aead = AESGCM(self.key)
+        # The origin fingerprint (and the old seal) use keys derived as before, so a
+        # stored record keeps matching the configured token across the upgrade.
         root = hashlib.sha256(b"klaviyo-sync token seal|" + secret.encode()).digest()
-        self._enc = hmac.new(root, b"encrypt", hashlib.sha256).digest()
+        self._legacy_enc = hmac.new(root, b"encrypt", hashlib.sha256).digest()
         self._mac = hmac.new(root, b"authenticate", hashlib.sha256).digest()
 
-    def _keystream(self, nonce: bytes, length: int) -> bytes:
-        blocks = (length + 31) // 32
-        return b"".join(hmac.new(self._enc, nonce + i.to_bytes(8, "big"), hashlib.sha256)
-                        .digest() for i in range(blocks))[:length]
-
     def seal(self, plaintext: str) -> str:
-        data = plaintext.encode()
-        nonce = secrets.token_bytes(16)
-        ct = bytes(a ^ b for a, b in zip(data, self._keystream(nonce, len(data)), strict=True))
-        tag = hmac.new(self._mac, _VERSION + nonce + ct, hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(_VERSION + nonce + ct + tag).decode()
+        nonce = secrets.token_bytes(12)
+        ct = self._aead.encrypt(nonce, plaintext.encode(), _AAD)
+        return f"{_VERSION}:" + base64.urlsafe_b64encode(nonce + ct).decode()
 
     def open(self, sealed: str) -> str | None:
         """The plaintext, or None if the value was sealed with another secret or altered."""
+        version, sep, body = sealed.partition(":")
+        if not sep:
+            return self._open_legacy(sealed)
+        if version != _VERSION:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(body.encode())
+            return self._aead.decrypt(raw[:12], raw[12:], _AAD).decode()
+        except (ValueError, InvalidTag):
+            return None
+
+    @staticmethod
+    def is_legacy(sealed: str) -> bool:
+        """True for a value sealed before 0.1.1, which should be sealed again."""
+        return ":" not in sealed
+
+    def _open_legacy(self, sealed: str) -> str | None:
         try:
             raw = base64.urlsafe_b64decode(sealed.encode())
         except ValueError:
             return None
-        if len(raw) < 3 + 16 + 32 or not raw.startswith(_VERSION):
+        if len(raw) < 3 + 16 + 32 or not raw.startswith(_LEGACY_VERSION):
             return None
         nonce, ct, tag = raw[3:19], raw[19:-32], raw[-32:]
-        want = hmac.new(self._mac, _VERSION + nonce + ct, hashlib.sha256).digest()
+        want = hmac.new(self._mac, _LEGACY_VERSION + nonce + ct, hashlib.sha256).digest()
         if not hmac.compare_digest(tag, want):
             return None
-        return bytes(a ^ b for a, b in zip(ct, self._keystream(nonce, len(ct)),
-                                           strict=True)).decode()
+        stream = b"".join(hmac.new(self._legacy_enc, nonce + i.to_bytes(8, "big"),
+                                   hashlib.sha256).digest()
+                          for i in range((len(ct) + 31) // 32))
+        return bytes(a ^ b for a, b in zip(ct, stream, strict=False)).decode()
 
     def fingerprint(self, value: str) -> str:
         """A keyed hash: tells whether the configured token changed, without storing it."""
@@ -147,11 +171,15 @@ class OAuthAuth:
             return self._configured
         if record.get("origin") != self.seal.fingerprint(self._configured):
             return self._configured
-        token = self.seal.open(str(record.get("token", "")))
+        sealed = str(record.get("token", ""))
+        token = self.seal.open(sealed)
         if token is None:
             log.warning("oauth_stored_token_unreadable",
                         reason="sealed with another client secret or altered")
             return self._configured
+        if self.seal.is_legacy(sealed):
+            self._persist(token)
+            log.info("oauth_stored_token_resealed", cipher="AES-256-GCM")
         return token
 
     def _persist(self, refresh_token: str) -> None:

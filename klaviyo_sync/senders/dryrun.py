@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from klaviyo_sync.exceptions import ConfigError
+from klaviyo_sync.private_files import create_private
 from klaviyo_sync.senders import payloads
 from klaviyo_sync.senders.audit import AuditLog
 from klaviyo_sync.senders.base import DeliveryReport, OutgoingEvent
 from klaviyo_sync.senders.batching import DEFAULT_CAPS, BatchCaps
+from klaviyo_sync.senders.catalog import CatalogAction, CatalogKind, JobAnswer, job_body, job_path
 from klaviyo_sync.senders.consent import (
     SUBSCRIBE,
     KlaviyoConsent,
@@ -40,12 +42,17 @@ class DryRunSender:
         self.caps = caps
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(self.path)
             self._file = self.path.open("ab")
         except OSError as exc:
             raise ConfigError(f"sender.outbox: cannot write {self.path}: {exc.strerror}"
                               ) from exc
         self._lock = threading.Lock()
         self.requests = 0
+
+    def write(self, path: str, body: dict[str, Any] | bytes, items: int) -> None:
+        """Append one request (POST ``path`` with ``body``) to the outbox, fsync'd."""
+        self._write(path, body, items)
 
     def _write(self, path: str, body: dict[str, Any] | bytes, items: int) -> None:
         raw = body if isinstance(body, bytes) else payloads.encode(body)
@@ -127,3 +134,26 @@ class DryRunConsentApi:
 
     def list_opt_in(self, list_id: str) -> str | None:
         return "unknown"  # cannot be read: the list is taken to exist
+class DryRunCatalog:
+    """The catalog API's dry-run counterpart: each job's exact body goes to the outbox.
+
+    A job "completes" at once with no errors, and Klaviyo is taken to hold nothing, so a
+    catalog pass under the dry-run sender records what it would have sent.
+    """
+
+    def __init__(self, sender: DryRunSender) -> None:
+        self.sender = sender
+        self.jobs = 0
+
+    def post_job(self, kind: CatalogKind, action: CatalogAction,
+                 resources: Sequence[dict[str, Any]]) -> str:
+        self.sender.write(job_path(kind, action), job_body(kind, action, resources),
+                          len(resources))
+        self.jobs += 1
+        return f"dry-run-{self.jobs}"
+
+    def get_job(self, kind: CatalogKind, action: CatalogAction, job_id: str) -> JobAnswer:
+        return JobAnswer(job_id=job_id, status="complete", total=0, completed=0, failed=0)
+
+    def existing(self, kind: CatalogKind, external_ids: Iterable[str]) -> set[str]:
+        return set()

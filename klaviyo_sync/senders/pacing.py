@@ -41,8 +41,19 @@ PUBLISHED: dict[str, Limit] = {
     "GET /api/lists": Limit(75, 750),
     "GET /api/events": Limit(350, 3500),
     "GET /api/metrics": Limit(10, 150),
+    "GET /api/catalog-items": Limit(350, 3500),
+    "GET /api/catalog-variants": Limit(350, 3500),
+    "GET /api/catalog-categories": Limit(350, 3500),
     "POST /api/data-privacy-deletion-jobs": Limit(3, 60),
 }
+# Catalog bulk jobs: every create/update/delete job of categories, items and variants is
+# 75/s, 750/min; reading a job back is the same, except delete jobs' (350/s, 3500/min).
+for _kind in ("item", "variant", "category"):
+    for _action in ("create", "update", "delete"):
+        _path = f"/api/catalog-{_kind}-bulk-{_action}-jobs"
+        PUBLISHED[f"POST {_path}"] = Limit(75, 750)
+        PUBLISHED[f"GET {_path}/{{job_id}}"] = (
+            Limit(350, 3500) if _action == "delete" else Limit(75, 750))
 
 
 class _Window:

@@ -22,7 +22,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
-from klaviyo_sync.exceptions import SchemaOutdatedError, StateError
+from klaviyo_sync.exceptions import (
+    NotStateDatabaseError,
+    SchemaOutdatedError,
+    StateError,
+    StateMissingError,
+)
+from klaviyo_sync.private_files import create_private
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -43,8 +49,14 @@ def _sqlite_path(url: sa.URL) -> Path | None:
     return Path(url.database)
 
 
-def create_engine(url: str, busy_timeout_s: float = 30.0, **kwargs: Any) -> Engine:
-    """An engine for the state database; creates a SQLite file's folder if need be."""
+_NOT_OURS = "not a klaviyo-sync state database: check state.url"
+
+
+def create_engine(url: str, busy_timeout_s: float = 30.0, *, create: bool = True,
+                  **kwargs: Any) -> Engine:
+    """An engine for the state database; creates a SQLite file (0600) and its folder if
+    need be, unless ``create`` is False (read-only commands), when a missing file is a
+    :class:`StateMissingError`."""
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError as exc:
@@ -53,7 +65,13 @@ def create_engine(url: str, busy_timeout_s: float = 30.0, **kwargs: Any) -> Engi
         parsed = parsed.set(drivername="postgresql+psycopg")
     path = _sqlite_path(parsed)
     if path is not None:
-        _prepare_sqlite_dir(path)
+        if create:
+            _prepare_sqlite_dir(path)
+        elif not path.is_file():
+            raise StateMissingError(
+                f"the state database {path} does not exist (state.url): nothing has run with "
+                "these settings yet, or they point at the wrong place"
+            )
         engine = sa.create_engine(
             parsed, connect_args={"timeout": busy_timeout_s, "isolation_level": None}, **kwargs
         )
@@ -78,6 +96,11 @@ def _prepare_sqlite_dir(path: Path) -> None:
     target = path if path.exists() else folder
     if not os.access(target, os.W_OK):
         raise StateError(f"state.url: {target} is not writable by this user")
+    try:
+        # SQLite gives the -wal and -shm files the database file's mode: 0600 for all.
+        create_private(path)
+    except OSError as exc:
+        raise StateError(f"state.url: cannot create {path}: {exc.strerror}") from exc
 
 
 def _install_sqlite_pragmas(engine: Engine, busy_timeout_s: float) -> None:
@@ -142,6 +165,8 @@ def schema_status(engine: Engine) -> SchemaStatus:
             current = MigrationContext.configure(conn).get_current_revision()
     except sa.exc.OperationalError as exc:
         raise StateError(f"state database unreachable: {_short(exc)}") from exc
+    except sa.exc.DatabaseError as exc:  # SQLite: "file is not a database"
+        raise NotStateDatabaseError(f"{_NOT_OURS} ({_short(exc)})") from exc
     return SchemaStatus(current=current, head=head)
 
 
@@ -154,27 +179,39 @@ def upgrade(engine: Engine, revision: str = "head") -> SchemaStatus:
     return schema_status(engine)
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Create a brand-new database on first use; refuse to run on an outdated one."""
+def ensure_schema(engine: Engine, create: bool = True) -> None:
+    """Create a brand-new database on first use (unless ``create`` is False); refuse a
+    database of another schema version, or one that is not ours."""
     status = schema_status(engine)
     if status.up_to_date:
         return
     if status.current is None:
         with engine.connect() as conn:
             has_tables = bool(sa.inspect(conn).get_table_names())
-        if not has_tables:
-            upgrade(engine)
-            return
+        if has_tables:
+            raise NotStateDatabaseError(f"{_NOT_OURS} (it has tables but no klaviyo-sync "
+                                        "schema version)")
+        if not create:
+            raise StateMissingError("the state database is empty (state.url): nothing has "
+                                    "run with these settings yet")
+        upgrade(engine)
+        return
     raise SchemaOutdatedError(
         f"the state database is at schema {status.current or 'none'}, this version needs "
         f"{status.head}: run `klaviyo-sync db upgrade` (back the database up first)"
     )
 
 
-def open_state(url: str, busy_timeout_s: float = 30.0, **kwargs: Any) -> Engine:
-    """Engine + schema check: what every command that touches the state calls."""
-    engine = create_engine(url, busy_timeout_s, **kwargs)
-    ensure_schema(engine)
+def open_state(url: str, busy_timeout_s: float = 30.0, *, create: bool = True,
+               **kwargs: Any) -> Engine:
+    """Engine + schema check: what every command that touches the state calls. With
+    ``create`` False (read-only commands) nothing is created: no file, folder or schema."""
+    engine = create_engine(url, busy_timeout_s, create=create, **kwargs)
+    try:
+        ensure_schema(engine, create=create)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 

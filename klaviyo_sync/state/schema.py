@@ -1,5 +1,5 @@
-"""Tables of the state database: queue, checkpoints, rejects, orders, suppressions, consent,
-audit.
+"""Tables of the state database: queue, checkpoints, rejects, orders, catalog, suppressions,
+consent, audit.
 
 The Alembic migrations in ``state/migrations`` create exactly these; a test compares the
 two so that neither drifts. Times are stored as naive UTC (SQLite has no time zone type;
@@ -220,6 +220,44 @@ meta = Table(
     Column("name", String(128), primary_key=True),
     Column("value", Text(), nullable=False),
     Column("updated_at", DateTime(), nullable=False),
+)
+
+#: Per catalog object (category, item, variant): what Klaviyo holds as far as we know.
+catalog_sync = Table(
+    "catalog_sync",
+    metadata,
+    Column("kind", String(16), primary_key=True),  # CatalogKind
+    Column("external_id", String(128), primary_key=True),
+    # sha256 of the attributes Klaviyo holds (None: not in Klaviyo, or unknown).
+    Column("digest", String(64)),
+    Column("in_klaviyo", Boolean(), nullable=False, default=False),
+    # Only objects this program created are ever deleted.
+    Column("created_by_us", Boolean(), nullable=False, default=False),
+    Column("state", String(16), nullable=False),  # SyncState
+    Column("job_id", BigInteger()),  # the catalog_jobs row in flight for it
+    Column("last_error", Text()),  # Klaviyo's detail when it refused the object
+    Column("updated_at", DateTime(), nullable=False),
+    Index("ix_catalog_sync_state", "state"),
+)
+
+#: One row per catalog bulk job: recorded before its POST, so none is ever left unread.
+catalog_jobs = Table(
+    "catalog_jobs",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # CatalogKind
+    Column("action", String(16), nullable=False),  # CatalogAction
+    Column("status", String(16), nullable=False),  # JobStatus
+    Column("klaviyo_job_id", String(64)),
+    # [[external_id, digest], ...] in the order of the request body.
+    Column("items", JSON(), nullable=False),
+    Column("total", Integer(), nullable=False, default=0),
+    Column("failed", Integer(), nullable=False, default=0),
+    Column("error", Text()),
+    Column("created_at", DateTime(), nullable=False),
+    Column("posted_at", DateTime()),
+    Column("read_back_at", DateTime()),
+    Index("ix_catalog_jobs_status", "status"),
 )
 
 #: How many bytes of a rejected line are stored (a 5 MB line keeps its head and length).

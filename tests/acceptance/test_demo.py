@@ -62,6 +62,21 @@ def test_demo_ingests_every_event_line_and_dry_runs_them_all(tmp_path: Path) -> 
     assert all(j["custom_source"] == "klaviyo-sync" and j["profiles"]["data"] for j in jobs)
     assert "Consent pass:" in result.stdout
 
+    # The catalog went out too, and the products in order events are the catalog's.
+    items = [resource for request in bodies
+             if request["path"] == "/api/catalog-item-bulk-create-jobs"
+             for resource in request["body"]["data"]["attributes"]["items"]["data"]]
+    assert len(items) == 200 and items[0]["attributes"]["external_id"] == "1"
+    assert "Catalog pass: 5 categories, 200 items" in result.stdout
+    linked = [e["attributes"]["properties"] for request in bodies
+              if request["body"]["data"]["type"] == "event-bulk-create-job"
+              for group in request["body"]["data"]["attributes"]["events-bulk-create"]["data"]
+              for e in group["attributes"]["events"]["data"]
+              if e["attributes"]["metric"]["data"]["attributes"]["name"] == "Ordered Product"]
+    assert linked and all(p["CatalogItemID"] == f"$custom:::$default:::{p['ProductID']}"
+                          and p["ProductURL"].endswith(f"/item/{p['ProductID']}")
+                          for p in linked)
+
 
 def test_demo_folder_then_works_with_every_command(tmp_path: Path) -> None:
     folder = tmp_path / "demo"
@@ -77,3 +92,26 @@ def test_demo_folder_then_works_with_every_command(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout
+
+
+def test_demo_refuses_a_folder_it_did_not_make_unless_forced(tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "settings.toml").write_text("# my own settings\n")
+    (folder / "state.db").write_bytes(b"precious")
+
+    def demo(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "klaviyo_sync", "demo", "--dir",
+                               str(folder), *extra], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+
+    refused = demo()
+    assert refused.returncode == 2, refused.stderr
+    assert "--force" in refused.stderr and "did not make" in refused.stderr
+    assert (folder / "settings.toml").read_text() == "# my own settings\n"
+    assert (folder / "state.db").read_bytes() == b"precious"
+    forced = demo("--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "Written by `klaviyo-sync demo`" in (folder / "settings.toml").read_text()
+    again = demo()  # a folder the demo made is its own to rebuild
+    assert again.returncode == 0, again.stderr

@@ -112,7 +112,8 @@ def test_an_unwritable_state_directory_exits_3_with_a_clear_message(
     cfg = settings(tmp_path, log, state=f"sqlite:///{readonly_dir / 'state.db'}")
     result = run(cfg, "parse")
     assert result.returncode == 3, result.stderr
-    assert result.stderr.strip() == (
+    # The last line is the error; before it, the log line naming the settings file.
+    assert result.stderr.strip().splitlines()[-1] == (
         f"klaviyo-sync: error: state.url: {readonly_dir} is not writable by this user")
 
 
@@ -126,3 +127,39 @@ def test_a_state_directory_that_cannot_be_created_exits_3(tmp_path: Path) -> Non
     assert result.returncode == 3
     assert f"cannot create the state directory {blocker}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_log_lines_during_a_replay_do_not_overwrite_the_progress_bar(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    log = tmp_path / "system.log"
+    log.write_bytes(b"".join(
+        good(i) + f'2024-03-01 08:00:02 cancelled customer="unterminated {i}\n'.encode()
+        for i in range(4)))
+    cfg = settings(tmp_path, log)
+    cfg.write_text(cfg.read_text() + "[logging]\nlevel = \"warning\"\nformat = \"console\"\n")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "klaviyo_sync", "--config", str(cfg),
+                             "replay", "--progress"], stdout=subprocess.DEVNULL,
+                            stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(60) == 0
+    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    warned = [line for line in text.split("\n") if "line_rejected" in line]
+    assert warned, text
+    for line in warned:
+        assert "replaying" not in line.rsplit("\r", 1)[-1], repr(line)
+    assert "replaying" in text

@@ -438,3 +438,16 @@ def test_rename_between_planning_and_reading_loses_nothing(
     queued = queued_ids(engine)
     assert len(queued) == len(set(queued))
     assert set(queued) == {line_unique_id(line) for line in lines}
+
+
+def test_a_rejected_line_is_logged_as_a_warning_as_well_as_stored(
+        setup: tuple[sa.Engine, Path]) -> None:
+    engine, live = setup
+    live.write_bytes(event_line(1) + b"2024-03-01 08:00:02 cancelled customer=\"unterminated\n")
+    with capture_logs() as logs:
+        report = make_ingestor(engine, live).run_once()
+    assert report.rejected == 1 and RejectStore(engine).count() == 1
+    (warning,) = [e for e in logs if e["event"] == "line_rejected"]
+    assert warning["log_level"] == "warning"
+    assert warning["file"] == str(live) and warning["offset"] == len(event_line(1))
+    assert warning["event_type"] == "cancelled" and warning["reason"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -159,12 +158,13 @@ def test_finish_runs_last_in_every_transaction_before_its_commit() -> None:
 
 def test_a_lone_item_is_committed_as_soon_as_the_writer_is_closed() -> None:
     db = FakeDatabase()
+    # The transaction may stay open an hour: close() waiting for that would hang the test
+    # (and trip pytest's timeout) rather than be measured against a stopwatch.
     writer: OrderedWriter[int, None] = OrderedWriter(db.begin, lambda conn, n: conn.append(n),
-                                                     lambda n, r: None, max_open_s=30)
-    started = time.monotonic()
+                                                     lambda n, r: None, max_open_s=3600)
     writer.submit(1)
     writer.close()
-    assert db.committed == [1] and time.monotonic() - started < 5
+    assert db.committed == [1]
 
 
 def test_writer_stops_at_the_first_error_and_rolls_its_transaction_back() -> None:

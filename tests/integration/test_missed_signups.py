@@ -105,7 +105,7 @@ def test_cli_writes_the_known_answer_in_all_three_formats(tmp_path: Path) -> Non
     printed = CliRunner().invoke(cli, ["--config", str(config), "missed-signups",
                                        "--format", "json"])
     assert printed.exit_code == 0
-    assert '"customer_id"' in printed.output
+    assert '"customer_id"' in printed.stdout
 
 
 def test_window_limits_the_attempts(tmp_path: Path) -> None:

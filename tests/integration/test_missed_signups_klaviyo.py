@@ -57,7 +57,7 @@ def test_checkouts_from_klaviyo_and_profile_flags(
                                       "--include-klaviyo", "--since", since,
                                       "--format", "json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output[result.output.index("["):])
+    rows = json.loads(result.stdout[result.stdout.index("["):])
     by_id = {r["customer_id"]: r for r in rows}
     for customer in quiet:
         assert by_id[customer.id]["sources"] == ["klaviyo"]
@@ -111,4 +111,4 @@ def test_an_older_since_than_the_history_is_flagged(tmp_path: Path) -> None:
     quiet = CliRunner().invoke(cli, ["--config", str(config), "missed-signups",
                                      "--since", recent, "--format", "csv"])
     assert quiet.exit_code == 0 and "note:" not in quiet.output
-    assert quiet.output.splitlines()[0].startswith("customer_id,email,name")
+    assert quiet.stdout.splitlines()[0].startswith("customer_id,email,name")

@@ -16,7 +16,7 @@ from tests.integration.shop import Shop
 def run(config: Path, *args: str) -> dict:
     result = CliRunner().invoke(cli, ["--config", str(config), "orders", "--json", *args])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_orders_pass_and_reread_after_fixing_a_status_mapping(tmp_path: Path) -> None:

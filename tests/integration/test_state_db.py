@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,32 @@ def test_state_directory_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StateError, match="cannot create the state directory"):
         db.create_engine(f"sqlite:///{blocker / 'sub' / 'state.db'}")
+
+
+@pytest.fixture(params=[0o000, 0o022])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def test_a_new_sqlite_state_file_and_its_journal_are_private(tmp_path: Path,
+                                                             umask: int) -> None:
+    path = tmp_path / "state" / "state.db"
+    engine = db.open_state(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO meta (name, value, updated_at) "
+                             "VALUES ('k', 'v', '2026-01-01')"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(f"{path}-wal").stat().st_mode) == 0o600
+    engine.dispose()
+
+
+def test_the_dry_run_outbox_is_created_private(tmp_path: Path, umask: int) -> None:
+    from klaviyo_sync.senders.dryrun import DryRunSender
+
+    sender = DryRunSender(tmp_path / "out" / "outbox.jsonl")
+    sender.close()
+    assert stat.S_IMODE((tmp_path / "out" / "outbox.jsonl").stat().st_mode) == 0o600

@@ -30,7 +30,7 @@ def setup(tmp_path: Path, state_engine: sa.Engine, state_url: str) -> tuple[Path
 
 def status(config: Path, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["--config", str(config), "status", *args])
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 def enqueue(engine: sa.Engine, n: int, age: timedelta) -> None:
@@ -165,3 +165,32 @@ def test_status_creates_no_business_file(setup: tuple[Path, sa.Engine], tmp_path
     code, out = status(config, "--json")
     assert json.loads(out)["decided_by"] == "business_db" and code == 2
     assert not shop.exists()
+
+
+def test_every_timestamp_in_status_json_carries_its_offset(
+        setup: tuple[Path, sa.Engine]) -> None:
+    from datetime import datetime
+
+    config, engine = setup
+    enqueue(engine, 1, timedelta(seconds=10))
+    naive = utcnow().replace(microsecond=0).isoformat()  # as the passes have written them
+    meta.put(engine, meta.LAST_TAIL_AT, naive)
+    meta.put(engine, meta.LAST_ORDERS_PASS_AT, naive)
+    meta.put_json(engine, meta.AUTH_FAILURE, {"at": naive, "status": 401, "detail": "no"})
+    _code, out = status(config, "--json")
+    stamps: list[tuple[str, str]] = []
+
+    def collect(value: object, key: str = "") -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                collect(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                collect(v, key)
+        elif isinstance(value, str) and (key.endswith("_at") or key == "at"):
+            stamps.append((key, value))
+
+    collect(json.loads(out))
+    assert {k for k, _ in stamps} >= {"checked_at", "last_tail_at", "last_orders_pass_at", "at"}
+    for key, value in stamps:
+        assert datetime.fromisoformat(value).utcoffset() is not None, (key, value)

@@ -170,7 +170,7 @@ def test_suppressions_list_command(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--config", str(config), "suppressions", "list",
                                       "--json"])
     assert result.exit_code == 0, result.output
-    listed = [json.loads(line) for line in result.output.splitlines()]
+    listed = [json.loads(line) for line in result.stdout.splitlines()]
     assert {(r["email"], r["state"], r["reason"]) for r in listed} == {
         ("c1@example.com", "pending", "status:Dead"), ("c2@example.com", "pending",
                                                        "not_opted_in")}

@@ -31,7 +31,10 @@ header required; bodies ``application/vnd.api+json``):
     ``POST /api/profile-suppression-bulk-create-jobs`` and ``...-bulk-delete-jobs`` (<= 100
     emails; 202 "queued"; ``GET .../<id>`` says "complete"), ``GET /api/metrics``,
     ``GET /api/events`` (see :mod:`tests.klaviyo_standin.reads`), ``POST /oauth/token``
-    (refresh-token grant, rotates the refresh token). Unknown path 404, wrong method 405.
+    (refresh-token grant, rotates the refresh token), the catalog's bulk jobs and lists
+    (see :mod:`tests.klaviyo_standin.catalog`; ``s.catalog`` holds what it has, and
+    ``s.catalog.refuse(kind, external_id, detail)`` injects a per-object error). Unknown
+    path 404, wrong method 405.
 
 Errors are JSON:API (``errors[].code/title/detail/source.pointer``). In a refused bulk
 request the pointer starts with the offending event's, e.g.

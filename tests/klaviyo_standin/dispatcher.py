@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tests.klaviyo_standin import clock, endpoints, optouts, privacy, reads, subscriptions
+from tests.klaviyo_standin import catalog, clock, endpoints, optouts, privacy, reads, subscriptions
 from tests.klaviyo_standin.faults import Moment
 from tests.klaviyo_standin.jsonapi import Call, Reply, error
 from tests.klaviyo_standin.limits import Verdict
@@ -57,6 +57,7 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, tuple[str, Handler, int]]]] = [
 for _jobs in ("profile-bulk-import-jobs", "profile-suppression-bulk-create-jobs",
               "profile-suppression-bulk-delete-jobs"):
     ROUTES.append((re.compile(f"/api/{_jobs}{_JOB}"), {"GET": ("jobs", endpoints.get_job, 0)}))
+ROUTES += catalog.routes(MB)
 
 
 

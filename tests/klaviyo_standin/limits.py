@@ -13,6 +13,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tests.klaviyo_standin.catalog import LIMITS as CATALOG_LIMITS
+
 BURST_WINDOW_S = 1.0
 STEADY_WINDOW_S = 60.0
 
@@ -34,6 +36,7 @@ DEFAULT_LIMITS: dict[str, tuple[int, int]] = {
     "get_lists": (75, 750),
     "list_members_add": (10, 150),
     "privacy_deletion": (3, 60),
+    **CATALOG_LIMITS,
 }
 
 

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.klaviyo_standin import clock
 from tests.klaviyo_standin.account import Account, RecordedEvent, RequestRecord
+from tests.klaviyo_standin.catalog import CatalogState
 from tests.klaviyo_standin.consent_view import ConsentRecords
 from tests.klaviyo_standin.dispatcher import MB, STATS_PATH, Dispatcher
 from tests.klaviyo_standin.faults import Faults
@@ -149,6 +150,7 @@ class KlaviyoStandIn(ConsentRecords):
         self.bulk_refuses_known_unique_ids = bulk_refuses_known_unique_ids
         self.report_all_errors = report_all_errors
         self.account = Account(seed)
+        self.catalog = CatalogState()  # categories, items, variants and their jobs
         self.internal_errors: list[str] = []  # tracebacks of stand-in bugs (answered 500)
         self._dispatcher = Dispatcher(self)
         self._address = (host, port)

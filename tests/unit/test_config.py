@@ -58,6 +58,11 @@ def write(tmp_path: Path, text: str) -> Path:
     ("[log]\nformat = 'regex'\npattern = '(?P<time>x)'\n", "missing event"),
     ("[sender]\nbatch_max_events = 5000\n", "sender.batch_max_events: must be between 1 and 1000"),
     ("[sender]\nsent_retention = 'forever'\n", "sender.sent_retention: not a duration"),
+    ("[catalog]\nbatch_size = 500\n", "catalog.batch_size: must be between 1 and 100"),
+    ("[catalog]\nurl_template = 'https://x/item'\n", "catalog.url_template: must contain {id}"),
+    ("[catalog.columns]\nproduct_url = ''\n", "catalog.url_template: required when"),
+    ("[catalog.columns]\nproduct_sku = ''\n", "catalog.columns.product_sku: not a plain SQL"),
+    ("[schedule]\ncatalog_cron = 'daily'\n", "schedule.catalog_cron: expected 5 cron fields"),
     ("[state]\nurl = 'mysql://x'\n", "state.url: must be a sqlite:/// or postgresql:// URL"),
     ("[orders]\nplaced_statuses = ['x']\ncancelled_statuses = ['x']\n", "also in orders.placed"),
     ("[log\n", "not valid TOML"),
@@ -105,3 +110,32 @@ def test_redacted_hides_url_passwords() -> None:
                                                ("250ms", 0.25), ("15m", 900)])
 def test_parse_duration(text: str, seconds: float) -> None:
     assert config.parse_duration_s(text) == seconds
+
+
+def test_a_url_that_does_not_parse_is_masked_whole() -> None:
+    shown = config.from_mapping(
+        {"business": {"url": "mysql+pymysql://root:p@ss:w/rd@127.0.0.1:3306/test"}}
+    ).redacted()
+    assert "ss:w" not in shown["business"]["url"] and "rd@" not in shown["business"]["url"]
+    assert shown["business"]["url"].startswith("mysql+pymysql://")
+
+
+@pytest.mark.parametrize(("section", "key", "given", "expected"), [
+    ("sender", "lease_s", "10m", 600.0),
+    ("sender", "lease_s", 45, 45.0),
+    ("schedule", "tail_s", "500ms", 0.5),
+    ("daemon", "hung_job_s", "1h", 3600.0),
+    ("status", "degraded_backlog_age_s", "15m", 900.0),
+    ("log", "backfill_after_hours", "90m", 1.5),
+    ("sender", "sent_retention", 86400, "86400"),
+    ("sender", "audit_retention", "90d", "90d"),
+])
+def test_every_duration_takes_a_number_of_seconds_or_a_unit(
+        section: str, key: str, given: object, expected: object) -> None:
+    settings = config.from_mapping({section: {key: given}})
+    assert getattr(getattr(settings, section), key) == expected
+
+
+def test_a_duration_that_does_not_parse_names_its_key() -> None:
+    with pytest.raises(ConfigError, match=r"sender\.lease_s: not a duration: 'soon'"):
+        config.from_mapping({"sender": {"lease_s": "soon"}})

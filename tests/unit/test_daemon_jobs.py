@@ -57,11 +57,11 @@ def test_one_failure_does_not_delay_the_next_regular_run() -> None:
 
 
 def test_a_run_is_hung_only_past_the_threshold() -> None:
-    record = JobRecord(running_since=T0)
-    assert hung_since(record, T0 + timedelta(seconds=59), 60.0) is None
-    assert hung_since(record, T0 + timedelta(seconds=61), 60.0) == 61.0
-    assert hung_since(record, T0 + timedelta(hours=5), 0) is None  # 0 disables the check
-    assert hung_since(JobRecord(), T0 + timedelta(hours=5), 60.0) is None
+    record = JobRecord(running_since=T0, running_since_s=1000.0)  # monotonic seconds
+    assert hung_since(record, 1059.0, 60.0) is None
+    assert hung_since(record, 1061.0, 60.0) == 61.0
+    assert hung_since(record, 1000.0 + 5 * 3600, 0) is None  # 0 disables the check
+    assert hung_since(JobRecord(), 1000.0 + 5 * 3600, 60.0) is None
 
 
 def test_the_prune_cron_fires_daily_at_the_set_hour_in_utc() -> None:

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,15 @@ class FakePasses:
 
     has_orders = True
     has_consent = True
+    has_catalog = True
 
     def __init__(self) -> None:
         self.runs: dict[str, int] = {}
         self.behaviour: dict[str, Any] = {}
         self.closed = False
         self.ran = threading.Condition()
-        self.requests: list[tuple[int | None, float]] = [(202, 35.0), (429, 5.0)]
+        self.requests: list[tuple[str, int | None, float]] = [
+            ("POST /api/events", 202, 35.0), ("POST /api/events", 429, 5.0)]
 
     def _run(self, name: str, stop: threading.Event) -> Any:
         with self.ran:
@@ -64,10 +67,16 @@ class FakePasses:
     def optouts(self, stop: threading.Event) -> Any:
         return self._run("optouts", stop)
 
+    def catalog(self, stop: threading.Event) -> Any:
+        return self._run("catalog", stop)
+
+    def catalog_all(self, stop: threading.Event) -> Any:
+        return self._run("catalog_all", stop)
+
     def prune(self, stop: threading.Event) -> Any:
         return self._run("prune", stop)
 
-    def new_requests(self) -> list[tuple[int | None, float]]:
+    def new_requests(self) -> list[tuple[str, int | None, float]]:
         requests, self.requests = self.requests, []
         return requests
 
@@ -142,8 +151,8 @@ def test_a_raising_job_does_not_stop_the_others(tmp_path: Path, engine: sa.Engin
     assert passes.closed
     assert metrics.job_runs.labels("tail", "error")._value.get() >= 3
     assert metrics.job_runs.labels("send", "ok")._value.get() >= 3
-    assert metrics.requests.labels("202")._value.get() == 1
-    assert metrics.requests.labels("429")._value.get() == 1
+    assert metrics.requests.labels("POST /api/events", "202")._value.get() == 1
+    assert metrics.requests.labels("POST /api/events", "429")._value.get() == 1
 
 
 def test_stop_lets_the_pass_in_flight_finish_its_batch(tmp_path: Path,
@@ -294,6 +303,27 @@ def test_the_daemon_waits_for_the_state_database_before_ready(
     assert codes == [0] and daemon.runtime is None
 
 
+def test_the_catalog_changes_pass_runs_on_its_interval_and_the_full_pass_on_its_cron(
+        tmp_path: Path, engine: sa.Engine) -> None:
+    passes = FakePasses()
+    settings = config.from_mapping({
+        "state": {"url": f"sqlite:///{tmp_path / 'state.db'}"},
+        "log": {"path": str(tmp_path / "system.log")},
+        "schedule": {"tail_s": 5.0, "send_s": 5.0, "orders_s": 5.0, "retry_s": 5.0,
+                     "catalog_changes_s": 0.1, "catalog_cron": "15 2 * * *"},
+    })
+    runtime = Runtime(settings, engine, passes, Notifier(None), Metrics())
+    runtime.start()
+    try:
+        assert passes.wait_for("catalog", 3)
+        full = runtime.scheduler.get_job("catalog_all")
+        assert full is not None and "catalog_all" not in passes.runs
+        fire = full.trigger.get_next_fire_time(None, datetime(2026, 3, 1, 5, 0, tzinfo=UTC))
+        assert fire == datetime(2026, 3, 2, 2, 15, tzinfo=UTC)
+    finally:
+        assert runtime.stop(5)
+
+
 def test_a_pass_that_keeps_failing_is_recorded_and_makes_health_fail(
         tmp_path: Path, engine: sa.Engine) -> None:
     from klaviyo_sync.daemon.health import Health, compute_status
@@ -334,12 +364,66 @@ def test_a_scheduler_that_stops_calling_the_jobs_is_failing(tmp_path: Path,
     try:
         assert passes.wait_for("tail", 2)
         assert runtime.board.refresh().health is Health.HEALTHY
-        runtime.scheduler.pause()  # frozen: nothing calls the jobs any more
+        runtime.loop.shutdown()  # frozen: nothing calls the jobs any more
         for job in runtime.jobs:  # as if it had been frozen for two minutes
             job.last_called_mono -= 120
         status = runtime.board.refresh()
         assert status.health is Health.FAILING and status.decided_by == "scheduler"
         assert "tail" in status.reasons[0]
     finally:
-        runtime.scheduler.resume()
         assert runtime.stop(5)
+
+
+# The interval loop reads the monotonic clock in this module; the ignore list keeps
+# freezegun from faking it there, so only the wall clock is stepped.
+_MONOTONIC_MODULES = ["klaviyo_sync.daemon.ticker"]
+
+
+def test_a_backward_wall_clock_step_does_not_freeze_the_jobs(
+        tmp_path: Path, engine: sa.Engine) -> None:
+    from freezegun import freeze_time
+
+    passes = FakePasses()
+    runtime = Runtime(fast_settings(tmp_path), engine, passes, Notifier(None), Metrics())
+    with freeze_time("2026-06-01 12:00:00", tick=True, ignore=_MONOTONIC_MODULES) as wall:
+        runtime.start()
+        try:
+            assert passes.wait_for("tail", 2)
+            wall.move_to("2026-06-01 11:00:00")  # an NTP step back by an hour
+            after_step = passes.runs["tail"]
+            assert passes.wait_for("tail", after_step + 5), "the jobs froze after the step"
+            assert passes.wait_for("send", passes.runs["send"] + 3)
+        finally:
+            assert runtime.stop(5)
+
+
+def test_a_forward_wall_clock_step_does_not_make_a_running_job_look_hung(
+        tmp_path: Path, engine: sa.Engine, receiver: tuple[str, socket.socket]) -> None:
+    from freezegun import freeze_time
+
+    path, sock = receiver
+    passes = FakePasses()
+    started, release = threading.Event(), threading.Event()
+
+    def long_orders(_stop: threading.Event) -> None:
+        started.set()
+        release.wait(30)
+
+    passes.behaviour["orders"] = long_orders
+    notifier = Notifier(path, watchdog_s=0.1)
+    runtime = Runtime(fast_settings(tmp_path, hung_job_s=600.0), engine, passes, notifier,
+                      Metrics())
+    with freeze_time("2026-06-01 12:00:00", tick=True, ignore=_MONOTONIC_MODULES) as wall:
+        runtime.start()
+        try:
+            assert started.wait(10)
+            wall.move_to("2026-06-01 14:00:00")  # two hours on the wall, none in truth
+            with capture_logs() as logs:
+                seen = messages_until(sock, "WATCHDOG=1")
+                seen += messages_until(sock, "WATCHDOG=1")
+            assert not [e for e in logs if e["event"] == "job_hung"], logs
+            assert "WATCHDOG=1" in seen[-1]
+        finally:
+            release.set()
+            runtime.stop(5)
+            notifier.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,10 +88,9 @@ def test_a_manager_that_stops_reading_never_stalls_the_daemon(
         receiver: tuple[str, socket.socket]) -> None:
     path, _sock = receiver  # never read: its queue fills up
     notifier = Notifier(path)
-    started = time.monotonic()
+    # A blocking send would hang here (pytest's timeout catches it): no stopwatch needed.
     with capture_logs() as logs:
         sent = [notifier.watchdog() for _ in range(5000)]
     notifier.close()
-    assert time.monotonic() - started < 5
     assert sent[0] and not sent[-1]  # the first went through, the overflow was dropped
     assert [e["event"] for e in logs] == ["notify_failed"]

@@ -122,3 +122,47 @@ def test_a_new_configured_token_wins_over_a_stored_one(engine: sa.Engine) -> Non
     auth = oauth(engine, fake, [0.0], initial="fresh-install")
     assert auth.authorization().startswith("Bearer at-")
     assert fake.grants[-1] == "fresh-install"
+
+
+def legacy_seal(secret: str, plaintext: str) -> str:
+    """A token sealed as versions before 0.1.1 did (HMAC-SHA256 keystream, then a MAC)."""
+    import base64
+    import hashlib
+    import hmac
+
+    root = hashlib.sha256(b"klaviyo-sync token seal|" + secret.encode()).digest()
+    enc = hmac.new(root, b"encrypt", hashlib.sha256).digest()
+    mac = hmac.new(root, b"authenticate", hashlib.sha256).digest()
+    nonce, data = b"\x01" * 16, plaintext.encode()
+    stream = b"".join(hmac.new(enc, nonce + i.to_bytes(8, "big"), hashlib.sha256).digest()
+                      for i in range((len(data) + 31) // 32))
+    ct = bytes(a ^ b for a, b in zip(data, stream, strict=False))
+    tag = hmac.new(mac, b"ks1" + nonce + ct, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(b"ks1" + nonce + ct + tag).decode()
+
+
+def test_the_seal_is_aes_gcm_under_a_key_derived_from_the_client_secret() -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    seal = TokenSeal("secret-a")
+    sealed = seal.seal("refresh-token-value")
+    version, _, body = sealed.partition(":")
+    assert version == "ks2"
+    import base64
+
+    raw = base64.urlsafe_b64decode(body)
+    nonce, ct = raw[:12], raw[12:]
+    assert AESGCM(seal.key).decrypt(nonce, ct, b"klaviyo-sync oauth refresh token") \
+        == b"refresh-token-value"
+
+
+def test_a_token_sealed_the_old_way_is_read_once_and_sealed_again(engine: sa.Engine) -> None:
+    fake = FakeTokenEndpoint("rt-7")
+    auth = oauth(engine, fake, [0.0])
+    meta.put_json(engine, meta.OAUTH_REFRESH_TOKEN, {
+        "origin": auth.seal.fingerprint("rt-0"), "token": legacy_seal("s3cret", "rt-7")})
+    assert auth.stored_refresh_token() == "rt-7"
+    record = meta.get_json(engine, meta.OAUTH_REFRESH_TOKEN)
+    assert isinstance(record, dict) and str(record["token"]).startswith("ks2:")
+    assert auth.stored_refresh_token() == "rt-7"
+    assert auth.authorization() == "Bearer at-1" and fake.grants == ["rt-7"]

@@ -1,0 +1,1 @@
+"""The catalog pass: Klaviyo's catalog kept equal to the business database's products."""
