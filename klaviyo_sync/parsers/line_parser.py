@@ -80,6 +80,8 @@ class LineParser:
         if record is None:
             return None
         event_type, when, fields = record
+        if b"\x00" in line or b"\\u0000" in line:  # raw, or escaped in a JSON string
+            _refuse_nul(fields, event_type)
         occurred_at = self._occurred_at(when, event_type, now)
         return self.mapping.entry_fields(
             stripped_line_id(line), event_type, occurred_at, fields, self.timezone, len(line)
@@ -163,6 +165,24 @@ class LineParser:
             self._clock_read_at = now_s
             self._clock_latest = utcnow() + LATEST_AHEAD
         return self._clock_latest
+
+
+def _refuse_nul(fields: Mapping[str, Any], event_type: str) -> None:
+    """ParseError naming the first field holding a NUL character: PostgreSQL cannot store
+    one in text and Klaviyo would not show it, so the line is a reject on every backend."""
+    for key, value in fields.items():
+        if "\x00" in key or _holds_nul(value):
+            raise ParseError(f"{key!r}: holds a NUL character", event_type)
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _json_tokens(synced: list[str]) -> set[bytes]:

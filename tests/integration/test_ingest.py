@@ -438,3 +438,20 @@ def test_rename_between_planning_and_reading_loses_nothing(
     queued = queued_ids(engine)
     assert len(queued) == len(set(queued))
     assert set(queued) == {line_unique_id(line) for line in lines}
+
+
+def test_a_nul_character_is_a_reject_and_ingest_goes_on(setup: tuple) -> None:
+    """PostgreSQL refuses NUL in text: the line must be refused before, on every backend."""
+    engine, live = setup
+    nul_customer = b"2024-03-01 08:00:01 cancelled customer=10\x0004\n"
+    nul_email = b"2024-03-01 08:00:02 started.signup customer=1 email=a\x00@example.com\n"
+    before, after = event_line(1), event_line(2)
+    live.write_bytes(before + nul_customer + nul_email + after)
+    ingestor = make_ingestor(engine, live)
+    report = ingestor.run_once()
+    assert report.rejected == 2 and report.events_enqueued == 2
+    assert sorted(queued_ids(engine)) == sorted([line_unique_id(before), line_unique_id(after)])
+    rejects = RejectStore(engine).list()
+    assert {r.raw for r in rejects} == {nul_customer.rstrip(b"\n"), nul_email.rstrip(b"\n")}
+    assert all("NUL" in r.reason for r in rejects)
+    assert ingestor.run_once().lines_read == 0  # not stuck on the line

@@ -1,0 +1,37 @@
+"""Odd input that must be a reject with its reason, never a stall or a crash."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+
+from klaviyo_sync.config import KNOWN_EVENT_TYPES, LogSettings
+from klaviyo_sync.exceptions import ParseError
+from klaviyo_sync.parsers import LineParser
+
+EVENTS = {name: name for name in KNOWN_EVENT_TYPES}
+NOW = datetime(2030, 1, 1)
+
+
+def parser(fmt: str = "kv", timezone: str = "UTC") -> LineParser:
+    return LineParser(LogSettings(format=fmt, timezone=timezone), EVENTS)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"2020-05-15 12:35:32 cancelled customer=10\x0004",
+        b"2020-05-15 12:35:32 started.signup customer=1 email=a\x00@example.com",
+        b"2020-05-15 12:35:32 cancelled customer=1 reason=\"mov\x00ing\"",
+        b'{"time": "2020-05-15 12:35:32", "event": "cancelled", "customer": "1\\u0000"}',
+        b'{"time": "2020-05-15 12:35:32", "event": "cancelled", "customer": 1,'
+        b' "note": {"deep": ["x\\u0000"]}}',
+    ],
+)
+def test_a_nul_character_in_any_field_is_a_parse_error(line: bytes) -> None:
+    fmt = "jsonl" if line.startswith(b"{") else "kv"
+    with pytest.raises(ParseError, match="NUL") as caught:
+        parser(fmt).parse(line, now=NOW)
+    assert caught.value.event_type in EVENTS
