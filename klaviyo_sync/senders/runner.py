@@ -227,7 +227,7 @@ class Runner:
             _put_meta(self.engine, meta.AUTH_FAILURE, json.dumps({
                 "at": utcnow().isoformat() + "+00:00",
                 "status": int(status.group(1)) if status else None,
-                "detail": result.auth_error[:500]}))
+                "detail": result.auth_error[:500]}, allow_nan=False))
             log.error("klaviyo_auth_refused", error=result.auth_error[:300],
                       action="sending stopped; events kept; fix the credentials")
             halt.set()

@@ -7,6 +7,7 @@ a killed process, which is the crash the design promises to survive.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ def create_engine(url: str, busy_timeout_s: float = 30.0, **kwargs: Any) -> Engi
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError as exc:
         raise StateError(f"state.url: not a database URL: {exc}") from exc
+    # JSON columns: NaN and Infinity are not JSON (PostgreSQL and Klaviyo refuse them).
+    kwargs.setdefault("json_serializer", _json_text)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     path = _sqlite_path(parsed)
@@ -62,6 +65,10 @@ def create_engine(url: str, busy_timeout_s: float = 30.0, **kwargs: Any) -> Engi
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return sa.create_engine(parsed, **kwargs)
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, allow_nan=False)
 
 
 def _prepare_sqlite_dir(path: Path) -> None:

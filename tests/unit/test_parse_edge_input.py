@@ -35,3 +35,34 @@ def test_a_nul_character_in_any_field_is_a_parse_error(line: bytes) -> None:
     with pytest.raises(ParseError, match="NUL") as caught:
         parser(fmt).parse(line, now=NOW)
     assert caught.value.event_type in EVENTS
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"2020-05-15 12:35:32 failed.payment customer=1 amount=" + b"9" * 400,
+        b"2020-05-15 12:35:32 started.signup customer=1 value=1" + b"0" * 309 + b".5",
+        b'{"time": "2020-05-15 12:35:32", "event": "failed.payment", "customer": 1,'
+        b' "amount": 1' + b"0" * 400 + b"}",
+        b'{"time": "2020-05-15 12:35:32", "event": "failed.payment", "customer": 1,'
+        b' "amount": 1e400}',
+    ],
+)
+def test_an_amount_out_of_the_float_range_is_a_parse_error(line: bytes) -> None:
+    fmt = "jsonl" if line.startswith(b"{") else "kv"
+    with pytest.raises(ParseError, match="out of range"):
+        parser(fmt).parse(line, now=NOW)
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+def test_a_json_nan_or_infinity_anywhere_is_a_parse_error(literal: bytes) -> None:
+    line = (b'{"time": "2020-05-15 12:35:32", "event": "cancelled", "customer": 1,'
+            b' "score": ' + literal + b"}")
+    with pytest.raises(ParseError, match="not valid JSON"):
+        parser("jsonl").parse(line, now=NOW)
+
+
+def test_the_largest_finite_amount_still_serializes_as_json() -> None:
+    line = b"2020-05-15 12:35:32 failed.payment customer=1 amount=1" + b"0" * 308
+    entry = parser().parse(line, now=NOW)
+    assert entry is not None and json.dumps(entry.value, allow_nan=False) == "1e+308"
