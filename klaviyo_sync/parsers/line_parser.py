@@ -23,7 +23,8 @@ from klaviyo_sync.parsers.mapping import EntryFields, EventMapping
 from klaviyo_sync.parsers.regex import RegexFormat
 from klaviyo_sync.parsers.times import LogTimezone
 
-#: Klaviyo refuses event times before 1990 or more than a year ahead (KLAVIYO.md).
+#: Klaviyo refuses event times not after 1990-01-01 00:00:00 UTC or more than a year
+#: ahead.
 EARLIEST_TIME = datetime(1990, 1, 1)
 LATEST_AHEAD = timedelta(days=365)
 
@@ -136,9 +137,16 @@ class LineParser:
                 raise ValueError(f"not a time: {when!r}")
         except ValueError as exc:
             raise ParseError(str(exc), event_type) from None
-        if occurred_at < EARLIEST_TIME:
+        except OverflowError:
+            # Year 1 or 9999 moved across midnight by a zone: outside what datetime holds,
+            # and far outside Klaviyo's window either way.
+            raise ParseError(_outside_calendar(when), event_type) from None
+        if occurred_at <= EARLIEST_TIME:
             raise ParseError(
-                f"time {occurred_at.isoformat(' ')} UTC is before 1990: Klaviyo refuses it",
+                f"time {occurred_at.isoformat(' ')} UTC is before 1990: Klaviyo refuses it"
+                if occurred_at < EARLIEST_TIME else
+                "time 1990-01-01 00:00:00 UTC: Klaviyo refuses it, it accepts only times "
+                "after it",
                 event_type,
             )
         if now is None:
@@ -165,6 +173,13 @@ class LineParser:
             self._clock_read_at = now_s
             self._clock_latest = utcnow() + LATEST_AHEAD
         return self._clock_latest
+
+
+def _outside_calendar(when: Any) -> str:
+    text = str(when)
+    if text[:4] < "1990":
+        return f"time {text!r} is before 1990: Klaviyo refuses it"
+    return f"time {text!r} is more than a year in the future: Klaviyo refuses it"
 
 
 def _refuse_nul(fields: Mapping[str, Any], event_type: str) -> None:

@@ -66,3 +66,32 @@ def test_the_largest_finite_amount_still_serializes_as_json() -> None:
     line = b"2020-05-15 12:35:32 failed.payment customer=1 amount=1" + b"0" * 308
     entry = parser().parse(line, now=NOW)
     assert entry is not None and json.dumps(entry.value, allow_nan=False) == "1e+308"
+
+
+@pytest.mark.parametrize(
+    ("line", "timezone"),
+    [
+        (b"0001-01-01 00:00:00+01:00 cancelled customer=1", "UTC"),
+        (b"0001-01-01T00:00:00+01:00 cancelled customer=1", "UTC"),
+        (b"0001-01-01 00:00:00 cancelled customer=1", "Europe/Paris"),
+        (b"9999-12-31 23:59:59 cancelled customer=1", "America/New_York"),
+        (b"9999-12-31 23:59:59-05:00 cancelled customer=1", "UTC"),
+        (b"9999-12-31T23:59:59 cancelled customer=1", "Asia/Tokyo"),
+    ],
+)
+def test_times_at_the_edge_of_the_calendar_are_ordinary_rejects(
+        line: bytes, timezone: str) -> None:
+    with pytest.raises(ParseError, match=r"before 1990|more than a year in the future"):
+        parser(timezone=timezone).parse(line, now=NOW)
+
+
+def test_a_jsonl_time_at_the_edge_of_the_calendar_is_an_ordinary_reject() -> None:
+    line = b'{"time": "9999-12-31 23:59:59", "event": "cancelled", "customer": 1}'
+    with pytest.raises(ParseError, match="future"):
+        parser("jsonl", "America/New_York").parse(line, now=NOW)
+
+
+def test_1990_01_01_midnight_exactly_is_refused_like_klaviyo_does() -> None:
+    with pytest.raises(ParseError, match="1990"):
+        parser().parse(b"1990-01-01 00:00:00 cancelled customer=1", now=NOW)
+    assert parser().parse(b"1990-01-01 00:00:01 cancelled customer=1", now=NOW) is not None
