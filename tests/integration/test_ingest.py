@@ -455,3 +455,14 @@ def test_a_nul_character_is_a_reject_and_ingest_goes_on(setup: tuple) -> None:
     assert {r.raw for r in rejects} == {nul_customer.rstrip(b"\n"), nul_email.rstrip(b"\n")}
     assert all("NUL" in r.reason for r in rejects)
     assert ingestor.run_once().lines_read == 0  # not stuck on the line
+
+
+def test_an_event_type_one_field_early_is_rejected_not_skipped(setup: tuple) -> None:
+    engine, live = setup
+    no_time = b"2020-05-15 cancelled customer=1004\n"
+    live.write_bytes(event_line(1) + no_time + b"2020-05-15 login customer=1\n" + event_line(2))
+    report = make_ingestor(engine, live).run_once()
+    assert (report.events_enqueued, report.rejected) == (2, 1)
+    (reject,) = RejectStore(engine).list()
+    assert reject.raw == no_time.rstrip(b"\n") and reject.event_type == "cancelled"
+    assert "no time of day" in reject.reason

@@ -95,3 +95,24 @@ def test_1990_01_01_midnight_exactly_is_refused_like_klaviyo_does() -> None:
     with pytest.raises(ParseError, match="1990"):
         parser().parse(b"1990-01-01 00:00:00 cancelled customer=1", now=NOW)
     assert parser().parse(b"1990-01-01 00:00:01 cancelled customer=1", now=NOW) is not None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"2020-05-15 cancelled customer=1004",
+        b"2020-05-15 cancelled",
+        b"2020-05-15\tstarted.signup customer=1 email=a@example.com",
+    ],
+)
+def test_an_event_type_one_field_early_is_a_reject_not_noise(line: bytes) -> None:
+    p = parser()
+    with pytest.raises(ParseError, match="no time of day") as caught:
+        p.parse(line, now=NOW)
+    assert caught.value.event_type in EVENTS
+    chunk = b"2020-05-15 12:00:00 login customer=1\n" + line + b"\n"
+    assert [chunk[s:e] for s, e in p.candidates(chunk)] == [line]
+
+
+def test_a_date_followed_by_an_unsynced_word_is_still_noise() -> None:
+    assert parser().parse(b"2020-05-15 login customer=1004", now=NOW) is None
