@@ -9,6 +9,7 @@ committed together with everything they produced.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sqlite3
 import threading
@@ -28,6 +29,7 @@ from klaviyo_sync.config import Settings
 from klaviyo_sync.exceptions import ParseError, StateError
 from klaviyo_sync.logconfig import get_logger
 from klaviyo_sync.parsers import checkpoint
+from klaviyo_sync.parsers.archive import ArchiveDamaged
 from klaviyo_sync.parsers.checkpoint import Checkpoint
 from klaviyo_sync.parsers.enqueue import BulkEnqueuer
 from klaviyo_sync.parsers.line_parser import LineParser
@@ -183,8 +185,9 @@ class Ingestor:
         with fh:
             if offset:
                 fh.seek(offset)
-            for chunk in read_chunks(fh, offset, cfg.read_chunk_bytes, cfg.max_line_bytes,
-                                     source.final):
+            chunks = read_chunks(fh, offset, cfg.read_chunk_bytes, cfg.max_line_bytes,
+                                 source.final)
+            for chunk in _until_damaged(chunks, source, writer):
                 parsed = self._parse_chunk(chunk, str(source.path), force_backfill)
                 lines_read += parsed.lines
                 if keep_checkpoint:
@@ -371,6 +374,27 @@ class Ingestor:
             stopped=tally.stopped, elapsed_s=time.monotonic() - started, path=str(self.live),
             offset=tally.offset, dst_gaps=gaps, dst_overlaps=overlaps,
         )
+
+
+def _until_damaged(chunks: Iterator[Chunk], source: Source,
+                   writer: OrderedWriter[_Parsed, None]) -> Iterator[Chunk]:
+    """``chunks``, ending at a damaged archive's damage, which becomes one reject.
+
+    The lines before the damage were read; the line it cuts and all after it are lost.
+    The reject is keyed by the archive's identity, so a replay does not file it again.
+    """
+    at = source.offset
+    try:
+        for chunk in chunks:
+            yield chunk
+            at = chunk.end
+    except ArchiveDamaged as exc:
+        log.error("log_archive_damaged", path=str(source.path), offset=at, error=str(exc))
+        key = f"damaged:{source.identity.fingerprint}:{source.identity.fingerprint_len}:{at}"
+        writer.submit(_Parsed(path=str(source.path), rejects=[reject_row(
+            str(source.path), at, b"", str(exc), None, utcnow(),
+            length=max(exc.readable - at, 0),
+            line_hash=hashlib.sha256(key.encode()).hexdigest())]))
 
 
 def _raw_position(fh: Any) -> int:

@@ -9,7 +9,6 @@ the middle of it.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import re
@@ -20,6 +19,7 @@ from typing import BinaryIO, Protocol
 
 from klaviyo_sync.exceptions import LogSourceError
 from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.parsers.archive import ArchiveDamaged, GzipReader
 from klaviyo_sync.state.schema import REJECT_RAW_BYTES
 
 log = get_logger(__name__)
@@ -40,9 +40,12 @@ class FileIdentity:
     @classmethod
     def of(cls, path: Path) -> FileIdentity:
         """The identity of the file at ``path`` now (raises OSError if it is gone)."""
-        with open_log(path) as fh:
-            st = os.fstat(fh.fileno()) if not is_gzip(path) else path.stat()
-            head = fh.read(FINGERPRINT_BYTES)
+        with open_log(path, head_only=True) as fh:
+            st = os.fstat(fh.fileno())
+            try:
+                head = fh.read(FINGERPRINT_BYTES)
+            except ArchiveDamaged:  # reading it says so, naming the file
+                head = b""
         return cls(st.st_dev, st.st_ino, hashlib.sha256(head).hexdigest(), len(head))
 
     def grown(self, fh: BinaryIO, readable: int) -> FileIdentity:
@@ -60,9 +63,9 @@ class FileIdentity:
     def content_matches(self, path: Path) -> bool:
         """Whether ``path`` starts with the bytes this fingerprint was taken of."""
         try:
-            with open_log(path) as fh:
+            with open_log(path, head_only=True) as fh:
                 head = fh.read(self.fingerprint_len)
-        except (OSError, EOFError, gzip.BadGzipFile):
+        except (OSError, ArchiveDamaged):
             return False
         return len(head) == self.fingerprint_len and \
             hashlib.sha256(head).hexdigest() == self.fingerprint
@@ -72,10 +75,11 @@ def is_gzip(path: Path) -> bool:
     return path.suffix == ".gz"
 
 
-def open_log(path: Path) -> BinaryIO:
-    """Open a log file for binary reading; a ``.gz`` archive is decompressed as it streams."""
+def open_log(path: Path, head_only: bool = False) -> BinaryIO:
+    """Open a log file for binary reading; a ``.gz`` archive is decompressed as it streams
+    (up to its damage, if any, see parsers/archive.py; ``head_only``: for a fingerprint)."""
     if is_gzip(path):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return GzipReader(path, survey=not head_only)  # type: ignore[return-value]
     return open(path, "rb")
 
 
@@ -130,8 +134,6 @@ def source_for(path: Path, offset: int = 0, final: bool = False) -> Source:
         size = path.stat().st_size
     except PermissionError as exc:
         raise LogSourceError(f"cannot read the log file {path}: permission denied") from exc
-    except (gzip.BadGzipFile, EOFError) as exc:
-        raise LogSourceError(f"{path}: not a readable gzip archive: {exc}") from exc
     return Source(path, identity, offset, final, size)
 
 

@@ -466,3 +466,74 @@ def test_an_event_type_one_field_early_is_rejected_not_skipped(setup: tuple) -> 
     (reject,) = RejectStore(engine).list()
     assert reject.raw == no_time.rstrip(b"\n") and reject.event_type == "cancelled"
     assert "no time of day" in reject.reason
+
+
+def readable_ids(archive: bytes) -> set[str]:
+    """The ids of the complete event lines a damaged gzip archive still yields."""
+    import zlib
+
+    readable = zlib.decompressobj(31).decompress(archive)
+    complete = readable[:readable.rfind(b"\n") + 1]
+    return {line_unique_id(line + b"\n") for line in complete.splitlines()
+            if b" page.view " not in line}
+
+
+def _ids_of(data: bytes) -> set[str]:
+    return {line_unique_id(line) for line in data.splitlines(keepends=True)}
+
+
+def test_replay_reads_the_readable_part_of_damaged_archives_and_the_other_files(
+        setup: tuple) -> None:
+    engine, live = setup
+    oldest, ids3 = mixed(1, 300)
+    middle, ids2 = mixed(301, 4000)  # well over what the reader holds back
+    newest, ids1 = mixed(4301, 100)
+    current, ids0 = mixed(4401, 100)
+    truncated = gzip.compress(oldest)[:-300]  # logrotate killed mid-compress
+    # Two gzip members (an archive appended to), the second with a bad disk block: its
+    # data inflates to garbage that only its CRC reveals, so none of it can be trusted.
+    cut = middle.index(b"\n", len(middle) // 2) + 1
+    sound, damaged_member = gzip.compress(middle[:cut]), bytearray(gzip.compress(middle[cut:]))
+    damaged_member[len(damaged_member) // 2:len(damaged_member) // 2 + 64] = b"\xff" * 64
+    live.with_name("system.log.3.gz").write_bytes(truncated)
+    live.with_name("system.log.2.gz").write_bytes(sound + bytes(damaged_member))
+    live.with_name("system.log.1").write_bytes(newest)
+    live.write_bytes(current)
+    report = make_ingestor(engine, live).replay()
+    queued = set(queued_ids(engine))
+    assert ids1 | ids0 <= queued  # the files after the damaged ones are read
+    assert readable_ids(truncated) <= queued and len(readable_ids(truncated)) > 100
+    assert queued & ids2 == ids2 & _ids_of(middle[:cut])
+    assert queued <= ids3 | ids2 | ids1 | ids0  # nothing invented
+    rejects = RejectStore(engine).list()
+    damaged = sorted(Path(r.file).name for r in rejects)
+    assert damaged == ["system.log.2.gz", "system.log.3.gz"] and report.rejected == 2
+    assert all("gzip" in r.reason and r.file in r.reason for r in rejects)
+    make_ingestor(engine, live).replay()
+    assert RejectStore(engine).count() == 2  # the damage is filed once
+
+
+def test_a_truncated_archive_met_while_following_does_not_stop_the_tail(
+        setup: tuple) -> None:
+    engine, live = setup
+    part1, ids1 = mixed(1, 200)
+    part2, ids2 = mixed(201, 200)  # written after the last pass, then rotated away
+    part3, ids3 = mixed(401, 50)
+    live.write_bytes(part1)
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    append(live, part2)
+    old = live.rename(live.with_name("system.log.1"))
+    truncated = gzip.compress(old.read_bytes())[:-200]
+    old.with_name("system.log.1.gz").write_bytes(truncated)
+    old.unlink()
+    live.write_bytes(part3)
+    report = ingestor.run_once()
+    queued = set(queued_ids(engine))
+    assert ids1 | ids3 <= queued and readable_ids(truncated) - ids1 <= queued
+    assert queued <= ids1 | ids2 | ids3
+    (reject,) = RejectStore(engine).list()
+    assert reject.file.endswith("system.log.1.gz") and "gzip" in reject.reason
+    assert report.rejected == 1
+    again = ingestor.run_once()
+    assert again.lines_read == 0 and again.rejected == 0
