@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,14 +123,27 @@ def stat_or_none(path: Path) -> os.stat_result | None:
         return None
     except OSError as exc:
         raise LogSourceError(f"cannot read the log file {path}: {exc.strerror}") from exc
+    _require_regular(path, st)
     if not os.access(path, os.R_OK):
         raise LogSourceError(f"cannot read the log file {path}: permission denied")
     return st
 
 
+def _require_regular(path: Path, st: os.stat_result) -> None:
+    """LogSourceError for a path that is no regular file: opening a FIFO blocks until a
+    writer comes, and a directory cannot be read as lines."""
+    if stat.S_ISREG(st.st_mode):
+        return
+    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else
+            "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+            "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file")
+    raise LogSourceError(f"cannot read the log file {path}: it is {kind}, not a regular file")
+
+
 def source_for(path: Path, offset: int = 0, final: bool = False) -> Source:
-    """A Source for ``path`` as it is now."""
+    """A Source for ``path`` as it is now (LogSourceError if it is no regular file)."""
     try:
+        _require_regular(path, path.stat())
         identity = FileIdentity.of(path)
         size = path.stat().st_size
     except PermissionError as exc:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import os
 import shutil
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from structlog.testing import capture_logs
 
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import LogSettings, Settings
-from klaviyo_sync.exceptions import StateError
+from klaviyo_sync.exceptions import LogSourceError, StateError
 from klaviyo_sync.parsers import checkpoint, line_unique_id
 from klaviyo_sync.parsers import ingest as ingest_module
 from klaviyo_sync.parsers.ingest import Ingestor
@@ -537,3 +539,39 @@ def test_a_truncated_archive_met_while_following_does_not_stop_the_tail(
     assert report.rejected == 1
     again = ingestor.run_once()
     assert again.lines_read == 0 and again.rejected == 0
+
+
+def _run_in_thread(func: Callable[[], object], timeout_s: float = 20.0) -> BaseException:
+    """What ``func`` raised; fails the test if it still runs after ``timeout_s``."""
+    import threading
+
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            func()
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    assert not worker.is_alive(), "blocked: the pass never returned"
+    assert raised, "no error raised"
+    return raised[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+@pytest.mark.parametrize("how", ["run_once", "replay"])
+def test_a_log_path_that_is_no_regular_file_is_one_clear_error(
+        setup: tuple, kind: str, how: str) -> None:
+    engine, live = setup
+    if kind == "fifo":
+        os.mkfifo(live)
+    else:
+        live.mkdir()
+    ingestor = make_ingestor(engine, live)
+    error = _run_in_thread(getattr(ingestor, how))
+    assert isinstance(error, LogSourceError) and error.exit_code == 4
+    expected = "a FIFO" if kind == "fifo" else "a directory"
+    assert str(live) in str(error) and expected in str(error) and "\n" not in str(error)
