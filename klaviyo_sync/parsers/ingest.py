@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from klaviyo_sync.parsers.line_parser import LineParser
 from klaviyo_sync.parsers.rejects import RejectStore, reject_row
 from klaviyo_sync.parsers.report import IngestReport, Tally
 from klaviyo_sync.parsers.tailer import (
+    TAIL_BYTES,
     Chunk,
     Source,
     archives,
@@ -44,6 +45,7 @@ from klaviyo_sync.parsers.tailer import (
     plan_follow,
     read_chunks,
     source_for,
+    tail_digest,
 )
 from klaviyo_sync.parsers.writer import OrderedWriter
 
@@ -182,6 +184,10 @@ class Ingestor:
             fh.close()
             log.info("log_rotated_while_planning", path=str(source.path))
             return
+        # Where the checkpoint says it read: a symlinked log by its target, so that the
+        # old target is finished after a swap (see plan_follow).
+        where = str(source.path.resolve()) if source.path.is_symlink() else str(source.path)
+        window = b""  # the last bytes read, for a .gz checkpoint's tail
         with fh:
             if offset:
                 fh.seek(offset)
@@ -193,9 +199,11 @@ class Ingestor:
                 if keep_checkpoint:
                     if not is_gzip(source.path):  # a .gz is only ever finished, not grown
                         identity = identity.grown(fh, chunk.end)
-                    parsed.checkpoint = Checkpoint(str(self.live), str(source.path), identity,
-                                                   chunk.end, max(source.size, chunk.end),
-                                                   lines_read, utcnow())
+                    window = _tail_window(fh, source, chunk, window)
+                    parsed.checkpoint = Checkpoint(
+                        str(self.live), where, replace(identity, tail=tail_digest(window)
+                                                       if window else ""),
+                        chunk.end, max(source.size, chunk.end), lines_read, utcnow())
                 parsed.bytes = chunk.end - chunk.start
                 writer.submit(parsed)
                 offset = chunk.end
@@ -210,9 +218,10 @@ class Ingestor:
         if keep_checkpoint and offset == source.offset:
             # Nothing new, but the checkpoint must still move to this file (after a
             # rotation) so the next pass does not look for the old one again.
+            tail = b"" if is_gzip(source.path) else _bytes_before(source.path, offset)
             writer.submit(_Parsed(path=str(source.path), checkpoint=Checkpoint(
-                str(self.live), str(source.path), identity, offset, source.size, lines_read,
-                utcnow())))
+                str(self.live), where, replace(identity, tail=tail_digest(tail) if tail else ""),
+                offset, source.size, lines_read, utcnow())))
 
     def _parse_chunk(self, chunk: Chunk, file: str, force_backfill: bool) -> _Parsed:
         now = utcnow()
@@ -395,6 +404,27 @@ def _until_damaged(chunks: Iterator[Chunk], source: Source,
             str(source.path), at, b"", str(exc), None, utcnow(),
             length=max(exc.readable - at, 0),
             line_hash=hashlib.sha256(key.encode()).hexdigest())]))
+
+
+def _tail_window(fh: Any, source: Source, chunk: Chunk, window: bytes) -> bytes:
+    """The up to TAIL_BYTES bytes before ``chunk.end`` ("" if they cannot be known)."""
+    if not is_gzip(source.path):
+        start = max(chunk.end - TAIL_BYTES, 0)
+        return os.pread(fh.fileno(), chunk.end - start, start)
+    if chunk.long_line is not None:
+        return b""  # a .gz has no pread, and the line was not kept: unknown
+    joined = (window + chunk.data)[-TAIL_BYTES:]
+    # Known only if nothing before chunk.data is missing from it (a resumed .gz).
+    return joined if len(joined) == min(chunk.end, TAIL_BYTES) else b""
+
+
+def _bytes_before(path: Path, offset: int) -> bytes:
+    start = max(offset - TAIL_BYTES, 0)
+    try:
+        with open(path, "rb") as fh:
+            return os.pread(fh.fileno(), offset - start, start)
+    except OSError:
+        return b""
 
 
 def _raw_position(fh: Any) -> int:

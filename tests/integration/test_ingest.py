@@ -575,3 +575,94 @@ def test_a_log_path_that_is_no_regular_file_is_one_clear_error(
     assert isinstance(error, LogSourceError) and error.exit_code == 4
     expected = "a FIFO" if kind == "fifo" else "a directory"
     assert str(live) in str(error) and expected in str(error) and "\n" not in str(error)
+
+
+BANNER = b"# shop backend log, format kv v2 " + b"=" * 1100 + b"\n"  # > FINGERPRINT_BYTES
+
+
+def banner_file(first: int, count: int) -> tuple[bytes, set[str]]:
+    data, ids = mixed(first, count)
+    return BANNER + data, ids
+
+
+def test_copytruncate_while_stopped_with_a_long_banner_loses_nothing(setup: tuple) -> None:
+    engine, live = setup
+    part1, ids1 = banner_file(1, 30)
+    live.write_bytes(part1)
+    make_ingestor(engine, live).run_once()
+    # Stopped: logrotate copies and truncates; the new file (same banner) grows past the
+    # old offset before the next pass.
+    shutil.copyfile(live, live.with_name("system.log.1"))
+    with open(live, "r+b") as fh:
+        fh.truncate(0)
+    part2, ids2 = banner_file(101, 68)  # 45 events, longer than part1
+    append(live, part2)
+    assert live.stat().st_size > len(part1)
+    make_ingestor(engine, live).run_once()
+    assert len(ids2) == 45 and sorted(queued_ids(engine)) == sorted(ids1 | ids2)
+
+
+def test_compress_rotation_with_inode_reuse_and_a_long_banner_loses_nothing(
+        setup: tuple) -> None:
+    engine, live = setup
+    old_archive, old_ids = banner_file(1, 20)
+    live.with_name("system.log.2.gz").write_bytes(gzip.compress(old_archive))
+    part1, ids1 = banner_file(101, 30)
+    live.write_bytes(part1)
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    more, ids_more = mixed(201, 8)  # after the last pass, before the rotation
+    append(live, more)
+    inode = live.stat().st_ino
+    rotated = live.rename(live.with_name("system.log.1"))
+    rotated.with_name("system.log.1.gz").write_bytes(gzip.compress(rotated.read_bytes()))
+    rotated.unlink()  # frees the inode...
+    part2, ids2 = banner_file(301, 60)
+    live.write_bytes(part2)  # ...which the new live file may get
+    reused = live.stat().st_ino == inode
+    ingestor.run_once()
+    queued = queued_ids(engine)
+    assert len(queued) == len(set(queued))
+    assert set(queued) == ids1 | ids_more | ids2, f"inode reused: {reused}"
+    assert not set(queued) & old_ids  # the old archive is not read again
+
+
+def test_compress_rotation_onto_the_same_inode_loses_nothing(setup: tuple) -> None:
+    """The inode reuse forced: the new live file is the old inode, rewritten."""
+    engine, live = setup
+    live.with_name("system.log.2.gz").write_bytes(gzip.compress(banner_file(1, 20)[0]))
+    part1, ids1 = banner_file(101, 30)
+    live.write_bytes(part1)
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    more, ids_more = mixed(201, 8)
+    append(live, more)
+    live.with_name("system.log.1.gz").write_bytes(gzip.compress(live.read_bytes()))
+    part2, ids2 = banner_file(301, 60)
+    with open(live, "r+b") as fh:  # same inode, new content, longer than the old
+        fh.truncate(0)
+        fh.write(part2)
+    ingestor.run_once()
+    queued = queued_ids(engine)
+    assert len(queued) == len(set(queued)) and set(queued) == ids1 | ids_more | ids2
+
+
+def test_a_symlink_swap_reads_the_old_target_to_its_end_first(setup: tuple) -> None:
+    engine, live = setup
+    first, second = live.with_name("app-1.log"), live.with_name("app-2.log")
+    part1, ids1 = banner_file(1, 30)
+    first.write_bytes(part1)
+    live.symlink_to(first.name)
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    late, late_ids = mixed(101, 12)  # appended to the old target after the last pass
+    append(first, late)
+    part2, ids2 = banner_file(201, 30)
+    second.write_bytes(part2)
+    live.unlink()
+    live.symlink_to(second.name)
+    ingestor.run_once()
+    queued = queued_ids(engine)
+    assert len(queued) == len(set(queued)) and set(queued) == ids1 | late_ids | ids2
+    append(second, mixed(301, 3)[0])
+    assert ingestor.run_once().lines_read == 3
