@@ -51,3 +51,45 @@ def test_state_directory_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StateError, match="cannot create the state directory"):
         db.create_engine(f"sqlite:///{blocker / 'sub' / 'state.db'}")
+
+
+@pytest.mark.postgres
+def test_a_database_made_read_only_then_writable_again_recovers_without_restart(
+        pg_schema_url: str) -> None:
+    """Sessions opened while PostgreSQL was read-only (a standby, before promotion) stay
+    read-only for life: a write error must recycle them, not keep failing until restart."""
+    import contextlib
+    import uuid
+
+    from klaviyo_sync.state import meta
+
+    role = f"ro_{uuid.uuid4().hex[:10]}"
+    url = sa.make_url(pg_schema_url)
+    schema = url.query["options"].split("=", 1)[1]
+    admin = sa.create_engine(url.set(query={}), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(sa.text(f'GRANT ALL ON SCHEMA "{schema}" TO "{role}"'))
+    engine = db.open_state(pg_schema_url)  # the schema, made by its owner
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'GRANT ALL ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
+        conn.execute(sa.text(f'ALTER ROLE "{role}" SET default_transaction_read_only = on'))
+    engine.dispose()
+    engine = db.create_engine(url.set(username=role).render_as_string(hide_password=False))
+    try:
+        for _ in range(2):
+            with pytest.raises(sa.exc.DBAPIError, match="read-only"):
+                meta.put(engine, "probe", "1")
+        with admin.connect() as conn:  # writable again
+            conn.execute(sa.text(f'ALTER ROLE "{role}" RESET default_transaction_read_only'))
+        with contextlib.suppress(sa.exc.DBAPIError):  # at most this write finds out
+            meta.put(engine, "probe", "2")
+        meta.put(engine, "probe", "3")
+        assert meta.get(engine, "probe") == "3"
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER'))
+            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))
+        admin.dispose()
