@@ -228,13 +228,25 @@ def _amount(key: str, raw: Any, event_type: str) -> float | None:
         if not text:
             return None
         if _DECIMAL.fullmatch(text):
-            return float(text)  # correctly rounded, like float(Decimal(text))
+            amount = float(text)  # correctly rounded, like float(Decimal(text))
+            if amount - amount == 0.0:  # finite: 400 digits overflow to infinity
+                return amount
+            raise ParseError(f"{key}: amount out of range: {_head(text)}", event_type)
     elif isinstance(raw, int | float) and not isinstance(raw, bool):
-        if math.isfinite(raw):
-            return float(raw)
+        try:
+            amount = float(raw)
+        except OverflowError:  # a JSON integer of hundreds of digits
+            amount = math.inf
+        if math.isfinite(amount):
+            return amount
+        raise ParseError(f"{key}: amount out of range: {_head(str(raw))}", event_type)
     elif raw is None:
         return None
     raise ParseError(f"{key}: not a decimal amount: {raw!r}", event_type)
+
+
+def _head(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 def _currency(text: str | None, event_type: str) -> str | None:

@@ -49,7 +49,8 @@ class DryRunSender:
 
     def _write(self, path: str, body: dict[str, Any] | bytes, items: int) -> None:
         raw = body if isinstance(body, bytes) else payloads.encode(body)
-        head = json.dumps({"method": "POST", "path": path, "items": items})[:-1]
+        head = json.dumps({"method": "POST", "path": path, "items": items},
+                          allow_nan=False)[:-1]
         line = head.encode("utf-8") + b',"body":' + raw + b"}\n"
         with self._lock:
             self._file.write(line)

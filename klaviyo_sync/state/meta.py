@@ -55,7 +55,7 @@ def put(bind: Engine | Connection, name: str, value: str, now: datetime | None =
 
 
 def put_json(bind: Engine | Connection, name: str, value: Any) -> None:
-    put(bind, name, json.dumps(value, default=str))
+    put(bind, name, json.dumps(value, default=str, allow_nan=False))
 
 
 def delete(bind: Engine | Connection, name: str) -> None:

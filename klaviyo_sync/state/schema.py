@@ -71,6 +71,8 @@ checkpoints = Table(
     Column("inode", BigInteger()),
     Column("fingerprint", String(64)),  # sha256 of the first fingerprint_len bytes
     Column("fingerprint_len", Integer(), nullable=False, default=0),
+    # sha256 of the up to 1024 bytes before offset: a file resumed there must hold them
+    Column("tail_fingerprint", String(64)),
     Column("offset", BigInteger(), nullable=False, default=0),
     Column("file_size", BigInteger(), nullable=False, default=0),  # size seen at last read
     Column("lines_read", BigInteger(), nullable=False, default=0),
