@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from klaviyo_sync.parsers.enqueue import json_text
+from klaviyo_sync.queue.drivers.sqlite_bulk import json_text
 
 from klaviyo_sync.senders.base import OutgoingEvent
 from klaviyo_sync.senders.payloads import BulkEncoder, bulk_body, encode, single_event_body
