@@ -100,6 +100,7 @@ from klaviyo_sync.cli import (  # noqa: E402,F401
     daemon,
     demo,
     ingest,
+    profiles,
     queue,
     send,
 )

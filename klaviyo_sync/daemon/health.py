@@ -24,6 +24,7 @@ from klaviyo_sync.config import Settings, StatusSettings
 from klaviyo_sync.exceptions import StateError
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state import meta
+from klaviyo_sync.state.profiles import ProfileStore
 from klaviyo_sync.state.schema import checkpoints, rejects, suppressions
 
 
@@ -69,6 +70,9 @@ class Status:
     orders_expected: bool
     health: Health = Health.HEALTHY
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    #: Customers per profile status ("imported", "failed") and "unread_jobs".
+    profiles: dict[str, int] = field(default_factory=dict)
+    last_profiles_pass_at: str | None = None
 
     @property
     def dead_letters(self) -> int:
@@ -123,6 +127,10 @@ def assess(status: Status, limits: StatusSettings) -> tuple[Health, tuple[str, .
         since = (status.checked_at - _parse(status.last_orders_pass_at)).total_seconds()
         if since > limits.degraded_orders_pass_age_s:
             degraded.append(f"last orders pass {_duration(since)} ago")
+    failed_profiles = status.profiles.get("failed", 0)
+    if failed_profiles:
+        degraded.append(f"{failed_profiles} profile(s) Klaviyo did not import: "
+                        "see `klaviyo-sync profiles failed`")
     if failing:
         return Health.FAILING, tuple(failing + degraded)
     if degraded:
@@ -153,7 +161,8 @@ def _compute_status(settings: Settings, engine: Engine, now: datetime) -> Status
             sa.select(checkpoints).where(checkpoints.c.name == settings.log.path)
         ).first()
         values = {name: meta.get(conn, name) for name in (
-            meta.LAST_SEND_OK_AT, meta.AUTH_FAILURE, meta.LAST_ORDERS_PASS_AT, meta.LAST_TAIL_AT)}
+            meta.LAST_SEND_OK_AT, meta.AUTH_FAILURE, meta.LAST_ORDERS_PASS_AT, meta.LAST_TAIL_AT,
+            meta.LAST_PROFILES_PASS_AT)}
     status = Status(
         checked_at=now, queue=counts, oldest_due_at=oldest, rejects=int(reject_count or 0),
         suppressions_pending=int(pending_supp or 0),
@@ -163,6 +172,8 @@ def _compute_status(settings: Settings, engine: Engine, now: datetime) -> Status
         last_orders_pass_at=values[meta.LAST_ORDERS_PASS_AT],
         last_tail_at=values[meta.LAST_TAIL_AT],
         orders_expected=bool(settings.business.url and settings.orders.enabled),
+        profiles=ProfileStore(engine).counts(),
+        last_profiles_pass_at=values[meta.LAST_PROFILES_PASS_AT],
     )
     health, reasons = assess(status, settings.status)
     return replace(status, health=health, reasons=reasons)

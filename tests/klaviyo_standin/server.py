@@ -25,6 +25,7 @@ from tests.klaviyo_standin.faults import Faults
 from tests.klaviyo_standin.jsonapi import Reply, error
 from tests.klaviyo_standin.limits import RateLimiter
 from tests.klaviyo_standin.oauth import OAuthServer
+from tests.klaviyo_standin.profile_jobs import ProfileJobBook
 
 _MAX_READ = 64 * MB  # bodies beyond this are not even read: the connection is closed
 
@@ -148,6 +149,7 @@ class KlaviyoStandIn:
         self.bulk_refuses_known_unique_ids = bulk_refuses_known_unique_ids
         self.report_all_errors = report_all_errors
         self.account = Account(seed)
+        self.profile_jobs = ProfileJobBook()  # bulk profile import jobs, see profile_jobs
         self.internal_errors: list[str] = []  # tracebacks of stand-in bugs (answered 500)
         self._dispatcher = Dispatcher(self)
         self._address = (host, port)
