@@ -113,7 +113,7 @@ class ProfileSync:
         report = ProfilesReport(dry_run=self.dry_run)
         self._sent = []
         if not self.dry_run:
-            self._resume(report)
+            self._resume(report, stop)
         watermark = self._load_watermark()
         since = None
         if watermark is not None and not all_customers:
@@ -162,7 +162,7 @@ class ProfileSync:
         report = ProfilesReport(dry_run=self.dry_run)
         self._sent = []
         if not self.dry_run:
-            self._resume(report)
+            self._resume(report, stop)
         ids = [r.customer_id for r in self.store.failed()]
         rows = self.reader.read_ids(ids)
         report.customers_read = len(rows)
@@ -281,8 +281,9 @@ class ProfileSync:
 
     # --- reading back -------------------------------------------------------------------
 
-    def _resume(self, report: ProfilesReport) -> None:
-        """Requests a crash left behind: re-post the unposted, read back the rest."""
+    def _resume(self, report: ProfilesReport, stop: threading.Event | None) -> None:
+        """Requests a crash left behind: re-post the unposted, read back the rest, before
+        anything else (so the customers in them are not taken for unsent)."""
         for job in self.store.unfinished():
             if job.state is JobState.POSTING:
                 # Klaviyo may or may not have it: post the customers again (an upsert).
@@ -294,6 +295,8 @@ class ProfileSync:
             report.jobs_resumed += 1
         if report.jobs_resumed:
             log.info("profile_jobs_resumed", jobs=report.jobs_resumed)
+            self._read_back(self._sent, report, stop)
+            self._sent = []
 
     def _read_back(self, jobs: Sequence[ProfileJob], report: ProfilesReport,
                    stop: threading.Event | None) -> None:
@@ -326,7 +329,7 @@ class ProfileSync:
                 break
             self._sleep(delay)
             delay = min(delay * 2, MAX_POLL_S)
-        report.unread_jobs = len(pending)
+        report.unread_jobs += len(pending)
 
     def _errors(self, job: ProfileJob, status: str) -> dict[str, str]:
         """Customer id -> Klaviyo's error, for each profile the job did not import."""

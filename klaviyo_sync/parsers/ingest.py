@@ -78,7 +78,8 @@ class Ingestor:
         self.settings = settings
         self.engine = engine
         self.live = Path(settings.log.path)
-        self.parser = LineParser(settings.log, settings.events, settings.klaviyo.default_currency)
+        self.parser = LineParser(settings.log, settings.events, settings.klaviyo.default_currency,
+                                 settings.unique_ids)
         self.enqueuer = BulkEnqueuer(engine)
         self.backfill_after = timedelta(hours=settings.log.backfill_after_hours)
         self._missing_warned_at: datetime | None = None

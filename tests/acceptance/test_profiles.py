@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.acceptance.profiles_shop import (
     API_KEY,
@@ -21,6 +23,7 @@ from tests.acceptance.profiles_shop import (
     run_text,
     write_settings,
 )
+from tests.conftest import PG_URL, require_service
 from tests.klaviyo_standin import KlaviyoStandIn
 
 TOTAL = 20_000
@@ -35,12 +38,41 @@ def standin() -> Iterator[KlaviyoStandIn]:
     assert not s.internal_errors, s.internal_errors[0]
 
 
+@pytest.fixture(params=[
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+])
+def shop_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The business database on each backend; on PostgreSQL a schema of its own, apart
+    from the state's (``state_url`` may hold ``pg_schema_url``)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'business.db'}"
+    elif request.param == "mariadb":
+        yield str(request.getfixturevalue("mysql_db_url"))
+    else:
+        require_service(PG_URL, "PostgreSQL")
+        schema = f"b_{uuid.uuid4().hex[:12]}"
+        admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        try:
+            yield sa.make_url(PG_URL).update_query_dict(
+                {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+
+
 def profile_of(standin: KlaviyoStandIn, n: int) -> dict:
     return standin.profiles[f"customer{n}@example.com"]
 
 
+@pytest.mark.slow
 def test_all_then_nothing_then_exactly_the_changed_and_the_late(
-        standin: KlaviyoStandIn, state_url: str, business_url: str, tmp_path: Path) -> None:
+        standin: KlaviyoStandIn, state_url: str, shop_url: str, tmp_path: Path) -> None:
+    business_url = shop_url
     shop = Customers(business_url)
     shop.generate(TOTAL)
     config = write_settings(tmp_path / "settings.toml", state_url, business_url,

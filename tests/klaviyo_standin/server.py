@@ -249,15 +249,17 @@ class KlaviyoStandIn:
 
     def add_event(self, metric_name: str, email: str, time: datetime,
                   properties: dict[str, Any] | None = None,
-                  external_id: str | None = None) -> RecordedEvent:
-        """Put an event in the account as if Klaviyo already had it (e.g. from a web form)."""
+                  external_id: str | None = None,
+                  unique_id: str | None = None) -> RecordedEvent:
+        """Put an event in the account as if Klaviyo already had it (e.g. from a web form,
+        with the ``unique_id`` the front end gave it)."""
         profile: dict[str, Any] = {"email": email}
         if external_id is not None:
             profile["external_id"] = external_id
         moment = time if time.tzinfo else time.replace(tzinfo=clock.now().tzinfo)
         with self.account.lock:
             return self.account.seed_event(metric_name, profile, moment, dict(properties or {}),
-                                           clock.now())
+                                           clock.now(), unique_id)
 
     def issue_oauth_tokens(self, client_id: str) -> dict[str, object]:
         """An access and refresh token for ``client_id``, as an app install would get them."""
