@@ -1,8 +1,9 @@
 """`klaviyo-sync demo`: the whole pipeline on its embedded defaults, in one folder.
 
 It writes a sample log (with rotated archives) and a sample business database, then runs
-the same passes the daemon runs: replay the log, the orders pass, and a send through the
-dry-run sender, which writes the exact Klaviyo request bodies to an outbox file.
+the same passes the daemon runs: replay the log, the orders pass, a send and the profiles
+pass through the dry-run sender, which writes the exact Klaviyo request bodies (events and
+profile import jobs) to an outbox file.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class DemoReport:
     dead: int
     outbox_requests: int
     suppressed: int
+    profiles_sent: int = 0
+    profile_jobs: int = 0
     missed_signups: list[Any] = field(default_factory=list)
 
 
@@ -99,12 +102,28 @@ def run_demo(folder: Path) -> DemoReport:
         reader = open_business(settings.business.url)
         try:
             missed = find_missed_signups(engine, reader, settings)
+            profiles = _profiles_pass(settings, engine, reader)
         finally:
             reader.dispose()
-        return _report(folder, settings_path, log.files, log.lines, engine, order_report,
-                       missed, settings)
+        report = _report(folder, settings_path, log.files, log.lines, engine, order_report,
+                         missed, settings)
+        report.profiles_sent, report.profile_jobs = profiles.sent, profiles.jobs
+        return report
     finally:
         engine.dispose()
+
+
+def _profiles_pass(settings: config.Settings, engine: sa.Engine, business: sa.Engine) -> Any:
+    """Every customer as a profile, in import jobs written to the outbox."""
+    from klaviyo_sync.business.profile_sync import build_profile_sync
+    from klaviyo_sync.senders import build_sender
+
+    sender = build_sender(settings, engine, worker_id="demo")
+    try:
+        return build_profile_sync(settings, engine, business, sender).run_once(
+            all_customers=True)
+    finally:
+        sender.close()
 
 
 def _demo_customer(customer: Any) -> DemoCustomer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,6 +49,25 @@ def has_due_retries(engine: Engine, now: Any = None) -> bool:
         return conn.execute(stmt).first() is not None
 
 
+def _profile_pass(settings: Settings, engine: Engine, worker_id: str
+                  ) -> tuple[Any, list[Callable[[], None]]]:
+    """The profiles pass and what closes its parts, or (None, []) when it is off.
+
+    Opening the business database and a sender belongs in the wiring module; until that
+    exists, this is the one place the daemon does it for the profiles pass.
+    """
+    if not settings.business.url or not settings.profiles.enabled:
+        return None, []
+    from klaviyo_sync.business.db import open_business
+    from klaviyo_sync.business.profile_sync import build_profile_sync
+    from klaviyo_sync.senders import build_sender
+
+    business = open_business(settings.business.url)
+    sender = build_sender(settings, engine, worker_id=worker_id)
+    return (build_profile_sync(settings, engine, business, sender),
+            [sender.close, business.dispose])
+
+
 class Pipeline:
     """Tail, send, retry, orders and prune passes for one daemon process."""
 
@@ -70,10 +90,13 @@ class Pipeline:
         self.ingestor = Ingestor(settings, engine)
         self.runner = build_runner(settings, engine, worker_id=worker_id)
         self.tracker = build_order_tracker(settings, engine)
+        self.profile_sync, self._profile_parts = _profile_pass(settings, engine, worker_id)
         self.tail_lock: RoleLock = role_lock(engine, "tail", settings.log.path,
                                              settings.daemon.tail_lock)
         self.orders_lock: RoleLock = role_lock(engine, "orders",
                                                _database_name(settings.business.url))
+        self.profiles_lock: RoleLock = role_lock(engine, "profiles",
+                                                 _database_name(settings.business.url))
         self._delivery = threading.Lock()
         self._lock_state: dict[str, bool] = {}
         self._audit_after = self._last_audit_id()
@@ -123,6 +146,16 @@ class Pipeline:
             return None
         return self.tracker.run_once(stop=stop)
 
+    @property
+    def has_profiles(self) -> bool:
+        return self.profile_sync is not None
+
+    def profiles(self, stop: threading.Event) -> Any:
+        """Send changed customers as profiles, if this daemon runs the profiles pass."""
+        if self.profile_sync is None or not self._holds(self.profiles_lock, "profiles"):
+            return None
+        return self.profile_sync.run_once(stop)
+
     def prune(self, stop: threading.Event) -> Any:
         """Delete sent events and audit rows past their retention."""
         from klaviyo_sync.senders.runner import prune
@@ -143,12 +176,14 @@ class Pipeline:
 
     def close(self) -> None:
         """Release the locks and the runner's connections (no pass may be in flight)."""
-        for lock in (self.tail_lock, self.orders_lock):
+        for lock in (self.tail_lock, self.orders_lock, self.profiles_lock):
             dispose = getattr(lock, "dispose", lock.release)
             dispose()
         self.runner.close()
         if self.tracker is not None:
             self.tracker.close()
+        for close in self._profile_parts:
+            close()
 
     def _holds(self, lock: RoleLock, role: str) -> bool:
         held = lock.ensure()

@@ -30,6 +30,7 @@ class FakePasses:
     """Counts runs; each pass's behaviour is a function the test sets."""
 
     has_orders = True
+    has_profiles = True
 
     def __init__(self) -> None:
         self.runs: dict[str, int] = {}
@@ -56,6 +57,9 @@ class FakePasses:
 
     def orders(self, stop: threading.Event) -> Any:
         return self._run("orders", stop)
+
+    def profiles(self, stop: threading.Event) -> Any:
+        return self._run("profiles", stop)
 
     def prune(self, stop: threading.Event) -> Any:
         return self._run("prune", stop)

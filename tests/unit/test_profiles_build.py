@@ -107,5 +107,5 @@ def test_bad_unique_id_template_names_the_key(template: str, message: str) -> No
 
 
 def test_extra_properties_need_plain_column_names() -> None:
-    with pytest.raises(ConfigError, match="profiles.extra_properties.bad col"):
+    with pytest.raises(ConfigError, match=r"profiles\.extra_properties\.bad col"):
         config.from_mapping({"profiles": {"extra_properties": {"bad col": "X"}}})
