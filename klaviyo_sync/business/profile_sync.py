@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -121,29 +123,29 @@ class ProfileSync:
         batch: list[Profile] = []
         size = BODY_OVERHEAD
         after: tuple[Any, Any] | None = None
-        while True:
-            if stop is not None and stop.is_set():
-                report.interrupted = True
-                break
-            page = self.reader.read_changed(after, since, self.config.page_size)
-            if not page:
-                break
-            report.customers_read += len(page)
-            for profile, row in self._changed(page, report):
-                if (len(batch) >= self.config.batch_max_profiles
-                        or size + len(profile.item) + 1 > self.config.batch_max_bytes):
-                    self._post(batch, report, self._text(watermark))
-                    batch, size = [], BODY_OVERHEAD
-                batch.append(profile)
-                size += len(profile.item) + 1
-                watermark = self._later(watermark, row.raw_updated_at)
-            last = page[-1]
-            after = (last.raw_updated_at, last.raw_id)
-            watermark = self._later(watermark, last.raw_updated_at)
-            if len(page) < self.config.page_size:
-                break
-        if batch:
-            self._post(batch, report, self._text(watermark))
+        with _Poster(self._post, report) as poster:
+            while True:
+                if stop is not None and stop.is_set():
+                    report.interrupted = True
+                    break
+                page = self.reader.read_changed(after, since, self.config.page_size)
+                if not page:
+                    break
+                report.customers_read += len(page)
+                for profile in self._changed(page, report):
+                    if (len(batch) >= self.config.batch_max_profiles
+                            or size + len(profile.item) + 1 > self.config.batch_max_bytes):
+                        poster.submit(batch, self._text(watermark))
+                        batch, size = [], BODY_OVERHEAD
+                    batch.append(profile)
+                    size += len(profile.item) + 1
+                last = page[-1]
+                after = (last.raw_updated_at, last.raw_id)
+                watermark = self._later(watermark, last.raw_updated_at)
+                if len(page) < self.config.page_size:
+                    break
+            if batch:
+                poster.submit(batch, self._text(watermark))
         if not self.dry_run:
             if not report.interrupted and watermark is not None:
                 meta.put(self.store.engine, meta.PROFILES_WATERMARK,
@@ -180,10 +182,10 @@ class ProfileSync:
     # --- choosing and posting ---------------------------------------------------------------
 
     def _changed(self, page: Sequence[CustomerRow], report: ProfilesReport
-                 ) -> Iterable[tuple[Profile, CustomerRow]]:
-        profiles = [(self.builder.build(row), row) for row in page]
-        known = self.store.known([p.customer_id for p, _ in profiles])
-        for profile, row in profiles:
+                 ) -> Iterable[Profile]:
+        profiles = [self.builder.build(row) for row in page]
+        known = self.store.known([p.customer_id for p in profiles])
+        for profile in profiles:
             seen = known.get(profile.customer_id)
             # Unchanged since imported, or the very profile Klaviyo refused (that one
             # waits for `profiles retry` or a change in the business database).
@@ -192,7 +194,7 @@ class ProfileSync:
                     seen.failed_digest):
                 report.unchanged += 1
                 continue
-            yield profile, row
+            yield profile
 
     def _send_all(self, profiles: Sequence[Profile], report: ProfilesReport) -> None:
         batch: list[Profile] = []
@@ -367,6 +369,43 @@ class ProfileSync:
         if watermark is None or parse_raw_time(candidate) > parse_raw_time(watermark):
             return candidate
         return watermark
+
+
+class _Poster:
+    """Posts batches in one thread of its own while the pass reads and builds the next:
+    the initial sync then waits for Klaviyo's answers only at the end. Batches go in
+    order (one thread), so each one's watermark covers only what went before it; at most
+    two are in hand at a time, so memory stays bounded."""
+
+    IN_FLIGHT = 2
+
+    def __init__(self, post: Callable[[Sequence[Profile], ProfilesReport, str | None], None],
+                 report: ProfilesReport) -> None:
+        self._post = post
+        self._report = report
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="profile-post")
+        self._pending: deque[Future[None]] = deque()
+
+    def submit(self, batch: Sequence[Profile], watermark: str | None) -> None:
+        while len(self._pending) >= self.IN_FLIGHT:
+            self._pending.popleft().result()  # a failed post stops the pass here
+        self._pending.append(self._pool.submit(self._post, batch, self._report, watermark))
+
+    def __enter__(self) -> _Poster:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            failure = None
+            while self._pending:
+                try:
+                    self._pending.popleft().result()
+                except Exception as error:  # keep the first; wait for the rest
+                    failure = failure or error
+            if failure is not None and exc is None:
+                raise failure
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _external_id(payload: Any) -> str | None:

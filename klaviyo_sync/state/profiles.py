@@ -17,12 +17,12 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from klaviyo_sync.state import meta
 from klaviyo_sync.state.schema import profile_jobs, profile_sync
 
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 #: customer ids per IN query (under SQLite's bound-parameter limit).
 _CHUNK = 5000
 
@@ -97,12 +97,13 @@ class ProfileStore:
     def known(self, customer_ids: Sequence[str]) -> dict[str, Known]:
         found: dict[str, Known] = {}
         c = profile_sync.c
+        # One expanding parameter: in_(list) would make and coerce a parameter per id.
+        stmt = sa.select(c.customer_id, c.digest, c.status, c.failed_digest).where(
+            c.customer_id.in_(sa.bindparam("ids", expanding=True)))
         with self.engine.connect() as conn:
             for start in range(0, len(customer_ids), _CHUNK):
                 chunk = list(customer_ids[start:start + _CHUNK])
-                for cid, digest, status, failed in conn.execute(
-                        sa.select(c.customer_id, c.digest, c.status, c.failed_digest)
-                        .where(c.customer_id.in_(chunk))):
+                for cid, digest, status, failed in conn.execute(stmt, {"ids": chunk}):
                     found[cid] = Known(digest, ProfileStatus(status), failed)
         return found
 
@@ -147,7 +148,7 @@ class ProfileStore:
         """Job complete: customers with an error failed with it, the others imported."""
         failures = {cid: (digest, errors[cid]) for cid, digest in job.customers
                     if cid in errors}
-        imported = [{"customer_id": cid, "digest": digest, "status": ProfileStatus.IMPORTED,
+        imported = [{"customer_id": cid, "digest": digest, "status": ProfileStatus.IMPORTED.value,
                      "job_id": job.job_id, "failed_digest": None, "last_error": None,
                      "imported_at": now, "updated_at": now}
                     for cid, digest in job.customers if cid not in errors]
@@ -184,7 +185,7 @@ class ProfileStore:
     def _record(self, conn: Connection, failures: Mapping[str, tuple[str, str]],
                 job_id: str | None, now: datetime) -> None:
         # A failure keeps the digest of the last profile that WAS imported.
-        rows = [{"customer_id": cid, "digest": None, "status": ProfileStatus.FAILED,
+        rows = [{"customer_id": cid, "digest": None, "status": ProfileStatus.FAILED.value,
                  "job_id": job_id, "failed_digest": digest, "last_error": error[:4000],
                  "imported_at": None, "updated_at": now}
                 for cid, (digest, error) in failures.items()]
@@ -194,15 +195,35 @@ class ProfileStore:
     @staticmethod
     def _upsert(conn: Connection, rows: Iterable[dict[str, Any]],
                 update: Sequence[str]) -> None:
+        """INSERT ... ON CONFLICT DO UPDATE, through the driver's executemany: a finished
+        job writes 10,000 rows, and SQLAlchemy's per-row parameter processing cost more
+        than the database's work."""
         rows = list(rows)
         if not rows:
             return
-        insert: Any = (postgresql.insert(profile_sync) if conn.dialect.name == "postgresql"
-                       else sqlite.insert(profile_sync))
-        stmt = insert.on_conflict_do_update(
-            index_elements=[profile_sync.c.customer_id],
-            set_={name: insert.excluded[name] for name in update})
-        conn.execute(stmt, rows)
+        columns = [c.name for c in profile_sync.columns]
+        sqlite_style = conn.dialect.name == "sqlite"
+        marks = ", ".join("?" if sqlite_style else f"%({name})s" for name in columns)
+        sets = ", ".join(f"{name} = excluded.{name}" for name in update)
+        sql = (f"INSERT INTO profile_sync ({', '.join(columns)}) VALUES ({marks}) "
+               f"ON CONFLICT (customer_id) DO UPDATE SET {sets}")
+        if sqlite_style:
+            # SQLAlchemy's own text form of DateTime on SQLite, so reads parse it back; the
+            # rows of one write share their times, so each is formatted once.
+            texts: dict[datetime, str] = {}
+
+            def cell(value: Any) -> Any:
+                if value.__class__ is not datetime:
+                    return value
+                text = texts.get(value)
+                if text is None:
+                    text = texts[value] = value.strftime(_SQLITE_TIME)
+                return text
+
+            conn.exec_driver_sql(sql, [tuple([cell(r[name]) for name in columns])
+                                       for r in rows])
+        else:
+            conn.exec_driver_sql(sql, rows)
 
     def _write(self) -> Any:
         # BEGIN IMMEDIATE on SQLite: take the write lock first, like the queue.

@@ -2,9 +2,9 @@
 
 - ``POST /api/profile-bulk-import-jobs``: up to 10,000 profiles. Validation is all or
   nothing, as Klaviyo's: one malformed email refuses the whole request with a 400 whose
-  pointer names it (``/data/attributes/profiles/data/17/attributes/email``). Accepted
-  profiles are merged into the account's profile store (``standin.profiles``); the answer
-  is 202 with a ``queued`` job.
+  pointer names it (``/data/attributes/profiles/data/17/attributes/email``). The answer
+  is 202 with a ``queued`` job; its profiles are merged into the account's profile store
+  (``standin.profiles``) just after, in a thread (reads of the job wait for that).
 - ``GET /api/profile-bulk-import-jobs/<id>``: the job's status moves one step per read,
   ``queued`` -> ``processing`` -> ``complete`` (``polls_to_complete`` reads; 1 completes
   on the first read), with total, completed and failed counts.
@@ -46,6 +46,9 @@ class ImportJob:
     total: int
     failures: list[tuple[int, str, dict[str, Any]]]  # (index in body, detail, attributes)
     reads: int = 0
+    #: Set once its profiles are in the account: the import runs after the 202, as
+    #: Klaviyo's does, and a read waits for it rather than reporting a job never done.
+    imported: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -133,26 +136,33 @@ def create_job(call: Call) -> Reply:
     if problems:  # all or nothing: nothing of the request is imported
         return errors(400, problems, items=len(items))
     book: ProfileJobBook = call.standin.profile_jobs
-    with book.lock:
-        failing = dict(book.failing)
-    failures: list[tuple[int, str, dict[str, Any]]] = []
     account = call.standin.account
     with account.lock:
-        for index, item in enumerate(items):
-            attributes = item["attributes"]
-            detail = failing.get(str(attributes.get("email") or "").lower())
-            if detail is not None:
-                failures.append((index, detail, attributes))
-                continue
-            profile = {k: v for k, v in attributes.items() if v is not None}
-            if item.get("id"):
-                profile["id"] = item["id"]
-            account.import_profile(profile)
-        job_id = account.add_job(JOB_TYPE, len(items), call.now).id
-    job = ImportJob(job_id, len(items), failures)
+        job = ImportJob(account.add_job(JOB_TYPE, len(items), call.now).id, len(items), [])
     with book.lock:
         book.jobs[job.id] = job
+        failing = dict(book.failing)
+    threading.Thread(target=_import, args=(call, job, items, failing), daemon=True,
+                     name=f"profile-import-{job.id}").start()
     return Reply(202, _document(call, job, "queued"), items=len(items))
+
+
+def _import(call: Call, job: ImportJob, items: list[Any], failing: dict[str, str]) -> None:
+    account = call.standin.account
+    try:
+        with account.lock:
+            for index, item in enumerate(items):
+                attributes = item["attributes"]
+                detail = failing.get(str(attributes.get("email") or "").lower())
+                if detail is not None:
+                    job.failures.append((index, detail, attributes))
+                    continue
+                profile = {k: v for k, v in attributes.items() if v is not None}
+                if item.get("id"):
+                    profile["id"] = item["id"]
+                account.import_profile(profile)
+    finally:
+        job.imported.set()
 
 
 def get_job(call: Call) -> Reply:
@@ -160,8 +170,10 @@ def get_job(call: Call) -> Reply:
     book: ProfileJobBook = call.standin.profile_jobs
     with book.lock:
         job = book.jobs.get(call.path_args[0])
-        if job is None:
-            return error(404, f"No {JOB_TYPE} with id {call.path_args[0]!r}.")
+    if job is None:
+        return error(404, f"No {JOB_TYPE} with id {call.path_args[0]!r}.")
+    job.imported.wait(timeout=60)
+    with book.lock:
         job.reads += 1
         status = book.status_of(job)
     return Reply(200, _document(call, job, status))
@@ -174,6 +186,7 @@ def get_errors(call: Call) -> Reply:
         job = book.jobs.get(call.path_args[0])
     if job is None:
         return error(404, f"No {JOB_TYPE} with id {call.path_args[0]!r}.")
+    job.imported.wait(timeout=60)
     try:
         size = int(call.param("page[size]") or 20)
         start = int(call.param("page[cursor]") or 0)

@@ -109,3 +109,19 @@ def test_bad_unique_id_template_names_the_key(template: str, message: str) -> No
 def test_extra_properties_need_plain_column_names() -> None:
     with pytest.raises(ConfigError, match=r"profiles\.extra_properties\.bad col"):
         config.from_mapping({"profiles": {"extra_properties": {"bad col": "X"}}})
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"email": None, "first_name": None}, {"first_name": 'Zoë "Q" \\ <tab>\t'},
+    {"box": None, "signup_date": None}, {"email": "   "},
+])
+def test_built_item_is_byte_for_byte_the_generic_encoding(changes: dict) -> None:
+    from klaviyo_sync.senders.profiles import profile_item
+
+    profile = builder().build(row(**changes))
+    assert profile.item == profile_item(json.loads(profile.item)["attributes"])
+
+
+def test_repeated_property_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="repeat"):
+        ProfileBuilder(ProfileProperties(), {"box2": "Box"}, ("box2",))
