@@ -436,5 +436,11 @@ def build_profile_sync(settings: Settings, state_engine: Engine, business_engine
         raise ConfigError(f"the profiles pass cannot send through {type(sender).__name__}")
     reader = SqlCustomerReader(business_engine, settings.business,
                                tuple(settings.profiles.extra_properties))
+    try:
+        ProfileBuilder(settings.klaviyo.profile_properties, settings.profiles.extra_properties,
+                       reader.extra_columns)
+    except ValueError as exc:
+        raise ConfigError(f"[klaviyo.profile_properties] / [profiles.extra_properties]: "
+                          f"{exc}") from None
     return ProfileSync(settings, ProfileStore(state_engine), reader, api,
                        text_times=business_engine.dialect.name == "sqlite", dry_run=dry_run)

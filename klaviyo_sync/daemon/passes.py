@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -24,6 +24,9 @@ from klaviyo_sync.logconfig import get_logger
 from klaviyo_sync.queue.models import EventState
 from klaviyo_sync.state import meta
 from klaviyo_sync.state.schema import audit, events
+
+if TYPE_CHECKING:
+    from klaviyo_sync.business.profile_sync import ProfileSync
 
 log = get_logger(__name__)
 
@@ -50,7 +53,7 @@ def has_due_retries(engine: Engine, now: Any = None) -> bool:
 
 
 def _profile_pass(settings: Settings, engine: Engine, worker_id: str
-                  ) -> tuple[Any, list[Callable[[], None]]]:
+                  ) -> tuple[ProfileSync | None, list[Callable[[], None]]]:
     """The profiles pass and what closes its parts, or (None, []) when it is off.
 
     Opening the business database and a sender belongs in the wiring module; until that
