@@ -28,10 +28,11 @@ from pathlib import Path
 from klaviyo_sync import logconfig
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import KNOWN_EVENT_TYPES, LogSettings, Settings, StateSettings
-from klaviyo_sync.parsers.enqueue import _SQLITE_INSERT, BulkEnqueuer
 from klaviyo_sync.parsers.ingest import Ingestor
 from klaviyo_sync.parsers.line_parser import LineParser
 from klaviyo_sync.parsers.tailer import read_chunks
+from klaviyo_sync.queue.bulk import BulkEnqueuer
+from klaviyo_sync.queue.drivers.sqlite_bulk import _SQLITE_INSERT
 from klaviyo_sync.state.db import open_state
 
 NOISE = (

@@ -54,13 +54,13 @@ def phase_generate(business_url: str, orders: int) -> dict:
 
 
 def phase_sync(business_url: str, state_url: str) -> dict:
-    from klaviyo_sync.business.order_tracker import build_order_tracker
+    from klaviyo_sync.app import App
     from klaviyo_sync.logconfig import configure
     from klaviyo_sync.state.db import open_state
 
     configure("warning")
     engine = open_state(state_url)
-    tracker = build_order_tracker(_settings(business_url), engine)
+    tracker = App(_settings(business_url), state_engine=engine).order_tracker
     assert tracker is not None
     started = time.perf_counter()
     report = tracker.run_once()

@@ -39,10 +39,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _settings(business_url: str, base_url: str = "http://127.0.0.1:1"):  # type: ignore[no-untyped-def]
+def _settings(business_url: str, base_url: str, state_url: str):  # type: ignore[no-untyped-def]
     from klaviyo_sync import config
 
     return config.from_mapping({
+        "state": {"url": state_url},
         "business": {"url": business_url},
         "klaviyo": {"base_url": base_url, "respect_published_limits": False,
                     "timeout_s": 120.0},
@@ -98,23 +99,18 @@ def phase_plain(business_url: str, page: int) -> dict:
 
 
 def phase_sync(business_url: str, state_url: str, base_url: str) -> dict:
-    from klaviyo_sync.business.db import open_business
-    from klaviyo_sync.business.profile_sync import build_profile_sync
+    from klaviyo_sync.app import App
     from klaviyo_sync.logconfig import configure
-    from klaviyo_sync.senders import build_sender
-    from klaviyo_sync.state.db import open_state
 
     configure("warning")
     os.environ["KLAVIYO_API_KEY"] = API_KEY
-    settings = _settings(business_url, base_url)
-    engine = open_state(state_url)
-    business = open_business(business_url)
-    sender = build_sender(settings, engine, worker_id="bench")
-    sync = build_profile_sync(settings, engine, business, sender)
-    started = time.perf_counter()
-    report = sync.run_once(all_customers=True)
-    seconds = time.perf_counter() - started
-    sender.close()
+    settings = _settings(business_url, base_url, state_url)
+    with App(settings, worker_id="bench") as app:
+        sync = app.profile_sync()
+        assert sync is not None
+        started = time.perf_counter()
+        report = sync.run_once(all_customers=True)
+        seconds = time.perf_counter() - started
     return {"seconds": seconds, "sent": report.sent, "imported": report.imported,
             "failed": report.failed, "requests": report.requests, "rss_mb": _peak_rss_mb()}
 

@@ -24,7 +24,7 @@ from klaviyo_sync.exceptions import ConfigError
 #: Where settings are looked for when neither --config nor KLAVIYO_SYNC_CONFIG is given.
 DEFAULT_CONFIG_PATHS = (Path("settings.toml"), Path("/etc/klaviyo-sync/settings.toml"))
 
-#: The six business-log event types marketing cares about (DESIGN.md).
+#: The six business-log event types marketing cares about (docs/architecture.md, "Stages").
 KNOWN_EVENT_TYPES = (
     "cancelled",
     "contact.form",
@@ -103,7 +103,7 @@ class StateSettings:
 
 @dataclass(frozen=True)
 class BusinessColumns:
-    """Column names of the business database; defaults are DESIGN.md's schema."""
+    """Column names of the business database; defaults are business/sample_data.py's."""
 
     customer_id: str = "id"
     customer_email: str = "email"

@@ -9,7 +9,6 @@ profile import jobs) to an outbox file.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from klaviyo_sync import config
-from klaviyo_sync.business.db import open_business
+from klaviyo_sync.app import App, connect_business_writer
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.demo_log import DemoCustomer, write_sample_log
-from klaviyo_sync.state.db import open_state
-from klaviyo_sync.state.schema import events, rejects, suppressions
+from klaviyo_sync.queue import QueueStore
+from klaviyo_sync.state.schema import rejects, suppressions
 
 DEMO_CUSTOMERS = 60
 DEMO_ORDERS = 150
@@ -64,10 +63,7 @@ def settings_text(folder: Path) -> str:
 def run_demo(folder: Path) -> DemoReport:
     """Build the demo folder from scratch and run every pass once."""
     from klaviyo_sync.business.missed_signups import find_missed_signups
-    from klaviyo_sync.business.order_tracker import build_order_tracker
     from klaviyo_sync.business.sample_data import create_schema, generate
-    from klaviyo_sync.parsers.ingest import Ingestor
-    from klaviyo_sync.senders.runner import build_runner
 
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,7 +74,7 @@ def run_demo(folder: Path) -> DemoReport:
     settings_path.write_text(settings_text(folder), encoding="utf-8")
     settings = config.load(settings_path)
 
-    business = sa.create_engine(settings.business.url)
+    business = connect_business_writer(settings)
     create_schema(business, settings.business)
     sample = generate(business, settings.business, customers=DEMO_CUSTOMERS, orders=DEMO_ORDERS,
                       seed=7)
@@ -89,41 +85,22 @@ def run_demo(folder: Path) -> DemoReport:
         attempt.last_name or "Sample")) for attempt in sample.signups]
     log = write_sample_log(folder, list(people.values()), end=utcnow(), signups=signups)
 
-    engine = open_state(settings.state.url)
-    try:
-        Ingestor(settings, engine).replay()
-        tracker = build_order_tracker(settings, engine)
+    with App(settings, worker_id="demo") as app:
+        engine = app.state_engine
+        app.ingestor.replay()
+        tracker = app.order_tracker
         order_report = tracker.run_once() if tracker else None
-        runner = build_runner(settings, engine, worker_id="demo")
-        try:
-            runner.drain()
-        finally:
-            runner.close()
-        reader = open_business(settings.business.url)
-        try:
-            missed = find_missed_signups(engine, reader, settings)
-            profiles = _profiles_pass(settings, engine, reader)
-        finally:
-            reader.dispose()
+        app.runner.drain()
+        reader = app.business_engine
+        assert reader is not None  # the demo's settings name its business database
+        missed = find_missed_signups(engine, reader, settings)
+        profile_sync = app.profile_sync()
+        assert profile_sync is not None
+        profiles = profile_sync.run_once(all_customers=True)
         report = _report(folder, settings_path, log.files, log.lines, engine, order_report,
                          missed, settings)
         report.profiles_sent, report.profile_jobs = profiles.sent, profiles.jobs
         return report
-    finally:
-        engine.dispose()
-
-
-def _profiles_pass(settings: config.Settings, engine: sa.Engine, business: sa.Engine) -> Any:
-    """Every customer as a profile, in import jobs written to the outbox."""
-    from klaviyo_sync.business.profile_sync import build_profile_sync
-    from klaviyo_sync.senders import build_sender
-
-    sender = build_sender(settings, engine, worker_id="demo")
-    try:
-        return build_profile_sync(settings, engine, business, sender).run_once(
-            all_customers=True)
-    finally:
-        sender.close()
 
 
 def _demo_customer(customer: Any) -> DemoCustomer:
@@ -135,15 +112,12 @@ def _demo_customer(customer: Any) -> DemoCustomer:
 def _report(folder: Path, settings_path: Path, files: tuple[Path, ...], lines: int,
             engine: sa.Engine, order_report: Any, missed: list[Any],
             settings: config.Settings) -> DemoReport:
+    queue = QueueStore(engine)
+    by_metric = queue.metric_counts(source="log")
+    by_state = queue.counts()
+    order_events = queue.source_count("order")
     with engine.connect() as conn:
-        by_metric: dict[str, int] = dict(conn.execute(
-            sa.select(events.c.metric, sa.func.count()).where(events.c.source == "log")
-            .group_by(events.c.metric)).all())
-        by_state: Counter[str] = Counter(dict(conn.execute(
-            sa.select(events.c.state, sa.func.count()).group_by(events.c.state)).all()))
         reject_count = conn.execute(sa.select(sa.func.count()).select_from(rejects)).scalar()
-        order_events = conn.execute(sa.select(sa.func.count()).select_from(events)
-                                    .where(events.c.source == "order")).scalar()
         suppressed = conn.execute(sa.select(sa.func.count()).select_from(suppressions)
                                   .where(suppressions.c.state == "sent")).scalar()
     outbox = Path(settings.sender.outbox)
@@ -152,7 +126,7 @@ def _report(folder: Path, settings_path: Path, files: tuple[Path, ...], lines: i
     return DemoReport(
         folder=folder, settings_path=settings_path, log_files=list(files), log_lines=lines,
         events_by_metric={str(k): int(v) for k, v in by_metric.items()},
-        rejects=int(reject_count or 0), order_events=int(order_events or 0),
+        rejects=int(reject_count or 0), order_events=order_events,
         sent=by_state.get("sent", 0), dead=by_state.get("dead", 0),
         outbox_requests=len(requests), suppressed=int(suppressed or 0), missed_signups=missed,
     )

@@ -93,3 +93,8 @@ class PayloadTooLargeError(RejectedSendError):
 
 class AuthError(SendError):
     """401/403: credentials bad, revoked or lacking scope. Stop sending, keep the queue."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        #: The HTTP status Klaviyo (or its token endpoint) answered, when there was one.
+        self.status = status

@@ -55,9 +55,9 @@ def iter_checkouts(client: KlaviyoReader, metric_name: str, since: datetime | No
         return
     terms = [f'equals(metric_id,"{metric_id}")']
     if since is not None:
-        terms.append(f"greater-or-equal(datetime,{iso_utc(since)})")
+        terms.append(f"greater-or-equal(datetime,{iso_utc(since, to_second=True)})")
     if until is not None:
-        terms.append(f"less-than(datetime,{iso_utc(until)})")
+        terms.append(f"less-than(datetime,{iso_utc(until, to_second=True)})")
     query: dict[str, str] | None = {
         "filter": f"and({','.join(terms)})" if len(terms) > 1 else terms[0],
         "sort": "datetime", "include": "profile", "page[size]": str(PAGE_SIZE),

@@ -100,6 +100,27 @@ class InMemoryCustomers:
         return {i: self.customers[i] for i in set(ids) if i in self.customers}
 
 
+# Customer's fields in the order Customer.from_values takes them.
+CUSTOMER_FIELDS = ("id", "email", "first_name", "last_name", "status", "schedule", "box",
+                   "signup_date", "email_opt_in")
+
+
+def customer_select(settings: BusinessSettings, more_columns: Sequence[str] = ()
+                    ) -> tuple[sa.TableClause, sa.Select[Any]]:
+    """The customers table and a SELECT of its [business.columns], labelled and ordered
+    as :data:`CUSTOMER_FIELDS`; callers add their own WHERE. ``more_columns`` are declared
+    on the table too, for a caller that selects them (updated_at, extra properties)."""
+    cols = settings.columns
+    names = (cols.customer_id, cols.customer_email, cols.customer_first_name,
+             cols.customer_last_name, cols.customer_status, cols.customer_schedule,
+             cols.customer_box, cols.customer_signup_date, cols.customer_email_opt_in)
+    table = sa.table(settings.customers_table,
+                     *(sa.column(name) for name in dict.fromkeys((*names, *more_columns))))
+    select = sa.select(*(table.c[name].label(field)
+                         for name, field in zip(names, CUSTOMER_FIELDS, strict=True)))
+    return table, select
+
+
 class SqlCustomerReader:
     """Reads customers from the business database: one query per batch of ids.
 
@@ -112,30 +133,14 @@ class SqlCustomerReader:
         self.engine = engine
         self.settings = settings
         cols = settings.columns
-        standard = (cols.customer_id, cols.customer_email, cols.customer_first_name,
-                    cols.customer_last_name, cols.customer_status, cols.customer_schedule,
-                    cols.customer_box, cols.customer_signup_date, cols.customer_email_opt_in)
         self.extra_columns = tuple(extra_columns)
-        table = sa.table(
-            settings.customers_table,
-            *(sa.column(name) for name in dict.fromkeys(
-                (*standard, cols.customer_updated_at, *self.extra_columns))),
-        )
-        c = table.c
-        self._id = c[cols.customer_id]
-        self._updated = c[cols.customer_updated_at]
-        self._select = sa.select(
-            self._id.label("id"), c[cols.customer_email].label("email"),
-            c[cols.customer_first_name].label("first_name"),
-            c[cols.customer_last_name].label("last_name"),
-            c[cols.customer_status].label("status"),
-            c[cols.customer_schedule].label("schedule"), c[cols.customer_box].label("box"),
-            c[cols.customer_signup_date].label("signup_date"),
-            c[cols.customer_email_opt_in].label("email_opt_in"),
-        )
+        table, self._select = customer_select(
+            settings, (cols.customer_updated_at, *self.extra_columns))
+        self._id = table.c[cols.customer_id]
+        self._updated = table.c[cols.customer_updated_at]
         # The profiles pass's rows: the standard columns, updated_at, then the extras.
         self._full = self._select.add_columns(
-            self._updated, *(c[name] for name in self.extra_columns))
+            self._updated, *(table.c[name] for name in self.extra_columns))
         self.queries = 0
         self._id_kind: str | None = None  # "int" | "text" | "cast", see _id_matcher
 

@@ -49,5 +49,14 @@ def open_business(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+def open_writer(url: str) -> Engine:
+    """An engine that may write the business database: only to create sample data (the
+    demo); klaviyo-sync itself reads the business database through :func:`open_business`."""
+    try:
+        return sa.create_engine(url)
+    except sa.exc.ArgumentError as exc:
+        raise BusinessDataError(f"business.url: not a database URL: {exc}") from exc
+
+
 def describe_error(exc: Exception) -> str:
     return str(getattr(exc, "orig", exc)).splitlines()[0]

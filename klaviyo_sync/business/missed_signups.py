@@ -24,17 +24,17 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business.checkout_events import CheckoutAttempt
-from klaviyo_sync.business.customers import Customer, SqlCustomerReader
-from klaviyo_sync.clock import utcnow
+from klaviyo_sync.business.customers import Customer, SqlCustomerReader, customer_select
+from klaviyo_sync.clock import iso_utc, utcnow
 from klaviyo_sync.config import BusinessSettings, Settings, parse_duration_s
 from klaviyo_sync.exceptions import BusinessDataError
-from klaviyo_sync.state.schema import events
+from klaviyo_sync.queue.store import QueueStore
 
 COLUMNS = ("customer_id", "email", "name", "first_attempt_at", "last_attempt_at", "attempts",
            "status", "schedule", "box", "days_since_last_attempt", "sources")
@@ -59,8 +59,8 @@ class MissedSignup:
 
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in COLUMNS}
-        data["first_attempt_at"] = self.first_attempt_at.isoformat() + "+00:00"
-        data["last_attempt_at"] = self.last_attempt_at.isoformat() + "+00:00"
+        data["first_attempt_at"] = iso_utc(self.first_attempt_at)
+        data["last_attempt_at"] = iso_utc(self.last_attempt_at)
         data["sources"] = list(self.sources)
         return data
 
@@ -205,20 +205,12 @@ def _merge(people: dict[str, _Attempts], key: str, customer_id: str | None, emai
 
 def _log_attempts(engine: Engine, metric: str, start: datetime | None, end: datetime | None
                   ) -> dict[str, _Attempts]:
-    stmt = (sa.select(events.c.customer_id, events.c.email, sa.func.min(events.c.occurred_at),
-                      sa.func.max(events.c.occurred_at), sa.func.count())
-            .where(events.c.metric == metric)
-            .group_by(events.c.customer_id, events.c.email))
-    if start is not None:
-        stmt = stmt.where(events.c.occurred_at >= start)
-    if end is not None:
-        stmt = stmt.where(events.c.occurred_at < end)
     people: dict[str, _Attempts] = {}
-    with engine.connect() as conn:
-        for customer_id, email, first, last, count in conn.execute(stmt):
-            key = customer_id or f"email:{(email or '').lower()}"
-            if key != "email:":
-                _merge(people, key, customer_id, email, first, last, int(count), "log")
+    for found in QueueStore(engine).signup_attempts(metric, start, end):
+        key = found.customer_id or f"email:{(found.email or '').lower()}"
+        if key != "email:":
+            _merge(people, key, found.customer_id, found.email, found.first_at,
+                   found.last_at, found.count, "log")
     return people
 
 
@@ -226,16 +218,9 @@ def _logged_names(engine: Engine, metric: str, customer_ids: list[str]
                   ) -> dict[str, tuple[str | None, str | None]]:
     """First/last names the log lines carried, for attempters the business DB lacks."""
     names: dict[str, tuple[str | None, str | None]] = {}
-    with engine.connect() as conn:
-        for start in range(0, len(customer_ids), 1000):
-            rows = conn.execute(
-                sa.select(events.c.customer_id, events.c.profile)
-                .where(events.c.metric == metric,
-                       events.c.customer_id.in_(customer_ids[start:start + 1000]))
-                .order_by(events.c.occurred_at))
-            for customer_id, profile in rows:
-                if profile and (profile.get("first_name") or profile.get("last_name")):
-                    names[customer_id] = (profile.get("first_name"), profile.get("last_name"))
+    for customer_id, profile in QueueStore(engine).logged_profiles(metric, customer_ids):
+        if profile and (profile.get("first_name") or profile.get("last_name")):
+            names[customer_id] = (profile.get("first_name"), profile.get("last_name"))
     return names
 
 
@@ -243,14 +228,8 @@ def _customers_by_email(engine: Engine, settings: BusinessSettings, emails: set[
                         ) -> dict[str, Customer]:
     if not emails:
         return {}
-    c = settings.columns
-    names = (c.customer_id, c.customer_email, c.customer_first_name, c.customer_last_name,
-             c.customer_status, c.customer_schedule, c.customer_box, c.customer_signup_date,
-             c.customer_email_opt_in)
-    table = sa.table(settings.customers_table, *(sa.column(n) for n in names))
-    labels = ("id", "email", "first_name", "last_name", "status", "schedule", "box",
-              "signup_date", "email_opt_in")
-    select = sa.select(*(table.c[n].label(label) for n, label in zip(names, labels, strict=True)))
+    table, select = customer_select(settings)
+    email = table.c[settings.columns.customer_email]
     wanted = sorted(e.lower() for e in emails)
     found: dict[str, Customer] = {}
     try:
@@ -258,7 +237,7 @@ def _customers_by_email(engine: Engine, settings: BusinessSettings, emails: set[
             for start in range(0, len(wanted), settings.lookup_batch_size):
                 chunk = wanted[start:start + settings.lookup_batch_size]
                 for row in conn.execute(select.where(
-                        sa.func.lower(table.c[c.customer_email]).in_(chunk))).mappings():
+                        sa.func.lower(email).in_(chunk))).mappings():
                     customer = Customer.from_row(row)
                     found.setdefault((customer.email or "").lower(), customer)
     except sa.exc.SQLAlchemyError as exc:
@@ -285,7 +264,14 @@ def _row(person: _Attempts, customer: Customer | None,
     )
 
 
-def write_profile_flags(sender: Any, outcome: SignupOutcome, property_name: str) -> int:
+class ProfileWriter(Protocol):
+    """What the flags need of a sender (senders/base.py's Sender has it)."""
+
+    def import_profile(self, profile: dict[str, Any]) -> None: ...
+
+
+def write_profile_flags(sender: ProfileWriter, outcome: SignupOutcome, property_name: str
+                        ) -> int:
     """Set ``property_name`` true on missed signups' profiles and false on the others'.
 
     One profile-import request each (paced by the sender); returns profiles written.
@@ -308,38 +294,3 @@ def write_profile_flags(sender: Any, outcome: SignupOutcome, property_name: str)
         sender.import_profile(profile)
         written += 1
     return written
-
-
-def run_ruleset(settings: Settings, state_engine: Engine, since: date | None = None,
-                until: date | None = None, include_klaviyo: bool = False) -> SignupOutcome:
-    """What `klaviyo-sync missed-signups` does: open the business DB (and Klaviyo if asked),
-    apply the ruleset, and write the profile flags when the setting says so."""
-    from klaviyo_sync.business.checkout_events import KlaviyoReader, iter_checkouts
-    from klaviyo_sync.business.db import open_business
-    from klaviyo_sync.exceptions import ConfigError
-    from klaviyo_sync.senders import build_sender
-
-    if not settings.business.url:
-        raise ConfigError("business.url is empty: the missed-signup ruleset reads the "
-                          "business database")
-    needs_sender = include_klaviyo or settings.missed_signups.write_profile_flag
-    sender = build_sender(settings, state_engine) if needs_sender else None
-    business = open_business(settings.business.url)
-    try:
-        checkouts: list[CheckoutAttempt] = []
-        if include_klaviyo:
-            if not isinstance(sender, KlaviyoReader):
-                raise ConfigError("--include-klaviyo reads from Klaviyo: it needs "
-                                  "sender.kind = \"klaviyo\"")
-            start, end = window(since, until)
-            checkouts = list(iter_checkouts(sender, settings.missed_signups
-                                            .klaviyo_checkout_metric, start, end))
-        outcome = evaluate_signups(state_engine, business, settings, since, until, checkouts)
-        if sender is not None and settings.missed_signups.write_profile_flag:
-            write_profile_flags(sender, outcome,
-                                settings.klaviyo.profile_properties.missed_signup)
-        return outcome
-    finally:
-        business.dispose()
-        if sender is not None:
-            sender.close()

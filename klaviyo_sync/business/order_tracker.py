@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -31,8 +31,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Engine
 
-from klaviyo_sync.business.customers import Customer, CustomerDirectory, SqlCustomerReader
-from klaviyo_sync.business.db import open_business
+from klaviyo_sync.business.customers import Customer, CustomerDirectory
 from klaviyo_sync.business.order_events import OrderEventBuilder, order_properties
 from klaviyo_sync.business.orders import (
     Order,
@@ -47,8 +46,9 @@ from klaviyo_sync.business.orders import (
 )
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
+from klaviyo_sync.queue.drivers import insert_ignoring_duplicates, write_transaction
 from klaviyo_sync.queue.models import NewEvent
-from klaviyo_sync.queue.store import QueueStore, insert_ignoring_duplicates
+from klaviyo_sync.queue.store import QueueStore
 from klaviyo_sync.state import meta
 from klaviyo_sync.state.schema import order_sync
 
@@ -112,8 +112,7 @@ class OrderTracker:
 
     def __init__(self, settings: Settings, state_engine: Engine, reader: OrderReader,
                  customers: CustomerDirectory, observer: CustomerObserver | None = None,
-                 text_times: bool = False, on_close: Callable[[], None] | None = None
-                 ) -> None:
+                 text_times: bool = False) -> None:
         self.settings = settings
         self.state_engine = state_engine
         self.reader = reader
@@ -122,7 +121,6 @@ class OrderTracker:
         self.queue = QueueStore(state_engine)
         self._states = status_map(settings.orders)
         self._text_times = text_times  # the business driver returns timestamps as text
-        self._on_close = on_close
 
     def run_once(self, stop: threading.Event | None = None, now: datetime | None = None
                  ) -> OrdersReport:
@@ -170,12 +168,6 @@ class OrderTracker:
              new=report.orders_new, changed=report.orders_changed,
              enqueued=report.events_enqueued, unknown_status=report.unknown_status)
         return report
-
-    def close(self) -> None:
-        """Release the business database's connections (when the tracker opened it)."""
-        if self._on_close is not None:
-            self._on_close()
-            self._on_close = None
 
     def reread_all(self) -> None:
         """Forget the watermark: the next pass reads every order again.
@@ -289,10 +281,8 @@ class OrderTracker:
         return order_sync.update().where(order_sync.c.order_id == sa.bindparam("b_order_id"))
 
     def _write(self) -> Any:
-        # BEGIN IMMEDIATE on SQLite: take the write lock before reading, like the queue.
-        if self.state_engine.dialect.name == "sqlite":
-            return self.state_engine.execution_options(sqlite_begin="IMMEDIATE").begin()
-        return self.state_engine.begin()
+        # The queue's write transaction: on SQLite it takes the write lock before reading.
+        return write_transaction(self.state_engine)
 
     def _load_watermark(self) -> Any:
         text = meta.get(self.state_engine, meta.ORDERS_WATERMARK)
@@ -304,22 +294,3 @@ class OrderTracker:
         if watermark is None or parse_raw_time(candidate) > parse_raw_time(watermark):
             return candidate
         return watermark
-
-
-def build_order_tracker(settings: Settings, state_engine: Engine,
-                        observer: CustomerObserver | None = None) -> OrderTracker | None:
-    """The configured tracker, or None when business.url is empty or orders are off."""
-    if not settings.business.url or not settings.orders.enabled:
-        return None
-    business = open_business(settings.business.url)
-    if observer is None:
-        from klaviyo_sync.business.suppression import build_suppressor
-
-        observer = build_suppressor(settings, state_engine)
-    return OrderTracker(
-        settings, state_engine,
-        OrderReader(business, settings.business, settings.orders.page_size),
-        SqlCustomerReader(business, settings.business), observer,
-        text_times=business.dialect.name == "sqlite", on_close=business.dispose,
-    )
-

@@ -420,7 +420,7 @@ def build_profile_sync(settings: Settings, state_engine: Engine, business_engine
                        sender: Any, dry_run: bool = False) -> ProfileSync:
     """The profiles pass over these parts (the wiring opens the engines and the sender).
 
-    ``sender`` is what ``senders.build_sender`` made: the Klaviyo client, or the dry-run
+    ``sender`` is what ``App.sender`` built: the Klaviyo client, or the dry-run
     sender whose outbox gets the job bodies. ``dry_run`` writes bodies and records nothing.
     """
     from klaviyo_sync.senders.client import KlaviyoClient

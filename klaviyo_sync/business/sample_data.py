@@ -1,11 +1,12 @@
 """A generated business database with a known answer: for tests, the benchmark and the demo.
 
-:func:`create_schema` creates DESIGN.md's documented schema (under the table and column
-names the settings give) on any SQLAlchemy engine; :func:`generate` fills it with a
-deterministic data set (same seed, same rows) and returns a :class:`SampleSummary` that
-says what the right answers are: which customers are missed signups, how many events an
-initial orders pass must enqueue. Rows go in with executemany in chunks, so a million
-orders fit in a few hundred MB of nothing: nothing is held beyond one chunk.
+:func:`create_schema` creates the business schema the default settings describe (under
+the table and column names the settings give) on any SQLAlchemy engine; :func:`generate`
+fills it with a deterministic data set (same seed, same rows) and returns a
+:class:`SampleSummary` that says what the right answers are: which customers are missed
+signups, how many events an initial orders pass must enqueue. Rows go in with
+executemany in chunks, so a million orders fit in a few hundred MB of nothing: nothing is
+held beyond one chunk.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def tables(settings: BusinessSettings) -> tuple[sa.Table, sa.Table, sa.Table]:
         sa.Column(c.order_currency, sa.String(3)),
         sa.Column(c.order_created_at, sa.DateTime, nullable=False),
         sa.Column(c.order_updated_at, sa.DateTime, nullable=False),
-        # The index the incremental read relies on (DESIGN.md: never a full scan).
+        # The index the incremental read relies on: the orders pass never scans the
+        # whole table (docs/architecture.md, "Data flow").
         sa.Index(f"ix_{settings.orders_table}_updated", c.order_updated_at, c.order_id),
         sa.Index(f"ix_{settings.orders_table}_customer", c.order_customer_id),
     )

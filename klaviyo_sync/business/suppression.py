@@ -31,10 +31,10 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business.customers import Customer
-from klaviyo_sync.clock import utcnow
-from klaviyo_sync.config import Settings, SuppressionSettings
+from klaviyo_sync.clock import iso_utc, iso_utc_or_none, utcnow
+from klaviyo_sync.config import SuppressionSettings
 from klaviyo_sync.exceptions import RejectedSendError, SendError
-from klaviyo_sync.queue.store import insert_ignoring_duplicates
+from klaviyo_sync.queue.drivers import insert_ignoring_duplicates, write_transaction
 from klaviyo_sync.state.schema import suppressions
 
 log = structlog.get_logger(__name__)
@@ -82,8 +82,8 @@ class Suppression:
         return {"email": self.email, "customer_id": self.customer_id, "reason": self.reason,
                 "state": self.state.value, "attempts": self.attempts,
                 "last_error": self.last_error,
-                "created_at": self.created_at.isoformat() + "+00:00",
-                "sent_at": self.sent_at.isoformat() + "+00:00" if self.sent_at else None}
+                "created_at": iso_utc(self.created_at),
+                "sent_at": iso_utc_or_none(self.sent_at)}
 
 
 def suppression_reason(customer: Customer, dead_statuses: Iterable[str]) -> str | None:
@@ -220,9 +220,8 @@ class Suppressor:
                             .values(**values)).rowcount
 
     def _write(self) -> Any:
-        if self.engine.dialect.name == "sqlite":
-            return self.engine.execution_options(sqlite_begin="IMMEDIATE").begin()
-        return self.engine.begin()
+        # The queue's write transaction: on SQLite it takes the write lock before reading.
+        return write_transaction(self.engine)
 
 
 def list_suppressions(state_engine: Engine, state: SuppressionState | None = None,
@@ -236,10 +235,3 @@ def list_suppressions(state_engine: Engine, state: SuppressionState | None = Non
         stmt = stmt.limit(limit)
     with state_engine.connect() as conn:
         return [Suppression.from_row(r) for r in conn.execute(stmt)]
-
-
-def build_suppressor(settings: Settings, state_engine: Engine) -> Suppressor | None:
-    """The configured suppressor, or None when suppression is switched off."""
-    if not settings.suppression.enabled:
-        return None
-    return Suppressor(state_engine, settings.suppression)

@@ -16,17 +16,18 @@ import click
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync import __version__, config, logconfig
+from klaviyo_sync.app import App
 from klaviyo_sync.exceptions import KlaviyoSyncError
 
 
 @dataclass
 class AppContext:
-    """What every command gets: the settings path, verbosity, and lazily opened state."""
+    """What every command gets: the settings path, verbosity, and the app's parts."""
 
     config_path: str | None
     verbose: int
     _settings: config.Settings | None = None
-    _engine: Engine | None = None
+    _parts: App | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -38,18 +39,20 @@ class AppContext:
                                 self._settings.logging.mask_emails)
         return self._settings
 
+    @property
+    def parts(self) -> App:
+        """The wiring (app.py) on these settings: each part built on first use."""
+        if self._parts is None:
+            self._parts = App(self.settings)
+        return self._parts
+
     def state_engine(self) -> Engine:
         """The state database, created on first use, refused if its schema is outdated."""
-        if self._engine is None:
-            from klaviyo_sync.state.db import open_state
-
-            self._engine = open_state(self.settings.state.url,
-                                      self.settings.state.sqlite_busy_timeout_s)
-        return self._engine
+        return self.parts.state_engine
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        if self._parts is not None:
+            self._parts.close()
 
 
 pass_app = click.make_pass_decorator(AppContext)

@@ -60,9 +60,10 @@ def db_group() -> None:
 @pass_app
 def db_upgrade(app: AppContext, revision: str) -> None:
     """Create or migrate the state database to this version's schema."""
+    from klaviyo_sync.app import connect_state
     from klaviyo_sync.state import db
 
-    engine = db.create_engine(app.settings.state.url, app.settings.state.sqlite_busy_timeout_s)
+    engine = connect_state(app.settings)
     try:
         before = db.schema_status(engine)
         after = db.upgrade(engine, revision)
@@ -75,9 +76,10 @@ def db_upgrade(app: AppContext, revision: str) -> None:
 @pass_app
 def db_status(app: AppContext) -> None:
     """Show the schema revision of the state database and the one this version needs."""
+    from klaviyo_sync.app import connect_state
     from klaviyo_sync.state import db
 
-    engine = db.create_engine(app.settings.state.url, app.settings.state.sqlite_busy_timeout_s)
+    engine = connect_state(app.settings)
     try:
         status = db.schema_status(engine)
     finally:

@@ -21,19 +21,14 @@ from klaviyo_sync.exceptions import ConfigError
 @pass_app
 def orders(app: AppContext, reread_all: bool, as_json: bool) -> None:
     """Turn new and changed orders into events: one pass, then exit."""
-    from klaviyo_sync.business.order_tracker import build_order_tracker
-
     settings = app.settings
-    tracker = build_order_tracker(settings, app.state_engine())
+    tracker = app.parts.order_tracker
     if tracker is None:
         why = "business.url is empty" if not settings.business.url else "orders.enabled = false"
         raise ConfigError(f"the orders pass is off: {why}")
-    try:
-        if reread_all:
-            tracker.reread_all()
-        report = tracker.run_once()
-    finally:
-        tracker.close()
+    if reread_all:
+        tracker.reread_all()
+    report = tracker.run_once()
     if as_json:
         click.echo(json.dumps(asdict(report)))
         return
@@ -91,13 +86,13 @@ def suppressions_list(app: AppContext, state: str | None, limit: int | None,
 def missed_signups(app: AppContext, since: datetime | None, until: datetime | None, fmt: str,
                    output: Path | None, include_klaviyo: bool) -> None:
     """People who started signing up but now lack a box, a schedule or the active status."""
-    from klaviyo_sync.business.missed_signups import history_starts, render, run_ruleset
+    from klaviyo_sync.business.missed_signups import history_starts, render
 
     if since and until and until < since:
         raise click.BadParameter("--until is before --since", param_hint="--until")
     settings = app.settings
-    outcome = run_ruleset(settings, app.state_engine(), since.date() if since else None,
-                          until.date() if until else None, include_klaviyo)
+    outcome = app.parts.missed_signups(since.date() if since else None,
+                                       until.date() if until else None, include_klaviyo)
     complete_from = history_starts(settings)
     if since is None or since < complete_from:
         click.echo(f"note: delivered attempts are kept {settings.sender.sent_retention} "

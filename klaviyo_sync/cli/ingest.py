@@ -16,7 +16,7 @@ from klaviyo_sync.parsers.rejects import RejectStore
 
 
 def _ingestor(app: AppContext) -> Ingestor:
-    return Ingestor(app.settings, app.state_engine())
+    return app.parts.ingestor
 
 
 def _where(app: AppContext) -> str:

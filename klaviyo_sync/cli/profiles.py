@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from types import FrameType
 
@@ -17,28 +15,15 @@ from klaviyo_sync.cli import AppContext, cli, pass_app
 from klaviyo_sync.exceptions import ConfigError
 
 
-@contextmanager
-def _profile_sync(app: AppContext, dry_run: bool) -> Iterator[ProfileSync]:
-    """The pass over the business database and the configured sender (or the outbox)."""
-    from klaviyo_sync.business.db import open_business
-    from klaviyo_sync.business.profile_sync import build_profile_sync
-    from klaviyo_sync.senders import build_sender
-    from klaviyo_sync.senders.dryrun import DryRunSender
-
+def _profile_sync(app: AppContext, dry_run: bool) -> ProfileSync:
+    """The pass, from the app's parts (the outbox instead of Klaviyo with ``dry_run``)."""
     settings = app.settings
-    if not settings.business.url:
-        raise ConfigError("the profiles pass needs business.url (the customers table)")
-    if not settings.profiles.enabled:
-        raise ConfigError("the profiles pass is off: profiles.enabled = false")
-    engine = app.state_engine()
-    business = open_business(settings.business.url)
-    sender = (DryRunSender(settings.sender.outbox) if dry_run
-              else build_sender(settings, engine))
-    try:
-        yield build_profile_sync(settings, engine, business, sender, dry_run=dry_run)
-    finally:
-        sender.close()
-        business.dispose()
+    sync = app.parts.profile_sync(dry_run=dry_run)
+    if sync is None:
+        why = ("business.url is empty (the pass reads the customers table)"
+               if not settings.business.url else "profiles.enabled = false")
+        raise ConfigError(f"the profiles pass is off: {why}")
+    return sync
 
 
 def _stop_on_signals() -> threading.Event:
@@ -68,8 +53,7 @@ def profiles(ctx: click.Context, all_customers: bool, dry_run: bool, as_json: bo
     app = ctx.find_object(AppContext)
     assert app is not None
     stop = _stop_on_signals()
-    with _profile_sync(app, dry_run) as sync:
-        report = sync.run_once(stop, all_customers=all_customers)
+    report = _profile_sync(app, dry_run).run_once(stop, all_customers=all_customers)
     click.echo(json.dumps(asdict(report)) if as_json else report.summary())
 
 
@@ -98,6 +82,5 @@ def profiles_failed(app: AppContext, limit: int | None, as_json: bool) -> None:
 def profiles_retry(app: AppContext, as_json: bool) -> None:
     """Send every failed customer's current profile again and read the jobs back."""
     stop = _stop_on_signals()
-    with _profile_sync(app, dry_run=False) as sync:
-        report = sync.retry(stop)
+    report = _profile_sync(app, dry_run=False).retry(stop)
     click.echo(json.dumps(asdict(report)) if as_json else report.summary())

@@ -8,7 +8,7 @@ import click
 
 from klaviyo_sync.cli import AppContext, cli, pass_app
 from klaviyo_sync.config import parse_duration_s
-from klaviyo_sync.queue import EventState, QueueStore
+from klaviyo_sync.queue import EventState
 
 _STATES = click.Choice([s.value for s in EventState])
 
@@ -28,7 +28,7 @@ def queue_group() -> None:
 def queue_list(app: AppContext, state: str | None, metric: str | None, limit: int,
                offset: int, as_json: bool) -> None:
     """List queued events, oldest first."""
-    store = QueueStore(app.state_engine())
+    store = app.parts.queue
     rows = store.list(EventState(state) if state else None, metric, limit, offset)
     for event in rows:
         if as_json:
@@ -45,7 +45,7 @@ def queue_list(app: AppContext, state: str | None, metric: str | None, limit: in
 @pass_app
 def queue_show(app: AppContext, event_id: int) -> None:
     """Show one event in full, as JSON."""
-    event = QueueStore(app.state_engine()).get(event_id)
+    event = app.parts.queue.get(event_id)
     click.echo(json.dumps(event.to_json(), indent=2, default=str))
 
 
@@ -59,7 +59,7 @@ def queue_retry(app: AppContext, event_ids: tuple[int, ...], metric: str | None,
     """Put dead-lettered events back in the queue with fresh attempts."""
     if not (event_ids or metric or all_dead):
         raise click.UsageError("name event ids, --metric METRIC or --all")
-    store = QueueStore(app.state_engine())
+    store = app.parts.queue
     count = store.requeue(ids=list(event_ids) or None, metric=metric)
     click.echo(f"{count} dead event(s) queued again")
 
@@ -80,5 +80,5 @@ def queue_purge(app: AppContext, state: str, older_than: str, yes: bool) -> None
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     if state == "dead" and not yes:
         click.confirm("Dead events have not reached Klaviyo. Delete them?", abort=True)
-    count = QueueStore(app.state_engine()).purge(EventState(state), age)
+    count = app.parts.queue.purge(EventState(state), age)
     click.echo(f"{count} {state} event(s) purged")

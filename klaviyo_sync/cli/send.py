@@ -13,7 +13,6 @@ import click
 from klaviyo_sync.cli import AppContext, cli, pass_app
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import parse_duration_s
-from klaviyo_sync.exceptions import AuthError, BusinessDataError
 
 
 @cli.command("send")
@@ -27,8 +26,6 @@ def send(app: AppContext, max_batches: int | None, as_json: bool) -> None:
     SIGTERM or Ctrl-C finishes the batches in hand and exits. Exits 6 if Klaviyo refused
     the credentials (nothing is lost: the events stay queued).
     """
-    from klaviyo_sync.senders.runner import build_runner
-
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -36,19 +33,16 @@ def send(app: AppContext, max_batches: int | None, as_json: bool) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
-    runner = build_runner(app.settings, app.state_engine())
-    try:
-        report = runner.drain(stop, max_batches=max_batches)
-    finally:
-        runner.close()
+    report = app.parts.runner.drain(stop, max_batches=max_batches)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
         click.echo(report.summary())
-    if report.auth_error:
-        raise AuthError(f"Klaviyo refused the credentials: {report.auth_error}")
-    if report.error:
-        raise BusinessDataError(report.error)
+    # The same error the daemon's send pass raises for the same report (exit code 6 for
+    # refused credentials, 5 for the business database).
+    stopped = report.stopped_by()
+    if stopped is not None:
+        raise stopped
 
 
 @cli.command("audit")

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from klaviyo_sync.clock import to_naive_utc, utcnow
+from klaviyo_sync.clock import iso_utc, to_naive_utc, utcnow
 from klaviyo_sync.config import Settings, StatusSettings
 from klaviyo_sync.exceptions import StateError
 from klaviyo_sync.queue import QueueStore
@@ -228,7 +228,7 @@ def _parse(text: str) -> datetime:
 
 
 def _iso_one(moment: datetime) -> str:
-    return moment.replace(microsecond=0).isoformat() + "+00:00"
+    return iso_utc(moment, to_second=True)
 
 
 def _iso(value: Any) -> Any:

@@ -21,9 +21,10 @@ from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool
 
 from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.queue.drivers import driver_for
+from klaviyo_sync.state.db import session_engine
 
 log = get_logger(__name__)
 
@@ -45,12 +46,26 @@ def lock_key(role: str, resource: str) -> int:
 
 
 class RoleLock(Protocol):
+    """A role held by at most one daemon: :class:`AdvisoryLock`, or :class:`NoLock`."""
+
     name: str
+
+    @property
+    def held(self) -> bool:
+        """Whether this process held the lock at the last :meth:`ensure` (no query)."""
+        ...
 
     def ensure(self) -> bool:
         """True if this process holds the lock now (taking it if it is free)."""
+        ...
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        """Give the lock up (it can be taken again)."""
+        ...
+
+    def dispose(self) -> None:
+        """Give the lock up for good and close its connection."""
+        ...
 
 
 class NoLock:
@@ -59,10 +74,17 @@ class NoLock:
     def __init__(self, name: str) -> None:
         self.name = name
 
+    @property
+    def held(self) -> bool:
+        return True
+
     def ensure(self) -> bool:
         return True
 
     def release(self) -> None:
+        return None
+
+    def dispose(self) -> None:
         return None
 
 
@@ -72,8 +94,7 @@ class AdvisoryLock:
     def __init__(self, engine: Engine, name: str, key: int) -> None:
         # Its own engine without a pool: the lock's session must never be handed to other
         # work or recycled behind our back.
-        self._engine = sa.create_engine(engine.url, poolclass=NullPool,
-                                        isolation_level="AUTOCOMMIT")
+        self._engine = session_engine(engine)
         self.name = name
         self.key = key
         self._conn: Connection | None = None
@@ -145,7 +166,7 @@ def _setup_session(conn: Connection) -> None:
 def role_lock(engine: Engine, role: str, resource: str, enabled: bool = True) -> RoleLock:
     """The lock for ``role`` on ``resource``: advisory on PostgreSQL, none on SQLite."""
     name = f"{role}:{resource}"
-    if not enabled or engine.dialect.name != "postgresql":
+    if not enabled or not driver_for(engine).advisory_locks:
         return NoLock(name)
     return AdvisoryLock(engine, name, lock_key(role, resource))
 
@@ -161,7 +182,7 @@ def exclusive(engine: Engine, role: str, resource: str) -> Iterator[None]:
     Used around creating a brand-new state database: two daemons started together on an
     empty PostgreSQL database would otherwise both run the first migration, and one fail.
     """
-    if engine.dialect.name != "postgresql":
+    if not driver_for(engine).advisory_locks:
         yield
         return
     key = lock_key(role, resource)

@@ -18,8 +18,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from klaviyo_sync.business.order_tracker import OrdersReport
 from klaviyo_sync.daemon.health import Health, Status
 from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.parsers.report import IngestReport
 
 log = get_logger(__name__)
 
@@ -80,26 +82,21 @@ class Metrics:
         self.job_seconds.labels(job).observe(duration_s)
         if failed or result is None:
             return
-        lines = _int_field(result, "lines_read")
-        if lines:
-            self.lines_read.inc(lines)
-        enqueued = _int_field(result, "events_enqueued", "enqueued")
-        if enqueued:
-            self.events_enqueued.labels("order" if job == "orders" else "log").inc(enqueued)
+        # The tail pass reports an IngestReport, the orders pass an OrdersReport; the
+        # other passes add nothing to these counters.
+        if isinstance(result, IngestReport):
+            if result.lines_read:
+                self.lines_read.inc(result.lines_read)
+            if result.events_enqueued:
+                self.events_enqueued.labels("log").inc(result.events_enqueued)
+        elif isinstance(result, OrdersReport) and result.events_enqueued:
+            self.events_enqueued.labels("order").inc(result.events_enqueued)
 
     def observe_requests(self, requests: Iterable[tuple[int | None, float]]) -> None:
         """(status code or None, duration in ms) of requests made to Klaviyo."""
         for status_code, duration_ms in requests:
             self.requests.labels(str(status_code) if status_code else "none").inc()
             self.request_seconds.observe(duration_ms / 1000)
-
-
-def _int_field(report: Any, *names: str) -> int:
-    for name in names:
-        value = getattr(report, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return 0
 
 
 def _timestamp(value: datetime | str | None) -> float | None:

@@ -1,4 +1,4 @@
-"""The passes the daemon schedules, built once from settings on one state engine.
+"""The passes the daemon schedules, on the parts the app (app.py) builds from settings.
 
 Each method is what one job runs. The services (ingest, delivery, orders) do the work; this
 module only decides whether this process may run them now: the tail and orders passes
@@ -10,30 +10,21 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from klaviyo_sync.app import App
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
-from klaviyo_sync.daemon.locks import RoleLock, role_lock
-from klaviyo_sync.exceptions import AuthError, KlaviyoSyncError, SendError
+from klaviyo_sync.daemon.locks import RoleLock
 from klaviyo_sync.logconfig import get_logger
-from klaviyo_sync.queue.models import EventState
+from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state import meta
-from klaviyo_sync.state.schema import audit, events
-
-if TYPE_CHECKING:
-    from klaviyo_sync.business.profile_sync import ProfileSync
+from klaviyo_sync.state.schema import audit
 
 log = get_logger(__name__)
-
-
-def _missing(what: str, exc: ImportError) -> KlaviyoSyncError:
-    return KlaviyoSyncError(f"this build of klaviyo-sync has no {what} ({exc}); "
-                            "the daemon cannot run without it")
 
 
 def _database_name(url: str) -> str:
@@ -43,32 +34,7 @@ def _database_name(url: str) -> str:
 
 def has_due_retries(engine: Engine, now: Any = None) -> bool:
     """Whether an event that already failed once (or whose lease ran out) is due now."""
-    now = now or utcnow()
-    stmt = (sa.select(events.c.id)
-            .where(events.c.state.in_((EventState.PENDING.value, EventState.LEASED.value)),
-                   events.c.next_attempt_at <= now, events.c.attempts > 0)
-            .limit(1))
-    with engine.connect() as conn:
-        return conn.execute(stmt).first() is not None
-
-
-def _profile_pass(settings: Settings, engine: Engine, worker_id: str
-                  ) -> tuple[ProfileSync | None, list[Callable[[], None]]]:
-    """The profiles pass and what closes its parts, or (None, []) when it is off.
-
-    Opening the business database and a sender belongs in the wiring module; until that
-    exists, this is the one place the daemon does it for the profiles pass.
-    """
-    if not settings.business.url or not settings.profiles.enabled:
-        return None, []
-    from klaviyo_sync.business.db import open_business
-    from klaviyo_sync.business.profile_sync import build_profile_sync
-    from klaviyo_sync.senders import build_sender
-
-    business = open_business(settings.business.url)
-    sender = build_sender(settings, engine, worker_id=worker_id)
-    return (build_profile_sync(settings, engine, business, sender),
-            [sender.close, business.dispose])
+    return QueueStore(engine).has_due_retries(now)
 
 
 class Pipeline:
@@ -78,28 +44,22 @@ class Pipeline:
         self.settings = settings
         self.engine = engine
         self.worker_id = worker_id
+        # The daemon opened (and migrated) the engine and disposes it: the app uses it.
+        self.app = app = App(settings, state_engine=engine, worker_id=worker_id)
         try:
-            from klaviyo_sync.parsers.ingest import Ingestor
-        except ImportError as exc:
-            raise _missing("log ingest (klaviyo_sync.parsers.ingest)", exc) from exc
-        try:
-            from klaviyo_sync.senders.runner import build_runner
-        except ImportError as exc:
-            raise _missing("sender (klaviyo_sync.senders.runner)", exc) from exc
-        try:
-            from klaviyo_sync.business.order_tracker import build_order_tracker
-        except ImportError as exc:
-            raise _missing("order tracker (klaviyo_sync.business.order_tracker)", exc) from exc
-        self.ingestor = Ingestor(settings, engine)
-        self.runner = build_runner(settings, engine, worker_id=worker_id)
-        self.tracker = build_order_tracker(settings, engine)
-        self.profile_sync, self._profile_parts = _profile_pass(settings, engine, worker_id)
-        self.tail_lock: RoleLock = role_lock(engine, "tail", settings.log.path,
-                                             settings.daemon.tail_lock)
-        self.orders_lock: RoleLock = role_lock(engine, "orders",
-                                               _database_name(settings.business.url))
-        self.profiles_lock: RoleLock = role_lock(engine, "profiles",
-                                                 _database_name(settings.business.url))
+            self.ingestor = app.ingestor
+            self.runner = app.runner
+            self.tracker = app.order_tracker
+            self.tail_lock: RoleLock = app.role_lock("tail", settings.log.path,
+                                                     settings.daemon.tail_lock)
+            self.orders_lock: RoleLock = app.role_lock(
+                "orders", _database_name(settings.business.url))
+            self.profile_sync = app.profile_sync()
+            self.profiles_lock: RoleLock = app.role_lock(
+                "profiles", _database_name(settings.business.url))
+        except BaseException:
+            app.close()
+            raise
         self._delivery = threading.Lock()
         self._lock_state: dict[str, bool] = {}
         self._audit_after = self._last_audit_id()
@@ -112,8 +72,7 @@ class Pipeline:
         """Read what is new in the log, if this daemon is the one tailing it."""
         # A host that cannot see the log never takes the tail from one that can; the
         # holder keeps the lock through a rotation gap.
-        held = getattr(self.tail_lock, "held", True)
-        if not held and not os.path.exists(self.settings.log.path):
+        if not self.tail_lock.held and not os.path.exists(self.settings.log.path):
             return None
         if not self._holds(self.tail_lock, "tail"):
             return None
@@ -130,11 +89,11 @@ class Pipeline:
         finally:
             self._delivery.release()
         # The runner stops at refused credentials or a database error and says so in its
-        # report; raising makes the job back off instead of knocking every 10 s.
-        if getattr(report, "auth_error", None):
-            raise AuthError(f"Klaviyo refused the credentials: {report.auth_error}")
-        if getattr(report, "error", None):
-            raise SendError(f"delivery stopped: {report.error}")
+        # report; raising makes the job back off instead of knocking every 10 s. The same
+        # error `klaviyo-sync send` raises for the same report.
+        stopped = report.stopped_by()
+        if stopped is not None:
+            raise stopped
         return report
 
     def retry(self, stop: threading.Event) -> Any:
@@ -179,14 +138,7 @@ class Pipeline:
 
     def close(self) -> None:
         """Release the locks and the runner's connections (no pass may be in flight)."""
-        for lock in (self.tail_lock, self.orders_lock, self.profiles_lock):
-            dispose = getattr(lock, "dispose", lock.release)
-            dispose()
-        self.runner.close()
-        if self.tracker is not None:
-            self.tracker.close()
-        for close in self._profile_parts:
-            close()
+        self.app.close()
 
     def _holds(self, lock: RoleLock, role: str) -> bool:
         held = lock.ensure()

@@ -32,6 +32,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
 
+from klaviyo_sync.app import connect_state
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
 from klaviyo_sync.daemon.health import compute_status
@@ -106,13 +107,16 @@ class Runtime:
         _quiet_apscheduler()
         sched = self.settings.schedule
         now = datetime.now(UTC)
-        every = {"tail": sched.tail_s, "send": sched.send_s, "retry": sched.retry_s}
-        if self.passes.has_orders:
-            every["orders"] = sched.orders_s
-        if self.passes.has_profiles:
-            every["profiles"] = sched.profiles_s
-        for name, interval_s in every.items():
-            job = self._job(name, getattr(self.passes, name), interval_s)
+        p = self.passes
+        every: dict[str, tuple[PassFunc, float]] = {
+            "tail": (p.tail, sched.tail_s), "send": (p.send, sched.send_s),
+            "retry": (p.retry, sched.retry_s)}
+        if p.has_orders:
+            every["orders"] = (p.orders, sched.orders_s)
+        if p.has_profiles:
+            every["profiles"] = (p.profiles, sched.profiles_s)
+        for name, (run, interval_s) in every.items():
+            job = self._job(name, run, interval_s)
             self.scheduler.add_job(job, IntervalTrigger(seconds=interval_s), id=name, name=name,
                                    next_run_time=now, misfire_grace_time=_grace(interval_s))
         prune = self._job("prune", self.passes.prune, _PRUNE_BACKOFF_BASE_S)
@@ -263,7 +267,7 @@ class Daemon:
 
     def _open_state(self, settings: Settings) -> Engine | None:
         """Wait until the state database answers and is migrated; None if told to stop."""
-        engine = db.create_engine(settings.state.url, settings.state.sqlite_busy_timeout_s)
+        engine = connect_state(settings)
         delay_s = 1.0
         while True:
             try:

@@ -12,10 +12,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from klaviyo_sync.parsers.tailer import FileIdentity
+from klaviyo_sync.queue.drivers import upsert
 from klaviyo_sync.state.schema import checkpoints
 
 
@@ -63,13 +63,4 @@ def load(bind: Engine | Connection, name: str) -> Checkpoint | None:
 
 def save(conn: Connection, checkpoint: Checkpoint) -> None:
     """Insert or replace the checkpoint, in the caller's transaction."""
-    row = checkpoint.to_row()
-    changed = {k: v for k, v in row.items() if k != "name"}
-    stmt: Any
-    if conn.dialect.name == "postgresql":
-        stmt = postgresql.insert(checkpoints).values(**row).on_conflict_do_update(
-            index_elements=["name"], set_=changed)
-    else:
-        stmt = sqlite.insert(checkpoints).values(**row).on_conflict_do_update(
-            index_elements=["name"], set_=changed)
-    conn.execute(stmt)
+    upsert(conn, checkpoints, checkpoint.to_row(), "name")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,6 @@ from klaviyo_sync.exceptions import ParseError, StateError
 from klaviyo_sync.logconfig import get_logger
 from klaviyo_sync.parsers import checkpoint
 from klaviyo_sync.parsers.checkpoint import Checkpoint
-from klaviyo_sync.parsers.enqueue import BulkEnqueuer
 from klaviyo_sync.parsers.line_parser import LineParser
 from klaviyo_sync.parsers.rejects import RejectStore, reject_row
 from klaviyo_sync.parsers.report import IngestReport, Tally
@@ -44,6 +42,8 @@ from klaviyo_sync.parsers.tailer import (
     source_for,
 )
 from klaviyo_sync.parsers.writer import OrderedWriter
+from klaviyo_sync.queue.bulk import BulkEnqueuer
+from klaviyo_sync.queue.store import QueueStore
 
 log = get_logger(__name__)
 
@@ -80,7 +80,8 @@ class Ingestor:
         self.live = Path(settings.log.path)
         self.parser = LineParser(settings.log, settings.events, settings.klaviyo.default_currency,
                                  settings.unique_ids)
-        self.enqueuer = BulkEnqueuer(engine)
+        self.store = QueueStore(engine)
+        self.enqueuer = BulkEnqueuer(self.store)
         self.backfill_after = timedelta(hours=settings.log.backfill_after_hours)
         self._missing_warned_at: datetime | None = None
 
@@ -304,20 +305,16 @@ class Ingestor:
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         try:
-            if self.engine.dialect.name == "sqlite":
-                # Take the write lock at BEGIN, as the queue does: no read-to-write
-                # upgrade that could fail with SQLITE_BUSY halfway through a chunk.
-                begin = self.engine.execution_options(sqlite_begin="IMMEDIATE").begin()
-            else:
-                begin = self.engine.begin()
-            with begin as conn:
+            # The queue's write transaction: on SQLite it takes the write lock at BEGIN,
+            # so no read-to-write upgrade can fail with SQLITE_BUSY halfway through.
+            with self.store.transaction() as conn:
                 try:
                     yield conn
                 except BaseException:
                     self.enqueuer.discard()  # rows held for a commit that will not come
                     raise
-        except (sa.exc.DBAPIError, sqlite3.Error) as exc:
-            # sqlite3.Error: the SQLite bulk insert talks to the driver directly.
+        except self.store.errors as exc:
+            # The SQLite bulk insert talks to the sqlite3 driver directly: its errors too.
             raise StateError(f"cannot write to the state database: {_short(exc)}") from exc
 
     def _load_checkpoint(self) -> Checkpoint | None:

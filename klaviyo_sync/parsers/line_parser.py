@@ -23,7 +23,8 @@ from klaviyo_sync.parsers.mapping import EntryFields, EventMapping
 from klaviyo_sync.parsers.regex import RegexFormat
 from klaviyo_sync.parsers.times import LogTimezone
 
-#: Klaviyo refuses event times before 1990 or more than a year ahead (KLAVIYO.md).
+#: Klaviyo refuses event times before 1990 or more than a year ahead
+#: (docs/architecture.md, "Klaviyo API facts the senders rely on").
 EARLIEST_TIME = datetime(1990, 1, 1)
 LATEST_AHEAD = timedelta(days=365)
 

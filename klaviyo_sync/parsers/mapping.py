@@ -67,8 +67,9 @@ PROPERTY_NAMES: dict[str, dict[str, str]] = {
 
 MONEY_KEYS = ("value", "amount", "total")
 PROFILE_KEYS = {"first_name": "first_name", "last_name": "last_name", "phone": "phone_number"}
-#: Klaviyo's limits on event properties (KLAVIYO.md): refused payloads are rejected here,
-#: with the reason, instead of dead-lettering at the API.
+#: Klaviyo's limits on event properties (docs/architecture.md, "Klaviyo API facts the
+#: senders rely on"): refused payloads are rejected here, with the reason, instead of
+#: dead-lettering at the API.
 MAX_PROPERTIES = 400
 MAX_STRING_BYTES = 100_000
 

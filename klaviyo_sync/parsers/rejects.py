@@ -15,8 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from klaviyo_sync.clock import iso_utc
 from klaviyo_sync.exceptions import QueueError
-from klaviyo_sync.queue.store import insert_ignoring_duplicates
+from klaviyo_sync.queue.drivers import insert_ignoring_duplicates
 from klaviyo_sync.state.schema import REJECT_RAW_BYTES, rejects
 
 
@@ -52,7 +53,7 @@ class Reject:
         return {
             "id": self.id, "file": self.file, "offset": self.offset, "length": self.length,
             "event_type": self.event_type, "reason": self.reason, "truncated": self.truncated,
-            "created_at": self.created_at.isoformat() + "+00:00", "raw": self.text,
+            "created_at": iso_utc(self.created_at), "raw": self.text,
         }
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from klaviyo_sync.clock import iso_utc, iso_utc_or_none
+
 
 class EventState(enum.StrEnum):
     PENDING = "pending"  # waiting for its next_attempt_at
@@ -76,12 +78,12 @@ class QueuedEvent:
         return {
             "id": self.id, "unique_id": self.unique_id, "metric": self.metric,
             "source": self.source, "customer_id": self.customer_id, "email": self.email,
-            "time": self.occurred_at.isoformat() + "+00:00", "state": self.state.value,
+            "time": iso_utc(self.occurred_at), "state": self.state.value,
             "attempts": self.attempts, "backfill": self.backfill, "value": self.value,
             "value_currency": self.value_currency, "properties": self.properties,
             "profile": self.profile,
-            "next_attempt_at": self.next_attempt_at.isoformat() + "+00:00",
+            "next_attempt_at": iso_utc(self.next_attempt_at),
             "last_error": self.last_error,
-            "created_at": self.created_at.isoformat() + "+00:00",
-            "sent_at": self.sent_at.isoformat() + "+00:00" if self.sent_at else None,
+            "created_at": iso_utc(self.created_at),
+            "sent_at": iso_utc_or_none(self.sent_at),
         }

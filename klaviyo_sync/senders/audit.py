@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from klaviyo_sync.clock import utcnow
+from klaviyo_sync.clock import iso_utc, utcnow
 from klaviyo_sync.state.schema import audit
 
 
@@ -35,7 +35,7 @@ class AuditRecord:
                    worker=m["worker"])
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "at": self.at.isoformat() + "+00:00", "method": self.method,
+        return {"id": self.id, "at": iso_utc(self.at), "method": self.method,
                 "endpoint": self.endpoint, "items": self.items,
                 "status_code": self.status_code, "duration_ms": round(self.duration_ms, 1),
                 "error_codes": self.error_codes, "worker": self.worker}

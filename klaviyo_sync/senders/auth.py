@@ -209,7 +209,8 @@ class OAuthAuth:
         if resp.status_code in (400, 401):
             return None
         if resp.status_code != 200:
-            raise AuthError(f"OAuth token endpoint answered {resp.status_code}")
+            raise AuthError(f"OAuth token endpoint answered {resp.status_code}",
+                            resp.status_code)
         try:
             body = resp.json()
             _ = body["access_token"]

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from klaviyo_sync.exceptions import AuthError
+
+if TYPE_CHECKING:
+    from klaviyo_sync.senders.audit import AuditLog
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,22 @@ class OutgoingEvent:
     resend: bool = False
 
 
+@dataclass(frozen=True)
+class AuthFailure:
+    """Klaviyo refused our credentials: the HTTP status (None: no answer had one) and why."""
+
+    status: int | None
+    detail: str
+
+    @classmethod
+    def from_error(cls, exc: AuthError) -> AuthFailure:
+        return cls(exc.status, str(exc))
+
+    def to_error(self) -> AuthError:
+        """The one exception every caller raises for this outcome (exit code 6)."""
+        return AuthError(f"Klaviyo refused the credentials: {self.detail}", self.status)
+
+
 @dataclass
 class DeliveryReport:
     """What became of each event handed to :meth:`Sender.send_events`.
@@ -41,9 +62,14 @@ class DeliveryReport:
     #: Not tried or refused with 429: back to the queue without spending an attempt.
     deferred: list[int] = field(default_factory=list)
     deferred_for_s: float = 0.0
-    auth_error: str | None = None  # set when Klaviyo refused our credentials
+    auth_failure: AuthFailure | None = None  # set when Klaviyo refused our credentials
     halted: bool = False  # auth refused or rate-limited: the rest was deferred
     requests: int = 0
+
+    @property
+    def auth_error(self) -> str | None:
+        """The refusal's detail (None: the credentials were accepted or not tried)."""
+        return self.auth_failure.detail if self.auth_failure else None
 
     def merge(self, other: DeliveryReport) -> None:
         self.sent += other.sent
@@ -52,13 +78,18 @@ class DeliveryReport:
         self.retry.update(other.retry)
         self.deferred += other.deferred
         self.deferred_for_s = max(self.deferred_for_s, other.deferred_for_s)
-        self.auth_error = self.auth_error or other.auth_error
+        self.auth_failure = self.auth_failure or other.auth_failure
         self.halted = self.halted or other.halted
         self.requests += other.requests
 
 
 class Sender(Protocol):
     """Delivers to Klaviyo (or somewhere that writes down what Klaviyo would get)."""
+
+    @property
+    def audit(self) -> AuditLog | None:
+        """The request trail the runner flushes (None: this sender makes no requests)."""
+        ...
 
     def send_events(self, events: Sequence[OutgoingEvent]) -> DeliveryReport:
         """Deliver events (bulk or single, as the sender sees fit); never raises SendError:

@@ -213,7 +213,7 @@ class KlaviyoClient:
             retry_after = _header_float(resp, "Retry-After")
             raise RateLimitedError(message, retry_after if retry_after is not None else 1.0)
         if status in (401, 403):
-            raise AuthError(message)
+            raise AuthError(message, status)
         if status == 413:
             raise PayloadTooLargeError(message, errors, status)
         if status >= 500 or status in (404, 405, 408, 409, 425):

@@ -22,7 +22,7 @@ from klaviyo_sync.exceptions import (
     RejectedSendError,
     RetryableSendError,
 )
-from klaviyo_sync.senders.base import DeliveryReport, OutgoingEvent
+from klaviyo_sync.senders.base import AuthFailure, DeliveryReport, OutgoingEvent
 from klaviyo_sync.senders.batching import BatchCaps, JobKind, plan
 from klaviyo_sync.senders.payloads import BulkEncoder
 
@@ -110,7 +110,7 @@ def _outcome_for_all(exc: Exception, events: list[OutgoingEvent], report: Delive
         report.halted = True
     elif isinstance(exc, AuthError):
         report.deferred += ids
-        report.auth_error = str(exc)
+        report.auth_failure = AuthFailure.from_error(exc)
         report.halted = True
     else:
         for queue_id in ids:
@@ -193,7 +193,7 @@ def deliver_profiles(sender: ProfileTransport, events: Sequence[OutgoingEvent]
             report.halted = True
         except AuthError as exc:
             report.deferred += ids
-            report.auth_error = str(exc)
+            report.auth_failure = AuthFailure.from_error(exc)
             report.halted = True
         except RetryableSendError as exc:
             report.retry.update({i: str(exc) for i in ids})

@@ -16,6 +16,7 @@ from typing import Any
 
 from klaviyo_sync.exceptions import ConfigError
 from klaviyo_sync.senders import payloads
+from klaviyo_sync.senders.audit import AuditLog
 from klaviyo_sync.senders.base import DeliveryReport, OutgoingEvent
 from klaviyo_sync.senders.batching import DEFAULT_CAPS, BatchCaps
 from klaviyo_sync.senders.delivery import deliver
@@ -23,6 +24,9 @@ from klaviyo_sync.senders.delivery import deliver
 
 class DryRunSender:
     """A Sender that appends request bodies to ``outbox`` instead of calling Klaviyo."""
+
+    #: No request is made, so there is no request trail to keep.
+    audit: AuditLog | None = None
 
     def __init__(self, outbox: str | Path, caps: BatchCaps = DEFAULT_CAPS) -> None:
         self.path = Path(outbox)

@@ -26,7 +26,8 @@ class Limit:
     steady: int  # requests per 60 s
 
 
-#: Klaviyo's published limits per (method, path), from its OpenAPI spec (KLAVIYO.md).
+#: Klaviyo's published limits per (method, path), from its OpenAPI spec
+#: (docs/architecture.md, "Klaviyo API facts the senders rely on").
 PUBLISHED: dict[str, Limit] = {
     "POST /api/events": Limit(350, 3500),
     "POST /api/event-bulk-create-jobs": Limit(10, 150),

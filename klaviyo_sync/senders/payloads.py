@@ -1,4 +1,4 @@
-"""Request bodies in Klaviyo's JSON:API shapes (see KLAVIYO.md): events, bulk jobs,
+"""Request bodies in Klaviyo's JSON:API shapes (docs/architecture.md): events, bulk jobs,
 suppressions, profiles. Pure functions: no I/O."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def event_attributes(event: OutgoingEvent) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "metric": {"data": {"type": "metric", "attributes": {"name": event.metric}}},
         "properties": event.properties,
-        "time": iso_utc(event.time),
+        "time": iso_utc(event.time, to_second=True),
         "unique_id": event.unique_id,
     }
     if event.value is not None:
@@ -97,11 +97,8 @@ def _event_head(metric: str) -> str:
 def _event_json(event: OutgoingEvent) -> str:
     """``_dumps({"type": "event", "attributes": event_attributes(event)})``, assembled
     from parts: the metric's part is made once per metric, not once per event."""
-    moment = event.time
-    # iso_utc's result for the usual naive time, without its conversions and copies.
-    when = (moment.isoformat() + "+00:00" if moment.tzinfo is None and not moment.microsecond
-            else iso_utc(moment))
-    text = (_event_head(event.metric) + _dumps(event.properties) + ',"time":"' + when
+    text = (_event_head(event.metric) + _dumps(event.properties) + ',"time":"'
+            + iso_utc(event.time, to_second=True)
             + '","unique_id":' + _string(event.unique_id))
     if event.value is not None:
         text += ',"value":' + _dumps(event.value)

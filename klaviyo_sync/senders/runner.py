@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import gc
 import json
-import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
@@ -25,20 +23,22 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.business.customers import Customer, CustomerDirectory
-from klaviyo_sync.clock import utcnow
+from klaviyo_sync.clock import iso_utc, utcnow
 from klaviyo_sync.config import Settings, parse_duration_s
 from klaviyo_sync.exceptions import BusinessDataError, KlaviyoSyncError
 from klaviyo_sync.logconfig import get_logger
 from klaviyo_sync.queue import EventState, QueuedEvent, QueueStore, RetryPolicy
-from klaviyo_sync.senders import build_sender, default_worker_id
 from klaviyo_sync.senders.audit import prune_audit
-from klaviyo_sync.senders.base import DeliveryReport, Sender
+from klaviyo_sync.senders.base import AuthFailure, DeliveryReport, Sender
 from klaviyo_sync.senders.delivery import deliver_profiles
 from klaviyo_sync.senders.enrich import NO_IDENTIFIER, has_identifier, outgoing
-from klaviyo_sync.senders.hooks import SuppressionHook, load_suppression_hook
+from klaviyo_sync.senders.hooks import SuppressionHook
 from klaviyo_sync.state import meta
 
 log = get_logger(__name__)
+
+#: SendReport fields that are not part of its JSON summary.
+_NOT_JSON = frozenset({"_lock", "auth_failure", "failure"})
 
 #: Seconds between writes of the last-send marker and of buffered audit rows.
 MARK_EVERY_S = 1.0
@@ -60,12 +60,33 @@ class SendReport:
     auth_error: str | None = None
     error: str | None = None
     elapsed_s: float = 0.0
+    #: Why the drain stopped early, typed: what :meth:`stopped_by` raises.
+    auth_failure: AuthFailure | None = field(default=None, repr=False)
+    failure: KlaviyoSyncError | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+        data = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in _NOT_JSON}
         data["elapsed_s"] = round(self.elapsed_s, 3)
         return data
+
+    def stopped_by(self) -> KlaviyoSyncError | None:
+        """The error that stopped this drain, the same type on every path (the CLI's
+        ``send`` and the daemon's send pass raise it): refused credentials -> AuthError,
+        business database -> BusinessDataError, anything else of ours as it was raised."""
+        if self.auth_failure is not None:
+            return self.auth_failure.to_error()
+        return self.failure
+
+    def _stop(self, exc: KlaviyoSyncError) -> None:
+        # Called under _lock: the first failure is the one reported.
+        if self.failure is None:
+            self.failure, self.error = exc, str(exc)
+
+    def _refused(self, failure: AuthFailure) -> None:
+        if self.auth_failure is None:
+            self.auth_failure, self.auth_error = failure, failure.detail
 
     def summary(self) -> str:
         text = (f"sent {self.sent + self.already_recorded} event(s) in {self.requests} "
@@ -79,14 +100,14 @@ class SendReport:
 
 
 class Runner:
-    """Drains the queue to a Sender. Build it with :func:`build_runner`."""
+    """Drains the queue to a Sender. :class:`klaviyo_sync.app.App` builds it."""
 
-    def __init__(self, settings: Settings, engine: Engine, sender: Sender,
+    def __init__(self, settings: Settings, engine: Engine, store: QueueStore, sender: Sender,
                  customers: CustomerDirectory | None, suppression: SuppressionHook | None,
-                 worker_id: str, on_close: Callable[[], None] | None = None) -> None:
+                 worker_id: str) -> None:
         self.settings = settings
         self.engine = engine
-        self.store = QueueStore(engine)
+        self.store = store
         self.sender = sender
         self.customers = customers
         self.suppression = suppression
@@ -94,7 +115,6 @@ class Runner:
         s = settings.sender
         self.policy = RetryPolicy(s.max_attempts, s.backoff_base_s, s.backoff_max_s)
         self.lease = timedelta(seconds=s.lease_s)
-        self._on_close = on_close
         self._hook_lock = threading.Lock()
         self._mark_lock = threading.Lock()
         self._marked_at = self._audited_at = float("-inf")
@@ -130,7 +150,7 @@ class Runner:
                     self._process(batch, report, halt)
             except KlaviyoSyncError as exc:
                 with report._lock:
-                    report.error = report.error or str(exc)
+                    report._stop(exc)
                 halt.set()
             except BaseException as exc:  # re-raised in the caller's thread below
                 crashed.append(exc)
@@ -172,7 +192,7 @@ class Runner:
                 report.claimed += len(batch) + len(orphans)
                 report.released += len(batch)
                 report.dead += len(orphans)
-                report.error = str(exc)
+                report._stop(exc)
             log.error("business_db_unavailable", error=str(exc))
             halt.set()
             return
@@ -194,7 +214,8 @@ class Runner:
             report.retried += len(result.retry)
             report.released += len(result.deferred)
             report.requests += result.requests
-            report.auth_error = report.auth_error or result.auth_error
+            if result.auth_failure is not None:
+                report._refused(result.auth_failure)
 
     def _lookup(self, batch: list[QueuedEvent]) -> dict[str, Customer]:
         if self.customers is None:
@@ -220,15 +241,14 @@ class Runner:
         if result.deferred:
             self.store.release(result.deferred, worker,
                                timedelta(seconds=result.deferred_for_s),
-                               "credentials refused" if result.auth_error else "rate limited")
-        self._flush_audit(force=bool(result.auth_error))
-        if result.auth_error:
-            status = re.search(r": (\d{3})\b", result.auth_error)
+                               "credentials refused" if result.auth_failure else "rate limited")
+        refused = result.auth_failure
+        self._flush_audit(force=refused is not None)
+        if refused is not None:
             _put_meta(self.engine, meta.AUTH_FAILURE, json.dumps({
-                "at": utcnow().isoformat() + "+00:00",
-                "status": int(status.group(1)) if status else None,
-                "detail": result.auth_error[:500]}))
-            log.error("klaviyo_auth_refused", error=result.auth_error[:300],
+                "at": iso_utc(utcnow()),
+                "status": refused.status, "detail": refused.detail[:500]}))
+            log.error("klaviyo_auth_refused", error=refused.detail[:300], status=refused.status,
                       action="sending stopped; events kept; fix the credentials")
             halt.set()
         elif result.sent or result.already_recorded:
@@ -245,11 +265,11 @@ class Runner:
             if not force and now - self._marked_at < MARK_EVERY_S:
                 return
             self._marked_at, self._sent_since_mark = now, False
-        _put_meta(self.engine, meta.LAST_SEND_OK_AT, utcnow().isoformat() + "+00:00",
+        _put_meta(self.engine, meta.LAST_SEND_OK_AT, iso_utc(utcnow()),
                   clear=meta.AUTH_FAILURE)
 
     def _flush_audit(self, force: bool = False) -> None:
-        audit = getattr(self.sender, "audit", None)
+        audit = self.sender.audit
         if audit is None:
             return
         now = time.monotonic()
@@ -267,12 +287,6 @@ class Runner:
                 report.suppressed = self.suppression.flush(self.sender)
         except KlaviyoSyncError as exc:
             log.warning("suppression_flush_failed", error=str(exc)[:300])
-
-    def close(self) -> None:
-        """Close what the runner built itself (sender, business database engine)."""
-        if self._on_close is not None:
-            self._on_close()
-            self._on_close = None
 
 
 _frozen = threading.Event()
@@ -302,33 +316,6 @@ def _put_meta(engine: Engine, name: str, value: str, clear: str | None = None) -
         except sa.exc.IntegrityError:
             if attempt == 2:
                 raise
-
-
-def build_runner(settings: Settings, engine: Engine, worker_id: str | None = None,
-                 sender: Sender | None = None, customers: CustomerDirectory | None = None,
-                 suppression: SuppressionHook | None = None) -> Runner:
-    """A Runner on ``engine``'s queue; builds the sender, the customer reader (from
-    ``business.url``) and the suppression hook unless given."""
-    worker_id = worker_id or default_worker_id()
-    closers: list[Callable[[], None]] = []
-    if sender is None:
-        sender = build_sender(settings, engine, worker_id)
-        closers.append(sender.close)
-    if customers is None and settings.business.url:
-        from klaviyo_sync.business.customers import SqlCustomerReader
-        from klaviyo_sync.business.db import open_business
-
-        business = open_business(settings.business.url)
-        customers = SqlCustomerReader(business, settings.business)
-        closers.append(business.dispose)
-    if suppression is None:
-        suppression = load_suppression_hook(settings, engine)
-
-    def close_all() -> None:
-        for close in closers:
-            close()
-
-    return Runner(settings, engine, sender, customers, suppression, worker_id, close_all)
 
 
 def prune(settings: Settings, engine: Engine) -> dict[str, int]:

@@ -18,6 +18,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
 from klaviyo_sync.exceptions import SchemaOutdatedError, StateError
 
@@ -146,6 +147,12 @@ def open_state(url: str, busy_timeout_s: float = 30.0, **kwargs: Any) -> Engine:
     engine = create_engine(url, busy_timeout_s, **kwargs)
     ensure_schema(engine)
     return engine
+
+
+def session_engine(engine: Engine) -> Engine:
+    """An engine on ``engine``'s database without a pool, in autocommit: for a session that
+    must never be handed to other work or recycled (a role lock's, daemon/locks.py)."""
+    return sa.create_engine(engine.url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
 
 
 def _short(exc: Exception) -> str:

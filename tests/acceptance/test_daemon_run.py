@@ -1,7 +1,7 @@
 """Acceptance: `klaviyo-sync run` as systemd would run it, against the Klaviyo stand-in.
 
 The daemon is a real subprocess with NOTIFY_SOCKET on a datagram socket of the test and
-WATCHDOG_USEC set; the log, the business database (SQLite, DESIGN.md's schema) and the
+WATCHDOG_USEC set; the log, the business database (SQLite, the sample schema) and the
 state database are real files; the stand-in is a real HTTP server on 127.0.0.1.
 """
 
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,10 @@ from klaviyo_sync.clock import utcnow
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state.db import open_state
 from tests.klaviyo_standin import KlaviyoStandIn
+from tests.klaviyo_standin.fixtures import API_KEY
 
 pytestmark = pytest.mark.slow
 
-API_KEY = "pk_test_standin"
 LOG_TYPES = ("started.signup", "cancelled", "contact.form", "failed.payment",
              "referral.credit", "shipping.email")
 
@@ -190,15 +190,6 @@ def metric_values(text: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
-
-
-@pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
-    s.start()
-    yield s
-    s.stop()
-    assert not s.internal_errors, s.internal_errors[0]
 
 
 def test_run_under_a_service_manager_delivers_and_stops_cleanly(

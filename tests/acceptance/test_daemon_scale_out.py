@@ -17,7 +17,6 @@ from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state.db import open_state
 from klaviyo_sync.state.schema import audit
 from tests.acceptance.test_daemon_run import (
-    API_KEY,
     NotifySocket,
     append,
     log_events,
@@ -27,7 +26,7 @@ from tests.acceptance.test_daemon_run import (
     wait_until,
     write_settings,
 )
-from tests.klaviyo_standin import KlaviyoStandIn
+from tests.klaviyo_standin.fixtures import StandInFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -40,9 +39,8 @@ def tail_holder(stderrs: list[Path]) -> list[int]:
 
 
 def test_two_daemons_one_tails_both_send_and_the_tail_survives_a_kill(
-        tmp_path: Path, pg_schema_url: str) -> None:
-    standin = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False, latency_s=0.05)
-    standin.start()
+        tmp_path: Path, pg_schema_url: str, make_standin: StandInFactory) -> None:
+    standin = make_standin(latency_s=0.05)
     log = tmp_path / "system.log"
     append(log, [log_line(n) for n in range(10)])
     config = write_settings(tmp_path / "settings.toml", state_url=pg_schema_url, log=log,
@@ -92,7 +90,6 @@ def test_two_daemons_one_tails_both_send_and_the_tail_survives_a_kill(
                 proc.wait()
         for notify in notifies:
             notify.close()
-        standin.stop()
     recorded = [e.unique_id for e in standin.events]
     assert len(recorded) == len(set(recorded)) == 450
     assert counts == {"pending": 0, "leased": 0, "sent": 450, "dead": 0}

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state.db import open_state
 from tests.acceptance.test_send_crash import cli_env, write_settings
 from tests.integration.test_send_runner import API_KEY, make_events
 from tests.klaviyo_standin import KlaviyoStandIn
-
-
-@pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
-    s.start()
-    yield s
-    s.stop()
 
 
 def run(config: Path, *args: str, env: dict[str, str] | None = None

@@ -9,8 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +19,7 @@ from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state.db import open_state
 from tests.integration.test_send_runner import API_KEY, make_events
 from tests.klaviyo_standin import KlaviyoStandIn
+from tests.klaviyo_standin.fixtures import StandInFactory
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +29,8 @@ LEASE_S = 5
 
 
 @pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False, latency_s=0.01,
-                       bulk_refuses_known_unique_ids=True)
-    s.start()
-    yield s
-    s.stop()
+def klaviyo_options() -> dict[str, Any]:
+    return {"latency_s": 0.01, "bulk_refuses_known_unique_ids": True}
 
 
 def write_settings(path: Path, state_url: str, base_url: str, **sender: object) -> Path:
@@ -117,30 +114,29 @@ def _sending_span_s(standin: KlaviyoStandIn) -> float:
 
 
 @pytest.mark.postgres
-def test_four_processes_on_one_postgres_queue_scale_out(pg_schema_url: str,
-                                                       tmp_path: Path) -> None:
+def test_four_processes_on_one_postgres_queue_scale_out(
+        pg_schema_url: str, tmp_path: Path, make_standin: StandInFactory) -> None:
     spans = {}
     for processes in (1, 4):
-        with KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False,
-                            latency_s=0.05) as standin:
-            engine = open_state(pg_schema_url)
-            with engine.begin() as conn:
-                conn.execute(sa.text("DELETE FROM events"))
-            store = QueueStore(engine)
-            store.enqueue_many(make_events(TOTAL, customers=400))
-            with engine.begin() as conn:
-                # Autovacuum would have analyzed a table this size in production; without
-                # statistics the planner scans the state index instead of the primary key.
-                conn.execute(sa.text("ANALYZE events"))
-            config = write_settings(tmp_path / f"settings{processes}.toml", pg_schema_url,
-                                    standin.base_url, claim_batch=100, batch_max_events=100,
-                                    concurrency=1)
-            _drain_with(processes, config)
-            assert store.counts()["sent"] == TOTAL
-            assert len(standin.received) == TOTAL
-            assert set(standin.received.values()) == {1}, "an event was sent twice"
-            spans[processes] = _sending_span_s(standin)
-            engine.dispose()
+        standin = make_standin(latency_s=0.05)
+        engine = open_state(pg_schema_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM events"))
+        store = QueueStore(engine)
+        store.enqueue_many(make_events(TOTAL, customers=400))
+        with engine.begin() as conn:
+            # Autovacuum would have analyzed a table this size in production; without
+            # statistics the planner scans the state index instead of the primary key.
+            conn.execute(sa.text("ANALYZE events"))
+        config = write_settings(tmp_path / f"settings{processes}.toml", pg_schema_url,
+                                standin.base_url, claim_batch=100, batch_max_events=100,
+                                concurrency=1)
+        _drain_with(processes, config)
+        assert store.counts()["sent"] == TOTAL
+        assert len(standin.received) == TOTAL
+        assert set(standin.received.values()) == {1}, "an event was sent twice"
+        spans[processes] = _sending_span_s(standin)
+        engine.dispose()
     speedup = spans[1] / spans[4]
     print(f"scale-out: 1 process {spans[1]:.1f} s, 4 processes {spans[4]:.1f} s, "
           f"x{speedup:.2f}")

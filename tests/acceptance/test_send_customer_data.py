@@ -3,29 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from klaviyo_sync.app import App
 from klaviyo_sync.config import BusinessSettings, SuppressionSettings
 from klaviyo_sync.queue import QueueStore
-from klaviyo_sync.senders.runner import build_runner
 from klaviyo_sync.state.db import open_state
 from tests.integration.test_send_runner import API_KEY, make_events, send_settings
 from tests.klaviyo_standin import KlaviyoStandIn
 
 CUSTOMERS = 30
-
-
-@pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
-    s.start()
-    yield s
-    s.stop()
 
 
 def create_customers(url: str) -> sa.Engine:
@@ -65,12 +56,13 @@ def test_profile_carries_current_customer_data_one_query_per_batch(
     settings = send_settings(standin.base_url, claim_batch=100, batch_max_events=100)
     settings = settings.replace(business=BusinessSettings(url=business_url),
                                 suppression=SuppressionSettings(enabled=False))
-    runner = build_runner(settings, state, customers=None)
+    app = App(settings, state_engine=state)
+    runner = app.runner
     report = runner.drain()
     assert report.sent == 300 and report.batches == 3
     assert runner.customers is not None
     assert runner.customers.queries == 3  # type: ignore[attr-defined]
-    runner.close()
+    app.close()
     for event in standin.events:
         if event.profile.get("external_id") == "7":
             assert event.profile["first_name"] == "New"

@@ -8,13 +8,13 @@ and no attempt spent on a 429.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from klaviyo_sync.app import App
 from klaviyo_sync.queue import EventState, QueueStore
-from klaviyo_sync.senders.runner import build_runner
 from klaviyo_sync.state import meta
 from tests.integration.test_send_runner import (
     API_KEY,
@@ -32,11 +32,8 @@ POISON = {f"log:{i:07d}": f"Poison event {i}: property 'n' must not be {i}"
 
 
 @pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False, seed=7)
-    s.start()
-    yield s
-    s.stop()
+def klaviyo_options() -> dict[str, Any]:
+    return {"seed": 7}
 
 
 def test_faults_each_good_event_recorded_once(standin: KlaviyoStandIn,
@@ -48,7 +45,8 @@ def test_faults_each_good_event_recorded_once(standin: KlaviyoStandIn,
     store.enqueue_many(make_events(TOTAL))
     settings = send_settings(standin.base_url, claim_batch=500, batch_max_events=250,
                              concurrency=2, max_attempts=25)
-    runner = build_runner(settings, state_engine, customers=directory(), suppression=None)
+    app = App(settings, state_engine=state_engine, customers=directory(), suppression=None)
+    runner = app.runner
 
     standin.faults.reject_unique_ids(POISON)
     # 1. 429 bursts: waited out inline, or handed back to the queue, never an attempt.
@@ -77,7 +75,7 @@ def test_faults_each_good_event_recorded_once(standin: KlaviyoStandIn,
     for _ in range(20):
         if not runner.drain().claimed:
             break
-    runner.close()
+    app.close()
 
     counts = store.counts()
     assert counts["pending"] == counts["leased"] == 0

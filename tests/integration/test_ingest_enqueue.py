@@ -14,10 +14,11 @@ import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from klaviyo_sync.parsers.enqueue import BulkEnqueuer, json_text
 from klaviyo_sync.parsers.entry import LogEntry
 from klaviyo_sync.parsers.writer import OrderedWriter
 from klaviyo_sync.queue import QueueStore
+from klaviyo_sync.queue.bulk import BulkEnqueuer
+from klaviyo_sync.queue.drivers.sqlite_bulk import json_text
 from klaviyo_sync.state.schema import events
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 6)

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from klaviyo_sync.business.order_tracker import build_order_tracker
+from klaviyo_sync.app import App
 from klaviyo_sync.business.sample_data import create_schema, generate
 from klaviyo_sync.config import BusinessSettings, OrderSettings, Settings
 from klaviyo_sync.queue import QueueStore
@@ -26,14 +26,15 @@ def test_initial_sync_of_a_generated_shop_matches_its_known_answer(
     summary = generate(writer, settings, customers=100, orders=400, seed=5, now=NOW)
     writer.dispose()
     state = open_state(f"sqlite:///{tmp_path}/state.db")
-    tracker = build_order_tracker(settings, state)
+    app = App(settings, state_engine=state)
+    tracker = app.order_tracker
     assert tracker is not None
     report = tracker.run_once(now=NOW)
     assert report.by_metric == summary.expected_initial_events()
     assert report.orders_read == 400 and report.pages == 5
     assert summary.missing_customer_ids  # the data set does cover missing customers
     assert tracker.run_once(now=NOW).events_enqueued == 0
-    tracker.close()
+    app.close()
     state.dispose()
 
 
@@ -45,7 +46,8 @@ def test_transitions_and_late_rows_on_each_backend(business_url: str, tmp_path: 
     for n in range(1, 8):
         shop.add_order(n, "placed", t0, items=1)  # one timestamp, pages of 3
     state = open_state(f"sqlite:///{tmp_path}/state.db")
-    tracker = build_order_tracker(shop.settings_with(orders=OrderSettings(page_size=3)), state)
+    app = App(shop.settings_with(orders=OrderSettings(page_size=3)), state_engine=state)
+    tracker = app.order_tracker
     assert tracker is not None
     assert tracker.run_once(now=NOW).orders_new == 7
     shop.set_status(2, "cancelled", t0 + timedelta(minutes=10))
@@ -55,7 +57,7 @@ def test_transitions_and_late_rows_on_each_backend(business_url: str, tmp_path: 
                                 "Ordered Product": 2, "Fulfilled Order": 1}
     assert tracker.run_once(now=NOW).events_enqueued == 0
     assert QueueStore(state).counts()["pending"] == 7 * 2 + 5
-    tracker.close()
+    app.close()
     shop.close()
     state.dispose()
 

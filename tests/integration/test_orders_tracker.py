@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from klaviyo_sync.business.order_tracker import OrderTracker, build_order_tracker
+from klaviyo_sync.app import App
+from klaviyo_sync.business.order_tracker import OrderTracker
 from klaviyo_sync.config import BusinessSettings, OrderSettings, Settings
 from klaviyo_sync.queue import QueuedEvent, QueueStore
 from klaviyo_sync.state.schema import order_sync
@@ -31,7 +32,7 @@ def shop(tmp_path: Path) -> Iterator[Shop]:
 
 def tracker_for(shop: Shop, engine: sa.Engine, settings: Settings | None = None
                 ) -> OrderTracker:
-    tracker = build_order_tracker(settings or shop.settings_with(), engine)
+    tracker = App(settings or shop.settings_with(), state_engine=engine).order_tracker
     assert tracker is not None
     return tracker
 
@@ -266,7 +267,7 @@ def test_a_crash_mid_pass_enqueues_nothing_twice(shop: Shop, state_engine: sa.En
 
 
 def test_builder_is_off_without_a_business_database(state_engine: sa.Engine) -> None:
-    assert build_order_tracker(Settings(), state_engine) is None
+    assert App(Settings(), state_engine=state_engine).order_tracker is None
     off = Settings(business=BusinessSettings(url="sqlite:///x.db"),
                    orders=dataclasses.replace(OrderSettings(), enabled=False))
-    assert build_order_tracker(off, state_engine) is None
+    assert App(off, state_engine=state_engine).order_tracker is None

@@ -11,10 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from klaviyo_sync import config
-from klaviyo_sync.business.db import open_business
-from klaviyo_sync.business.profile_sync import ProfileSync, build_profile_sync
-from klaviyo_sync.senders import build_sender
-from klaviyo_sync.senders.dryrun import DryRunSender
+from klaviyo_sync.app import App
+from klaviyo_sync.business.profile_sync import ProfileSync
 from klaviyo_sync.state.profiles import JobState, ProfileStore
 from klaviyo_sync.state.schema import profile_jobs
 from tests.acceptance.profiles_shop import API_KEY, Customers
@@ -41,11 +39,10 @@ def settings_for(base_url: str, shop: Customers, tmp_path: Path, **profiles: obj
 
 def make_sync(settings: config.Settings, state_engine: sa.Engine, dry_run: bool = False
               ) -> tuple[ProfileSync, list]:
-    business = open_business(settings.business.url)
-    sender = (DryRunSender(settings.sender.outbox) if dry_run
-              else build_sender(settings, state_engine, worker_id="test"))
-    return (build_profile_sync(settings, state_engine, business, sender, dry_run=dry_run),
-            [sender.close, business.dispose])
+    app = App(settings, state_engine=state_engine, worker_id="test")
+    sync = app.profile_sync(dry_run=dry_run)
+    assert sync is not None
+    return sync, [app.close]
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,22 +12,13 @@ from klaviyo_sync.senders.auth import ApiKeyAuth
 from klaviyo_sync.senders.client import KlaviyoClient, check_base_url
 from klaviyo_sync.senders.pacing import PUBLISHED, Pacer
 from tests.klaviyo_standin import KlaviyoStandIn
+from tests.klaviyo_standin.fixtures import API_KEY, StandInFactory
 from tests.unit.test_send_batching import make_event
-
-API_KEY = "pk_test_standin"
 
 
 def client(url: str, pacer: Pacer | None = None) -> KlaviyoClient:
     return KlaviyoClient(url, "2026-07-15", ApiKeyAuth(API_KEY), pacer or Pacer(None),
                          AuditLog(None))
-
-
-@pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False)
-    s.start()
-    yield s
-    s.stop()
 
 
 def test_metrics_and_paginated_events(standin: KlaviyoStandIn) -> None:
@@ -62,19 +52,19 @@ def test_a_single_bad_event_is_rejected_with_klaviyos_detail(standin: KlaviyoSta
         client(standin.base_url).post_event(make_event(1))
 
 
-def test_pacing_to_published_limits_meets_no_429() -> None:
+def test_pacing_to_published_limits_meets_no_429(make_standin: StandInFactory) -> None:
     scale = 0.05  # windows of 50 ms and 3 s, on both sides
-    with KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=True, window_scale=scale) as s:
-        c = client(s.base_url, Pacer(PUBLISHED, window_scale=scale))
-        for i in range(40):
-            c.post_bulk(b'{"data":{"type":"event-bulk-create-job","attributes":'
-                        b'{"events-bulk-create":{"data":[{"type":"event-bulk-create",'
-                        b'"attributes":{"profile":{"data":{"type":"profile","attributes":'
-                        b'{"email":"p' + str(i).encode() + b'@example.com"}}},"events":'
-                        b'{"data":[{"type":"event","attributes":{"metric":{"data":'
-                        b'{"type":"metric","attributes":{"name":"m"}}},"properties":{},'
-                        b'"unique_id":"x' + str(i).encode() + b'"}}]}}}]}}}}', 1)
-        statuses = [r.status for r in s.requests]
+    s = make_standin(enforce_limits=True, window_scale=scale)
+    c = client(s.base_url, Pacer(PUBLISHED, window_scale=scale))
+    for i in range(40):
+        c.post_bulk(b'{"data":{"type":"event-bulk-create-job","attributes":'
+                    b'{"events-bulk-create":{"data":[{"type":"event-bulk-create",'
+                    b'"attributes":{"profile":{"data":{"type":"profile","attributes":'
+                    b'{"email":"p' + str(i).encode() + b'@example.com"}}},"events":'
+                    b'{"data":[{"type":"event","attributes":{"metric":{"data":'
+                    b'{"type":"metric","attributes":{"name":"m"}}},"properties":{},'
+                    b'"unique_id":"x' + str(i).encode() + b'"}}]}}}]}}}}', 1)
+    statuses = [r.status for r in s.requests]
     assert statuses.count(202) == 40 and 429 not in statuses
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,24 +10,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from klaviyo_sync.app import App
 from klaviyo_sync.business.customers import Customer, InMemoryCustomers
 from klaviyo_sync.config import KlaviyoSettings, SenderSettings, Settings, StateSettings
 from klaviyo_sync.queue import EventState, NewEvent, QueueStore
 from klaviyo_sync.senders.audit import list_audit, prune_audit
-from klaviyo_sync.senders.runner import build_runner, prune
+from klaviyo_sync.senders.runner import prune
 from klaviyo_sync.state import meta
 from tests.klaviyo_standin import KlaviyoStandIn
-
-API_KEY = "pk_test_standin"
-
-
-@pytest.fixture
-def standin() -> Iterator[KlaviyoStandIn]:
-    s = KlaviyoStandIn(api_keys={API_KEY}, enforce_limits=False,
-                       oauth_clients={"client-id": "client-secret"})
-    s.start()
-    yield s
-    s.stop()
+from tests.klaviyo_standin.fixtures import API_KEY
 
 
 def send_settings(base_url: str, state_url: str = "sqlite://", **sender: Any) -> Settings:
@@ -68,11 +58,10 @@ def test_every_event_recorded_once_with_current_customer_data(
         standin: KlaviyoStandIn, state_engine: sa.Engine, api_key: None) -> None:
     QueueStore(state_engine).enqueue_many(make_events(2500))
     customers = directory()
-    runner = build_runner(send_settings(standin.base_url, batch_max_events=300,
-                                        claim_batch=500),
-                          state_engine, customers=customers, suppression=None)
-    report = runner.drain()
-    runner.close()
+    app = App(send_settings(standin.base_url, batch_max_events=300, claim_batch=500),
+              state_engine=state_engine, customers=customers, suppression=None)
+    report = app.runner.drain()
+    app.close()
     assert report.sent == 2500 and report.dead == 0
     assert len(standin.events) == 2500 and set(standin.received.values()) == {1}
     assert QueueStore(state_engine).counts()["sent"] == 2500
@@ -98,8 +87,8 @@ def test_unknown_customer_goes_with_the_log_data_and_no_identifier_is_dead(
         NewEvent("b", "cancelled", "log", datetime(2024, 1, 1), {}, email="only@example.com"),
         NewEvent("c", "cancelled", "log", datetime(2024, 1, 1), {}),
     ])
-    runner = build_runner(send_settings(standin.base_url), state_engine,
-                          customers=directory(), suppression=None)
+    runner = App(send_settings(standin.base_url), state_engine=state_engine,
+                 customers=directory(), suppression=None).runner
     report = runner.drain()
     assert report.sent == 2 and report.dead == 1
     by_uid = {e.unique_id: e for e in standin.events}
@@ -113,8 +102,8 @@ def test_unknown_customer_goes_with_the_log_data_and_no_identifier_is_dead(
 def test_generate_events_false_sends_profile_updates_only(
         standin: KlaviyoStandIn, state_engine: sa.Engine, api_key: None) -> None:
     QueueStore(state_engine).enqueue_many(make_events(40, customers=4))
-    runner = build_runner(send_settings(standin.base_url, generate_events=False),
-                          state_engine, customers=directory(4), suppression=None)
+    runner = App(send_settings(standin.base_url, generate_events=False),
+                 state_engine=state_engine, customers=directory(4), suppression=None).runner
     report = runner.drain()
     assert report.sent == 40 and not standin.events
     assert len(standin.profiles) == 4
@@ -128,7 +117,8 @@ def test_refused_credentials_stop_the_pass_and_spend_no_attempt(
     standin.faults.auth_failing(True)
     settings = send_settings(standin.base_url, claim_batch=100, batch_max_events=100,
                              concurrency=1)
-    runner = build_runner(settings, state_engine, customers=directory(), suppression=None)
+    runner = App(settings, state_engine=state_engine, customers=directory(),
+                 suppression=None).runner
     report = runner.drain()
     assert report.auth_error and report.sent == 0 and len(standin.requests) == 1
     assert store.counts()["pending"] == 300
@@ -144,9 +134,9 @@ def test_dry_run_writes_the_exact_bodies(state_engine: sa.Engine, tmp_path: Path
     outbox = tmp_path / "out" / "outbox.jsonl"
     settings = send_settings("https://a.klaviyo.com", kind="dry-run", outbox=str(outbox),
                              batch_max_events=50)
-    runner = build_runner(settings, state_engine, customers=directory(), suppression=None)
-    report = runner.drain()
-    runner.close()
+    app = App(settings, state_engine=state_engine, customers=directory(), suppression=None)
+    report = app.runner.drain()
+    app.close()
     lines = [json.loads(line) for line in outbox.read_text().splitlines()]
     assert report.sent == 120 and {x["path"] for x in lines} == {"/api/event-bulk-create-jobs"}
     uids = [ev["attributes"]["unique_id"] for x in lines
@@ -164,20 +154,22 @@ def test_oauth_bearer_with_rotation_against_the_standin(
     monkeypatch.setenv("KLAVIYO_OAUTH_REFRESH_TOKEN", str(first["refresh_token"]))
     QueueStore(state_engine).enqueue_many(make_events(30))
     settings = send_settings(standin.base_url, auth="oauth")
-    runner = build_runner(settings, state_engine, customers=directory(), suppression=None)
+    app = App(settings, state_engine=state_engine, customers=directory(), suppression=None)
+    runner = app.runner
     assert runner.drain().sent == 30
     standin.oauth.expire_access_tokens()  # the next request meets a 401 and refreshes once
     QueueStore(state_engine).enqueue_many(make_events(60)[30:])
     assert runner.drain().sent == 30
     stored = meta.get(state_engine, meta.OAUTH_REFRESH_TOKEN) or ""
     assert str(first["refresh_token"]) not in stored
-    runner.close()
+    app.close()
 
 
 def test_prune_removes_old_sent_events_and_audit_rows(
         standin: KlaviyoStandIn, state_engine: sa.Engine, api_key: None) -> None:
     QueueStore(state_engine).enqueue_many(make_events(10))
     settings = send_settings(standin.base_url, sent_retention="0s", audit_retention="0s")
-    build_runner(settings, state_engine, customers=directory(), suppression=None).drain()
+    App(settings, state_engine=state_engine, customers=directory(),
+        suppression=None).runner.drain()
     result = prune(settings, state_engine)
     assert result == {"sent_events": 10, "audit_rows": len(standin.requests)}

@@ -10,12 +10,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from klaviyo_sync.app import App
 from klaviyo_sync.business.customers import Customer
-from klaviyo_sync.business.order_tracker import build_order_tracker
 from klaviyo_sync.business.suppression import (
     SuppressionState,
     Suppressor,
-    build_suppressor,
     list_suppressions,
 )
 from klaviyo_sync.cli import cli
@@ -142,7 +141,7 @@ def test_order_updates_check_the_customers_they_touch(
     shop.add_customer(3, status="Dead")
     shop.add_order(10, "placed", T0, customer=1)
     shop.add_order(20, "completed", T0, T0 + timedelta(minutes=1), customer=2)
-    tracker = build_order_tracker(shop.settings_with(), state_engine)
+    tracker = App(shop.settings_with(), state_engine=state_engine).order_tracker
     assert tracker is not None
     tracker.run_once(now=T0 + timedelta(hours=1))
     assert rows(state_engine) == {"c1@example.com": ("pending", "not_opted_in", 0)}
@@ -153,9 +152,9 @@ def test_order_updates_check_the_customers_they_touch(
 
 
 def test_builder_honours_the_switch(state_engine: sa.Engine) -> None:
-    assert build_suppressor(Settings(), state_engine) is not None
+    assert App(Settings(), state_engine=state_engine).suppression is not None
     off = Settings(suppression=SuppressionSettings(enabled=False))
-    assert build_suppressor(off, state_engine) is None
+    assert App(off, state_engine=state_engine).suppression is None
 
 
 def test_suppressions_list_command(tmp_path: Path) -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from klaviyo_sync.business.order_tracker import build_order_tracker
+from klaviyo_sync.app import App
 from klaviyo_sync.config import KlaviyoSettings, SenderSettings, Settings, StateSettings
 from klaviyo_sync.queue import NewEvent, QueueStore
-from klaviyo_sync.senders.runner import build_runner
 from tests.integration.shop import Shop
 from tests.klaviyo_standin import KlaviyoStandIn
 from tests.klaviyo_standin.fixtures import API_KEY
@@ -38,11 +37,8 @@ def settings_for(shop: Shop, klaviyo: KlaviyoStandIn, state_url: str) -> Setting
 
 
 def drain(settings: Settings, engine: sa.Engine) -> None:
-    runner = build_runner(settings, engine, worker_id="test")
-    try:
-        report = runner.drain()
-    finally:
-        runner.close()
+    with App(settings, state_engine=engine, worker_id="test") as app:
+        report = app.runner.drain()
     assert report.dead == 0 and report.auth_error is None
 
 
@@ -76,7 +72,8 @@ def test_opted_out_customers_placed_order_triggers_suppression_active_one_never(
     shop.add_order(100, "placed", T0, customer=3)
     shop.add_order(200, "placed", T0, customer=2)
     settings = settings_for(shop, klaviyo, state_url)
-    tracker = build_order_tracker(settings, state_engine)
+    app = App(settings, state_engine=state_engine)
+    tracker = app.order_tracker
     assert tracker is not None
     tracker.run_once(now=T0 + timedelta(minutes=5))
     drain(settings, state_engine)
@@ -90,5 +87,5 @@ def test_opted_out_customers_placed_order_triggers_suppression_active_one_never(
     drain(settings, state_engine)
     assert all("c2@example.com" not in r for r in klaviyo.suppression_requests)
     assert "c2@example.com" not in klaviyo.suppressed
-    tracker.close()
+    app.close()
     shop.close()

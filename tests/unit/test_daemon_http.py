@@ -12,10 +12,12 @@ import pytest
 import sqlalchemy as sa
 
 from klaviyo_sync import config
+from klaviyo_sync.business.order_tracker import OrdersReport
 from klaviyo_sync.daemon.health import compute_status
 from klaviyo_sync.daemon.http import HealthServer, parse_listen
 from klaviyo_sync.daemon.metrics import Metrics, StatusBoard
 from klaviyo_sync.exceptions import ConfigError
+from klaviyo_sync.parsers.report import IngestReport
 from klaviyo_sync.state import meta
 from klaviyo_sync.state.db import open_state
 
@@ -59,9 +61,9 @@ def test_healthz_answers_200_while_healthy_and_503_when_failing(
 
 def test_metrics_exposes_gauges_and_counters(served: tuple[str, sa.Engine, Metrics]) -> None:
     base, _, metrics = served
-    report = type("IngestReport", (), {"lines_read": 40, "events_enqueued": 7})()
+    report = IngestReport(lines_read=40, events_enqueued=7)
     metrics.observe_job("tail", report, 0.02)
-    metrics.observe_job("orders", type("R", (), {"events_enqueued": 3})(), 0.5)
+    metrics.observe_job("orders", OrdersReport(events_enqueued=3), 0.5)
     metrics.observe_requests([(202, 80.0), (202, 120.0), (500, 30.0), (None, 30000.0)])
     code, ctype, text = get(base + "/metrics")
     assert code == 200 and ctype.startswith("text/plain")

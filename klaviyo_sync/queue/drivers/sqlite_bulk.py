@@ -1,8 +1,9 @@
-"""The ingest's bulk path into the queue: one batched insert per chunk of log.
+"""The SQLite driver's bulk path for the ingest: one batched insert per chunk of log.
 
-On PostgreSQL this is :meth:`QueueStore.enqueue`. On SQLite the same rows go straight to
-the driver with values pre-serialised exactly as SQLAlchemy's types store them (JSON
-text, ``YYYY-MM-DD HH:MM:SS.ffffff`` times, 0/1 booleans): replaying a year of log is
+Other drivers insert :class:`NewEvent` rows with their ``enqueue``. On SQLite the same
+rows go straight to the sqlite3 driver with values pre-serialised exactly as
+SQLAlchemy's types store them (JSON text, ``YYYY-MM-DD HH:MM:SS.ffffff`` times, 0/1
+booleans): replaying a year of log is
 dominated by this insert, and SQLAlchemy's per-row type processing would cost more than
 the parsing. Rows written either way read back identically (a test compares them).
 
@@ -25,16 +26,13 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
-from itertools import chain
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from klaviyo_sync.parsers.entry import LogEntry
-from klaviyo_sync.parsers.mapping import EntryFields
+from klaviyo_sync.queue.driver import LogFields
 from klaviyo_sync.queue.models import EventState
-from klaviyo_sync.queue.store import QueueStore
 
 _COLUMNS = ("unique_id", "metric", "source", "customer_id", "email", "occurred_at",
             "properties", "profile", "value", "value_currency", "backfill", "state",
@@ -83,34 +81,24 @@ def sqlite_time(moment: datetime) -> str:
     return moment.isoformat(sep=" ", timespec="microseconds")
 
 
-class BulkEnqueuer:
-    """Turn parsed entries into rows and insert them in the caller's transaction."""
+class SqliteBulkWriter:
+    """Turn parsed log lines into pre-serialised rows and insert them in the caller's
+    transaction, many rows per statement."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.is_sqlite = engine.dialect.name == "sqlite"
-        self.store = QueueStore(engine)
+    #: List items per row in what :meth:`add` takes: a row's values go in one flat list,
+    #: row after row: no tuple per row that outlives its line (the garbage collector
+    #: walked them all) and nothing to flatten for the sqlite3 driver.
+    row_width = _WIDTH
+
+    def __init__(self) -> None:
         self._now: datetime | None = None
         self._now_text = ""
         self._occurred_at: datetime | None = None
         self._occurred_text = ""
-        self._held: list[Any] = []  # SQLite rows waiting to fill a statement (see add)
-        #: List items per row in what :meth:`add` takes. On SQLite a row's values go in
-        #: one flat list, row after row: no tuple per row that outlives its line (the
-        #: garbage collector walked them all) and nothing to flatten for the driver.
-        #: Elsewhere one :class:`NewEvent` per row.
-        self.row_width = _WIDTH if self.is_sqlite else 1
+        self._held: list[Any] = []  # rows waiting to fill a statement (see add)
 
-    def row(self, entry: LogEntry, backfill: bool, now: datetime) -> Any:
-        """What :meth:`insert` takes for one entry."""
-        return self.fields_row(
-            (entry.unique_id, entry.event_type, entry.metric, entry.occurred_at,
-             entry.customer_id, entry.email, entry.properties, entry.profile, entry.value,
-             entry.value_currency), backfill, now)
-
-    def fields_row(self, fields: EntryFields, backfill: bool, now: datetime) -> Any:
-        """:meth:`row` of an entry's fields (:meth:`LineParser.entry_fields`)."""
-        if not self.is_sqlite:
-            return LogEntry(*fields).to_new_event(backfill)
+    def fields_row(self, fields: LogFields, backfill: bool, now: datetime) -> Any:
+        """The row of a parsed line's fields (:meth:`LineParser.entry_fields`)."""
         if now is not self._now:
             self._now, self._now_text = now, sqlite_time(now)
         (unique_id, _, metric, occurred_at, customer_id, email, properties, profile, value,
@@ -124,23 +112,14 @@ class BulkEnqueuer:
             currency, 1 if backfill else 0, _PENDING, 0, self._now_text, self._now_text,
         )
 
-    def insert(self, conn: Connection, rows: Sequence[Any], now: datetime | None = None
-               ) -> int:
-        """Insert :meth:`row` results, skipping unique_ids already queued; returns how
-        many rows were new."""
-        collected = list(chain.from_iterable(rows)) if self.is_sqlite else rows
-        return self.add(conn, collected, now) + self.flush(conn)
-
     def add(self, conn: Connection, rows: Sequence[Any], now: datetime | None = None) -> int:
-        """:meth:`insert` of rows collected flat (see :attr:`row_width`), except that on
-        SQLite the last rows (less than one statement's worth) may wait for the next
-        call in the same transaction, or :meth:`flush`.
+        """Insert rows collected flat (see :attr:`row_width`), skipping unique_ids
+        already queued, except that the last rows (less than one statement's worth) may
+        wait for the next call in the same transaction, or :meth:`flush`.
 
         Returns how many rows this call wrote that were new, whichever call they came
         from. The caller flushes before it commits, and discards after a rollback.
         """
-        if not self.is_sqlite:
-            return self.store.enqueue(conn, rows, now) if rows else 0
         held = self._held
         held.extend(rows)
         cursor, most = self._cursor(conn)

@@ -1,0 +1,308 @@
+"""The one wiring place: settings in; engines, stores, sender and services out.
+
+Every part is built on first use, once, from the settings, and :meth:`App.close` closes
+what was built, once, in the reverse order. The CLI, the daemon and the demo build their
+parts here; nothing else opens a database or builds a sender, so each stage's modules
+take their collaborators as arguments (and tests pass fakes, such as
+:class:`~klaviyo_sync.business.customers.InMemoryCustomers`, the same way).
+
+Optional parts are None when the settings switch them off: ``business_engine``,
+``customers`` and ``order_tracker`` without ``business.url`` (or with orders off), and
+``suppression`` with ``suppression.enabled = false``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from datetime import date
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
+
+from sqlalchemy.engine import Engine
+
+from klaviyo_sync.config import Settings
+from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.senders import caps_of, default_worker_id
+
+if TYPE_CHECKING:
+    from klaviyo_sync.business.customers import CustomerDirectory
+    from klaviyo_sync.business.missed_signups import SignupOutcome
+    from klaviyo_sync.business.order_tracker import OrderTracker
+    from klaviyo_sync.business.profile_sync import ProfileSync
+    from klaviyo_sync.daemon.locks import RoleLock
+    from klaviyo_sync.parsers.ingest import Ingestor
+    from klaviyo_sync.queue.store import QueueStore
+    from klaviyo_sync.senders.base import Sender
+    from klaviyo_sync.senders.hooks import SuppressionHook
+    from klaviyo_sync.senders.runner import Runner
+
+log = get_logger(__name__)
+
+_UNSET = object()
+T = TypeVar("T")
+
+
+class Build(enum.Enum):
+    """The default of an :class:`App` part: build it from the settings."""
+
+    FROM_SETTINGS = "from settings"
+
+
+FROM_SETTINGS = Build.FROM_SETTINGS
+
+
+def connect_state(settings: Settings) -> Engine:
+    """An engine on the state database without the schema check (``db upgrade``/``status``
+    and the daemon, which waits for the database and migrates it itself)."""
+    from klaviyo_sync.state import db
+
+    return db.create_engine(settings.state.url, settings.state.sqlite_busy_timeout_s)
+
+
+def connect_business_writer(settings: Settings) -> Engine:
+    """A writable engine on the business database: the demo fills it with sample data."""
+    from klaviyo_sync.business.db import open_writer
+
+    return open_writer(settings.business.url)
+
+
+class App:
+    """The parts of one klaviyo-sync process, built lazily from ``settings``.
+
+    A part may be given instead (the daemon opens the state engine itself; tests pass
+    fakes): the app then uses it and leaves closing it to whoever made it. ``customers``
+    and ``suppression`` may be given as None to go without.
+    """
+
+    def __init__(self, settings: Settings, *, state_engine: Engine | None = None,
+                 worker_id: str | None = None, sender: Sender | None = None,
+                 customers: CustomerDirectory | Build | None = FROM_SETTINGS,
+                 suppression: SuppressionHook | Build | None = FROM_SETTINGS) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or default_worker_id()
+        self._state_engine = state_engine
+        self._built: dict[str, object] = {}
+        if sender is not None:
+            self._built["sender"] = sender
+        if customers is not FROM_SETTINGS:
+            self._built["customers"] = customers
+        if suppression is not FROM_SETTINGS:
+            self._built["suppression"] = suppression
+        self._closers: list[Callable[[], None]] = []
+        self._closed = False
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every part that was built (the newest first); a second call does nothing."""
+        closers, self._closers = self._closers, []
+        self._closed = True
+        for close in reversed(closers):
+            close()
+
+    # -- the state database ------------------------------------------------------------
+
+    @property
+    def state_engine(self) -> Engine:
+        """The state database, refused if its schema is outdated (created if empty)."""
+        if self._state_engine is None:
+            from klaviyo_sync.state.db import open_state
+
+            engine = open_state(self.settings.state.url,
+                                self.settings.state.sqlite_busy_timeout_s)
+            self._own(engine.dispose)
+            self._state_engine = engine
+        return self._state_engine
+
+    @property
+    def queue(self) -> QueueStore:
+        """The event queue on the state database."""
+        return self._once("queue", self._build_queue)
+
+    def role_lock(self, role: str, resource: str, enabled: bool = True) -> RoleLock:
+        """A lock for ``role`` on ``resource`` (see daemon/locks.py), released at close."""
+        from klaviyo_sync.daemon.locks import role_lock
+
+        lock = role_lock(self.state_engine, role, resource, enabled)
+        self._own(lock.dispose)
+        return lock
+
+    # -- the business database -----------------------------------------------------------
+
+    @property
+    def business_engine(self) -> Engine | None:
+        """The business database, read-only; None when ``business.url`` is empty."""
+        return self._once("business_engine", self._build_business_engine)
+
+    @property
+    def customers(self) -> CustomerDirectory | None:
+        """Customers by business id; None without a business database."""
+        return self._once("customers", self._build_customers)
+
+    @property
+    def suppression(self) -> SuppressionHook | None:
+        """The suppressor the runner and the order tracker share; None when it is off."""
+        return self._once("suppression", self._build_suppression)
+
+    @property
+    def order_tracker(self) -> OrderTracker | None:
+        """The orders pass; None when ``business.url`` is empty or orders are off."""
+        return self._once("order_tracker", self._build_order_tracker)
+
+    def profile_sync(self, dry_run: bool = False) -> ProfileSync | None:
+        """The profiles pass; None when ``business.url`` is empty or profiles are off.
+
+        ``dry_run`` writes the import jobs' bodies to the outbox and records nothing.
+        """
+        name = "profile_sync_dry_run" if dry_run else "profile_sync"
+        return self._once(name, lambda: self._build_profile_sync(dry_run))
+
+    # -- the stages ------------------------------------------------------------------
+
+    @property
+    def sender(self) -> Sender:
+        """The sender ``[sender] kind`` names: Klaviyo's API, or the dry-run outbox."""
+        return self._once("sender", self._build_sender)
+
+    @property
+    def runner(self) -> Runner:
+        """The queue's runner: the sender, the customer directory and the suppressor."""
+        return self._once("runner", self._build_runner)
+
+    @property
+    def ingestor(self) -> Ingestor:
+        """The log tailer and parser that fills the queue."""
+        return self._once("ingestor", self._build_ingestor)
+
+    def missed_signups(self, since: date | None = None, until: date | None = None,
+                       include_klaviyo: bool = False) -> SignupOutcome:
+        """What `klaviyo-sync missed-signups` does (see signups.py)."""
+        from klaviyo_sync.signups import run_ruleset
+
+        return run_ruleset(self, since, until, include_klaviyo)
+
+    # -- building ---------------------------------------------------------------------
+
+    def _once(self, name: str, build: Callable[[], T]) -> T:
+        if self._closed:
+            raise RuntimeError(f"the app is closed: cannot build its {name}")
+        found = self._built.get(name, _UNSET)
+        if found is _UNSET:
+            found = build()
+            self._built[name] = found
+        return found  # type: ignore[return-value]
+
+    def _own(self, close: Callable[[], None]) -> None:
+        self._closers.append(close)
+
+    def _build_queue(self) -> QueueStore:
+        from klaviyo_sync.queue.store import QueueStore
+
+        return QueueStore(self.state_engine)
+
+    def _build_business_engine(self) -> Engine | None:
+        if not self.settings.business.url:
+            return None
+        from klaviyo_sync.business.db import open_business
+
+        engine = open_business(self.settings.business.url)
+        self._own(engine.dispose)
+        return engine
+
+    def _build_customers(self) -> CustomerDirectory | None:
+        business = self.business_engine
+        if business is None:
+            return None
+        from klaviyo_sync.business.customers import SqlCustomerReader
+
+        return SqlCustomerReader(business, self.settings.business)
+
+    def _build_suppression(self) -> SuppressionHook | None:
+        if not self.settings.suppression.enabled:
+            return None
+        from klaviyo_sync.business.suppression import Suppressor
+
+        return Suppressor(self.state_engine, self.settings.suppression)
+
+    def _build_order_tracker(self) -> OrderTracker | None:
+        if not self.settings.orders.enabled:
+            return None
+        business, customers = self.business_engine, self.customers
+        if business is None or customers is None:
+            return None
+        from klaviyo_sync.business.order_tracker import OrderTracker
+        from klaviyo_sync.business.orders import OrderReader
+
+        s = self.settings
+        return OrderTracker(s, self.state_engine,
+                            OrderReader(business, s.business, s.orders.page_size),
+                            customers, self.suppression,
+                            text_times=business.dialect.name == "sqlite")
+
+    def _build_profile_sync(self, dry_run: bool) -> ProfileSync | None:
+        business = self.business_engine
+        if business is None or not self.settings.profiles.enabled:
+            return None
+        from klaviyo_sync.business.profile_sync import build_profile_sync
+
+        if dry_run:
+            sender = self._dry_run_sender()
+            self._own(sender.close)
+        else:
+            sender = self.sender
+        return build_profile_sync(self.settings, self.state_engine, business, sender,
+                                  dry_run=dry_run)
+
+    def _build_sender(self) -> Sender:
+        sender = (self._dry_run_sender() if self.settings.sender.kind == "dry-run"
+                  else self._klaviyo_client())
+        self._own(sender.close)
+        return sender
+
+    def _dry_run_sender(self) -> Sender:
+        from klaviyo_sync.senders.dryrun import DryRunSender
+
+        return DryRunSender(self.settings.sender.outbox, caps_of(self.settings))
+
+    def _klaviyo_client(self) -> Sender:
+        import requests
+
+        from klaviyo_sync.senders.audit import AuditLog
+        from klaviyo_sync.senders.auth import ApiKeyAuth, Credentials, OAuthAuth
+        from klaviyo_sync.senders.client import KlaviyoClient, check_base_url
+        from klaviyo_sync.senders.pacing import PUBLISHED, Pacer
+
+        settings, engine = self.settings, self.state_engine
+        k = settings.klaviyo
+        base_url = check_base_url(k.base_url)
+        session = requests.Session()
+        credentials: Credentials
+        if k.auth == "oauth":
+            client_id, secret, refresh = settings.oauth_credentials()
+            credentials = OAuthAuth(session, k.oauth_token_url or f"{base_url}/oauth/token",
+                                    client_id, secret, refresh, engine, timeout_s=k.timeout_s)
+        else:
+            credentials = ApiKeyAuth(settings.api_key() or "")
+        pacer = Pacer(PUBLISHED if k.respect_published_limits else None)
+        return KlaviyoClient(base_url, k.revision, credentials, pacer,
+                             AuditLog(engine, self.worker_id), caps=caps_of(settings),
+                             timeout_s=k.timeout_s, pool_size=settings.sender.concurrency + 2,
+                             session=session)
+
+    def _build_runner(self) -> Runner:
+        from klaviyo_sync.senders.runner import Runner
+
+        return Runner(self.settings, self.state_engine, self.queue, self.sender,
+                      self.customers, self.suppression, self.worker_id)
+
+    def _build_ingestor(self) -> Ingestor:
+        from klaviyo_sync.parsers.ingest import Ingestor
+
+        return Ingestor(self.settings, self.state_engine)
+
