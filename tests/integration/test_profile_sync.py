@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from klaviyo_sync import config
 from klaviyo_sync.app import App
 from klaviyo_sync.business.profile_sync import ProfileSync
+from klaviyo_sync.exceptions import ConfigError
 from klaviyo_sync.state.profiles import JobState, ProfileStore
 from klaviyo_sync.state.schema import profile_jobs
 from tests.acceptance.profiles_shop import API_KEY, Customers
@@ -130,3 +131,30 @@ def test_extra_columns_and_renamed_properties_reach_the_profile(
         "SignUpDate": "2025-02-03", "ReferralCode": "ANN10"}
     for close in closers:
         close()
+
+
+def test_the_app_builds_the_pass_only_when_it_can_run(state_engine: sa.Engine,
+                                                      shop: Customers, tmp_path: Path,
+                                                      api_key: None) -> None:
+    without = config.from_mapping({})
+    with App(without, state_engine=state_engine) as app:
+        assert app.profile_sync() is None
+    off = settings_for("https://a.klaviyo.com", shop, tmp_path, enabled=False)
+    with App(off, state_engine=state_engine) as app:
+        assert app.profile_sync() is None
+    on = settings_for("https://a.klaviyo.com", shop, tmp_path)
+    with App(on, state_engine=state_engine) as app:
+        assert app.profile_sync() is app.profile_sync()
+        assert app.profile_sync(dry_run=True) is not app.profile_sync()
+
+
+def test_repeated_property_names_are_a_config_error(state_engine: sa.Engine,
+                                                    shop: Customers, tmp_path: Path,
+                                                    api_key: None) -> None:
+    settings = config.from_mapping({
+        "business": {"url": shop.url},
+        "klaviyo": {"profile_properties": {"box": "Status"}},
+    })
+    with App(settings, state_engine=state_engine) as app, \
+            pytest.raises(ConfigError, match="repeat"):
+        app.profile_sync()
