@@ -254,8 +254,9 @@ class ProfileSync:
                 self._count_refused(failures, report)
                 continue
             self.store.job_sent(row_id, job_id, utcnow())
-            self._sent.append(ProfileJob(row_id, job_id, JobState.SENT,
-                                         tuple((p.customer_id, p.digest) for p in entries)))
+            # Only the ids: the read-back loads the customers from the job's row, so an
+            # initial sync of a million customers does not hold them all until its end.
+            self._sent.append(ProfileJob(row_id, job_id, JobState.SENT, ()))
             report.jobs += 1
             report.sent += len(entries)
             log.info("profile_job_sent", job_id=job_id, profiles=len(entries))
@@ -313,6 +314,8 @@ class ProfileSync:
                 if not status.finished:
                     waiting.append(job)
                     continue
+                if not job.customers:
+                    job = self.store.job(job.id)
                 errors = self._errors(job, status.status) if (
                     status.failed or status.status != "complete") else {}
                 self.store.finish_job(job, errors, utcnow())

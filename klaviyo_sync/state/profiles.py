@@ -144,6 +144,12 @@ class ProfileStore:
                 (JobState.POSTING.value, JobState.SENT.value))).order_by(profile_jobs.c.id))
             return [ProfileJob.from_row(r) for r in rows]
 
+    def job(self, row_id: int) -> ProfileJob:
+        """One request's row, its customers included."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(profile_jobs).where(profile_jobs.c.id == row_id)).one()
+        return ProfileJob.from_row(row)
+
     def finish_job(self, job: ProfileJob, errors: Mapping[str, str], now: datetime) -> None:
         """Job complete: customers with an error failed with it, the others imported."""
         failures = {cid: (digest, errors[cid]) for cid, digest in job.customers
