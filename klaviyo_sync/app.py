@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from klaviyo_sync.business.customers import CustomerDirectory
     from klaviyo_sync.business.missed_signups import SignupOutcome
     from klaviyo_sync.business.order_tracker import OrderTracker
-    from klaviyo_sync.business.profile_sync import ProfileSync
     from klaviyo_sync.daemon.locks import RoleLock
     from klaviyo_sync.parsers.ingest import Ingestor
+    from klaviyo_sync.profile_sync import ProfileSync
     from klaviyo_sync.queue.store import QueueStore
     from klaviyo_sync.senders.base import Sender
     from klaviyo_sync.senders.hooks import SuppressionHook
@@ -249,7 +249,7 @@ class App:
         business = self.business_engine
         if business is None or not self.settings.profiles.enabled:
             return None
-        from klaviyo_sync.business.profile_sync import build_profile_sync
+        from klaviyo_sync.profile_sync import build_profile_sync
 
         if dry_run:
             sender = self._dry_run_sender()

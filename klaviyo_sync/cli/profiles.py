@@ -10,9 +10,9 @@ from types import FrameType
 
 import click
 
-from klaviyo_sync.business.profile_sync import ProfileSync
 from klaviyo_sync.cli import AppContext, cli, pass_app
 from klaviyo_sync.exceptions import ConfigError
+from klaviyo_sync.profile_sync import ProfileSync
 
 
 def _profile_sync(app: AppContext, dry_run: bool) -> ProfileSync:

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from klaviyo_sync import config
 from klaviyo_sync.app import App
-from klaviyo_sync.business.profile_sync import ProfileSync
 from klaviyo_sync.exceptions import ConfigError
+from klaviyo_sync.profile_sync import ProfileSync
 from klaviyo_sync.state.profiles import JobState, ProfileStore
 from klaviyo_sync.state.schema import profile_jobs
 from tests.acceptance.profiles_shop import API_KEY, Customers

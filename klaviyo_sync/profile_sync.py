@@ -8,6 +8,9 @@ malformed profile: its pointer names the offender, who fails alone, and the rest
 posted again. Every job is read back until complete; its import errors are mapped back to
 their customers through the pointer (body order is kept with the job's row). Only then
 is a customer imported. A crash between a POST and its read-back resumes the read-back.
+
+It lives beside app.py rather than in business/: it drives both the business reader and
+the Klaviyo jobs API, and business/ never imports senders/.
 """
 
 from __future__ import annotations
