@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from klaviyo_sync.business.order_tracker import OrderTracker
     from klaviyo_sync.daemon.locks import RoleLock
     from klaviyo_sync.parsers.ingest import Ingestor
+    from klaviyo_sync.privacy.forget import Forgetter
     from klaviyo_sync.profile_sync import ProfileSync
     from klaviyo_sync.queue.store import QueueStore
     from klaviyo_sync.senders.base import Sender
@@ -180,6 +182,28 @@ class App:
         """The log tailer and parser that fills the queue."""
         return self._once("ingestor", self._build_ingestor)
 
+    def forgetter(self, ask_klaviyo: bool = True) -> Forgetter:
+        """What `klaviyo-sync forget` runs (privacy/forget.py); without ``ask_klaviyo``
+        (a dry run) no sender is built at all."""
+        from klaviyo_sync.business.customers import Customer, SqlCustomerReader
+        from klaviyo_sync.privacy.forget import Forgetter
+        from klaviyo_sync.privacy.tombstones import Hasher, load_key
+
+        settings, engine = self.settings, self.state_engine
+        business = self.business_engine
+        reader = SqlCustomerReader(business, settings.business) if business else None
+
+        def find(emails: set[str], ids: set[str]) -> list[Customer]:
+            assert reader is not None
+            return [*reader.by_email(emails), *reader.lookup(ids).values()]
+
+        def hasher(create: bool) -> Hasher:
+            return Hasher(load_key(settings.privacy.key_file, engine, create=create))
+
+        outbox = Path(settings.sender.outbox) if settings.sender.kind == "dry-run" else None
+        return Forgetter(engine, self.queue, hasher, self.sender if ask_klaviyo else None,
+                         find if reader is not None else None, outbox)
+
     def missed_signups(self, since: date | None = None, until: date | None = None,
                        include_klaviyo: bool = False) -> SignupOutcome:
         """What `klaviyo-sync missed-signups` does (see signups.py)."""
@@ -227,8 +251,10 @@ class App:
         if not self.settings.suppression.enabled:
             return None
         from klaviyo_sync.business.suppression import Suppressor
+        from klaviyo_sync.privacy.tombstones import tombstone_source
 
-        return Suppressor(self.state_engine, self.settings.suppression)
+        return Suppressor(self.state_engine, self.settings.suppression,
+                          tombstone_source(self.state_engine, self.settings.privacy.key_file))
 
     def _build_order_tracker(self) -> OrderTracker | None:
         if not self.settings.orders.enabled:
@@ -298,8 +324,10 @@ class App:
     def _build_runner(self) -> Runner:
         from klaviyo_sync.senders.runner import Runner
 
-        return Runner(self.settings, self.state_engine, self.queue, self.sender,
-                      self.customers, self.suppression, self.worker_id)
+        runner = Runner(self.settings, self.state_engine, self.queue, self.sender,
+                        self.customers, self.suppression, self.worker_id)
+        self._own(runner.close)  # stops its heartbeat before the engine goes
+        return runner
 
     def _build_ingestor(self) -> Ingestor:
         from klaviyo_sync.parsers.ingest import Ingestor

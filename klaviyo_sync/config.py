@@ -206,6 +206,8 @@ class SenderSettings:
     claim_batch: int = 1000
     concurrency: int = 4
     lease_s: float = 300.0
+    heartbeat_s: float = 5.0
+    runner_dead_after_s: float = 15.0
     max_attempts: int = 8
     backoff_base_s: float = 30.0
     backoff_max_s: float = 3600.0
@@ -223,6 +225,9 @@ class SenderSettings:
         if not 1 <= self.concurrency <= 32:
             raise ValueError("sender.concurrency: must be between 1 and 32")
         _at_least("sender.lease_s", self.lease_s, 5)
+        _at_least("sender.heartbeat_s", self.heartbeat_s, 0.1)
+        _at_least("sender.runner_dead_after_s", self.runner_dead_after_s,
+                  2 * self.heartbeat_s)
         _at_least("sender.max_attempts", self.max_attempts, 1)
         _at_least("sender.backoff_base_s", self.backoff_base_s, 0)
         _at_least("sender.backoff_max_s", self.backoff_max_s, self.backoff_base_s)
@@ -350,10 +355,32 @@ class StatusSettings:
     degraded_dead_letters: int = 1
     degraded_tail_bytes_behind: int = 50_000_000
     degraded_orders_pass_age_s: float = 3600.0
+    failing_pass_failures: int = 3
+    degraded_pass_age_s: float = 900.0
+    failing_pass_age_s: float = 3600.0
+    degraded_tail_stuck_s: float = 300.0
+    failing_tail_stuck_s: float = 1800.0
+    business_timeout_s: float = 5.0
 
     def validate(self) -> None:
         _at_least("status.failing_backlog_age_s", self.failing_backlog_age_s,
                   self.degraded_backlog_age_s)
+        _at_least("status.failing_pass_age_s", self.failing_pass_age_s,
+                  self.degraded_pass_age_s)
+        _at_least("status.failing_tail_stuck_s", self.failing_tail_stuck_s,
+                  self.degraded_tail_stuck_s)
+        _at_least("status.failing_pass_failures", self.failing_pass_failures, 1)
+        _at_least("status.business_timeout_s", self.business_timeout_s, 0.1)
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    key_file: str = ""
+    erase_statuses: tuple[str, ...] = ()
+    erase_vanished: bool = False
+
+    def validate(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -389,6 +416,7 @@ class Settings:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     status: StatusSettings = field(default_factory=StatusSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     #: The file these settings came from (None for built-in defaults).
     source: str | None = None

@@ -206,6 +206,23 @@ class SqlCustomerReader:
             ) from exc
         return found
 
+    def by_email(self, emails: Iterable[str]) -> list[Customer]:
+        """Customers whose email is one of ``emails`` (compared lower-cased)."""
+        wanted = sorted({e.strip().lower() for e in emails if e and e.strip()})
+        if not wanted:
+            return []
+        table, select = customer_select(self.settings)
+        column = table.c[self.settings.columns.customer_email]
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select.where(sa.func.lower(column).in_(wanted))).fetchall()
+        except sa.exc.SQLAlchemyError as exc:
+            raise BusinessDataError(
+                f"cannot read {self.settings.customers_table} from the business database: "
+                f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}"
+            ) from exc
+        return [Customer.from_values(*row) for row in rows]
+
     def _id_matcher(self, conn: sa.Connection, select: sa.Select[Any] | None = None
                     ) -> Callable[[list[str]], tuple[Any, dict[str, Any]]]:
         """How string ids are compared with the id column, decided once from its type.

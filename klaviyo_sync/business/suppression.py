@@ -21,7 +21,7 @@ Two runners flushing the same rows at once send a harmless duplicate request.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ from klaviyo_sync.business.customers import Customer
 from klaviyo_sync.clock import iso_utc, iso_utc_or_none, utcnow
 from klaviyo_sync.config import SuppressionSettings
 from klaviyo_sync.exceptions import RejectedSendError, SendError
+from klaviyo_sync.privacy.tombstones import NO_TOMBSTONES, Tombstones
 from klaviyo_sync.queue.drivers import insert_ignoring_duplicates, write_transaction
 from klaviyo_sync.state.schema import suppressions
 
@@ -98,9 +99,11 @@ def suppression_reason(customer: Customer, dead_statuses: Iterable[str]) -> str 
 class Suppressor:
     """The runner's suppression hook: observe customers, flush pending suppressions."""
 
-    def __init__(self, state_engine: Engine, settings: SuppressionSettings) -> None:
+    def __init__(self, state_engine: Engine, settings: SuppressionSettings,
+                 tombstones: Callable[[], Tombstones] = lambda: NO_TOMBSTONES) -> None:
         self.engine = state_engine
         self.settings = settings
+        self.tombstones = tombstones  # people who asked to be forgotten
         self._dead = frozenset(settings.dead_statuses)
 
     def observe(self, customers: Iterable[Customer], now: datetime | None = None) -> int:
@@ -154,7 +157,7 @@ class Suppressor:
                 (SuppressionState.PENDING, SuppressionState.SENT, sender.suppress_profiles),
                 (SuppressionState.UNSUPPRESSING, SuppressionState.UNSUPPRESSED,
                  sender.unsuppress_profiles)):
-            emails = self._due(state)
+            emails = self._without_erased(self._due(state))
             for start in range(0, len(emails), MAX_EMAILS_PER_REQUEST):
                 chunk = emails[start:start + MAX_EMAILS_PER_REQUEST]
                 try:
@@ -165,6 +168,19 @@ class Suppressor:
                                 error=str(exc), kind=state.value)
                     return done
         return done
+
+    def _without_erased(self, emails: list[str]) -> list[str]:
+        # Suppressing creates the profile when Klaviyo has none: for a person who asked
+        # to be forgotten that would undo the erasure. Their rows go instead.
+        tombstones = self.tombstones()
+        if not tombstones or not emails:
+            return emails
+        erased = [e for e in emails if tombstones.match(e, None) is not None]
+        if erased:
+            with self._write() as conn:
+                conn.execute(suppressions.delete().where(suppressions.c.email.in_(erased)))
+            log.info("suppressions_dropped_for_erasure", count=len(erased))
+        return [e for e in emails if e not in set(erased)]
 
     def _send(self, call: Any, emails: list[str], target: SuppressionState,
               now: datetime) -> int:

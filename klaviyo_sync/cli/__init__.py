@@ -103,6 +103,7 @@ from klaviyo_sync.cli import (  # noqa: E402,F401
     daemon,
     demo,
     ingest,
+    privacy,
     profiles,
     queue,
     send,

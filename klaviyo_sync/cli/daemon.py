@@ -11,7 +11,7 @@ import click
 
 from klaviyo_sync import config
 from klaviyo_sync.cli import AppContext, cli, pass_app
-from klaviyo_sync.exceptions import StateError
+from klaviyo_sync.exceptions import KlaviyoSyncError, StateError
 
 
 @cli.command("run")
@@ -48,24 +48,50 @@ def run_cmd(app: AppContext) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
 @pass_app
 def status_cmd(app: AppContext, as_json: bool) -> None:
-    """Queue, tail, rejects, credentials, orders: exit 0 healthy, 1 degraded, 2 failing."""
+    """Passes, log, queue, business database, credentials: exit 0 healthy, 1 degraded,
+    2 failing, 3 unknown (the state database or the settings cannot be read).
+
+    These four codes are all `status` exits with, as monitoring plugins expect; the line
+    (or `decided_by` in --json) names the check that decided.
+    """
     from klaviyo_sync.daemon.health import Health, compute_status, failing_status
 
-    settings = app.settings
     try:
-        status = compute_status(settings, app.state_engine())
-    except StateError as exc:
-        data = failing_status(f"state database: {exc}")
-        click.echo(json.dumps(data) if as_json else f"failing\n  - {data['reasons'][0]}")
-        sys.exit(Health.FAILING.exit_code)
+        settings = app.settings
+        business = _business_engine(settings)
+        try:
+            status = compute_status(settings, app.state_engine(), business=business)
+        finally:
+            if business is not None:
+                business.dispose()
+    except KlaviyoSyncError as exc:
+        check = "state_db" if isinstance(exc, StateError) else "settings"
+        data = failing_status(f"{_LABELS[check]}: {exc}", health=Health.UNKNOWN,
+                              check=check)
+        click.echo(json.dumps(data) if as_json else
+                   f"klaviyo-sync: unknown (decided by {check})\n  - {data['reasons'][0]}")
+        sys.exit(Health.UNKNOWN.exit_code)
     data = status.to_json()
     click.echo(json.dumps(data, default=str) if as_json else _render(data))
     sys.exit(status.health.exit_code)
 
 
+_LABELS = {"state_db": "state database", "settings": "settings"}
+
+
+def _business_engine(settings: Any) -> Any:
+    """The business database to ping, when the orders pass is expected to read it."""
+    if not (settings.business.url and settings.orders.enabled):
+        return None
+    from klaviyo_sync.business.db import open_business
+
+    return open_business(settings.business.url)
+
+
 def _render(d: dict[str, Any]) -> str:
     q, tail = d["queue"], d["tail"]
-    lines = [f"klaviyo-sync: {d['health']}"]
+    decided = f" (decided by {d['decided_by']})" if d.get("decided_by") else ""
+    lines = [f"klaviyo-sync: {d['health']}{decided}"]
     row = lines.append
 
     def item(label: str, value: str) -> None:
@@ -93,6 +119,16 @@ def _render(d: dict[str, Any]) -> str:
     item("profiles", f"{p.get('imported', 0):,} imported, {p.get('failed', 0):,} failed "
          f"(klaviyo-sync profiles failed), {p.get('unread_jobs', 0):,} job(s) unread; "
          f"last pass {d.get('last_profiles_pass_at') or 'never'}")
+    erased = d.get("erasures") or {}
+    if erased.get("requests"):
+        item("erasures", f"{erased['requests']:,} request(s); {erased['skipped']:,} later "
+             "event(s) skipped for erasure (klaviyo-sync forget --list)")
+    if d.get("business_error"):
+        item("business db", f"NO ANSWER ({d['business_error']})")
+    for name, record in (d.get("passes") or {}).items():
+        state = (f"FAILED {record['failures']}x in a row: {record['last_error']}"
+                 if record["failures"] else "ok")
+        item(f"{name} pass", f"{state}; last success {record['last_ok_at'] or 'never'}")
     for reason in d["reasons"]:
         row(f"  - {reason}")
     return "\n".join(lines)

@@ -1,10 +1,14 @@
-"""How the pipeline is doing, from the state database and a stat() of the log.
+"""How the pipeline is doing, from the state database, a stat() of the log and a ping of the
+business database.
 
 `klaviyo-sync status`, the daemon's STATUS= line, /healthz and /metrics all read one
-:class:`Status`. Its health is decided by :func:`assess` from thresholds in ``[status]``:
-*failing* when nothing can reach Klaviyo (credentials refused, a backlog past the failing
-age), *degraded* when something needs a look (a backlog past the degraded age, dead
-letters, the tailer far behind or the log missing, a stale orders pass).
+:class:`Status`. Its health is decided by :func:`assess` from thresholds in ``[status]``,
+on what operators care about: whether each pass (tail, send, orders) last *succeeded*
+recently and how many times in a row it failed (the daemon records every run in the
+``meta`` table, :func:`save_pass_record`), whether the log is readable and the tail moves
+when there is something to read, whether the business database answers, whether Klaviyo
+refuses our credentials, and how old the backlog is. Each finding names its check; the
+worst one decides, and `status` says which.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import enum
 import json
 import os
+import stat
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -25,18 +31,54 @@ from klaviyo_sync.exceptions import StateError
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state import meta
 from klaviyo_sync.state.profiles import ProfileStore
-from klaviyo_sync.state.schema import checkpoints, rejects, suppressions
+from klaviyo_sync.state.schema import checkpoints, erasures, rejects, suppressions
+
+#: The passes whose runs the daemon records and health judges.
+JUDGED_PASSES = ("tail", "send", "orders")
 
 
 class Health(enum.StrEnum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"
     FAILING = "failing"
+    UNKNOWN = "unknown"  # the state database could not be read: nothing is known
 
     @property
     def exit_code(self) -> int:
-        """What `status` exits with: 0 healthy, 1 degraded, 2 failing."""
-        return {"healthy": 0, "degraded": 1, "failing": 2}[self.value]
+        """What `status` exits with, as monitoring plugins do: 0 healthy, 1 degraded,
+        2 failing, 3 unknown. No other exit code comes out of `status`."""
+        return {"healthy": 0, "degraded": 1, "failing": 2, "unknown": 3}[self.value]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check that is not healthy: its name, how bad, and what an operator reads."""
+
+    check: str
+    health: Health
+    detail: str
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """What the daemon last recorded of one pass (see :func:`save_pass_record`)."""
+
+    failures: int = 0  # consecutive failures, 0 after a success
+    last_ok_at: datetime | None = None
+    last_failed_at: datetime | None = None
+    last_error: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PassRecord:
+        return cls(failures=int(data.get("failures") or 0),
+                   last_ok_at=_maybe_time(data.get("last_ok_at")),
+                   last_failed_at=_maybe_time(data.get("last_failed_at")),
+                   last_error=data.get("last_error"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"failures": self.failures, "last_ok_at": _maybe_iso(self.last_ok_at),
+                "last_failed_at": _maybe_iso(self.last_failed_at),
+                "last_error": self.last_error}
 
 
 @dataclass(frozen=True)
@@ -68,8 +110,17 @@ class Status:
     last_orders_pass_at: str | None
     last_tail_at: str | None
     orders_expected: bool
+    passes: dict[str, PassRecord] = field(default_factory=dict)
+    business_error: str | None = None  # why the business database did not answer
+    #: Daemon jobs the scheduler has not called for far longer than their interval.
+    stalled_jobs: tuple[str, ...] = ()
+    #: Erasure requests made, and later events of those people skipped (not sent).
+    erasures: dict[str, int] = field(default_factory=lambda: {"requests": 0, "skipped": 0})
     health: Health = Health.HEALTHY
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    #: The check whose finding decided the health (the worst, first); None when healthy.
+    decided_by: str | None = None
+    findings: tuple[Finding, ...] = field(default_factory=tuple)
     #: Customers per profile status ("imported", "failed") and "unread_jobs".
     profiles: dict[str, int] = field(default_factory=dict)
     last_profiles_pass_at: str | None = None
@@ -87,6 +138,9 @@ class Status:
     def to_json(self) -> dict[str, Any]:
         """The shape `status --json` prints and /healthz serves."""
         data = asdict(self)
+        data.update(passes={name: record.to_json() for name, record in self.passes.items()},
+                    findings=[{"check": f.check, "health": f.health.value, "detail": f.detail}
+                              for f in self.findings])
         data.update(health=self.health.value, reasons=list(self.reasons),
                     dead_letters=self.dead_letters, oldest_due_age_s=self.oldest_due_age_s)
         return _iso(data)
@@ -102,49 +156,155 @@ class Status:
 
 def assess(status: Status, limits: StatusSettings) -> tuple[Health, tuple[str, ...]]:
     """Health and its reasons (worst first) for ``status`` under ``limits``."""
-    failing: list[str] = []
-    degraded: list[str] = []
+    findings = judge(status, limits)
+    return worst(findings), tuple(f.detail for f in findings)
+
+
+def worst(findings: tuple[Finding, ...]) -> Health:
+    if any(f.health is Health.FAILING for f in findings):
+        return Health.FAILING
+    return Health.DEGRADED if findings else Health.HEALTHY
+
+
+def judge(status: Status, limits: StatusSettings) -> tuple[Finding, ...]:
+    """Every check that is not healthy, failing ones first (in check order otherwise)."""
+    found: list[Finding] = []
+    add = found.append
+    fail, degrade = Health.FAILING, Health.DEGRADED
     if status.auth_failure:
         detail = status.auth_failure.get("detail") or status.auth_failure.get("status")
-        failing.append(f"Klaviyo refuses our credentials since {status.auth_failure.get('at')}"
-                       f" ({detail})")
+        add(Finding("credentials", fail, "Klaviyo refuses our credentials since "
+                    f"{status.auth_failure.get('at')} ({detail})"))
     age = status.oldest_due_age_s
     if age is not None and age > limits.failing_backlog_age_s:
-        failing.append(f"oldest due event waiting {_duration(age)} "
-                       f"(failing past {_duration(limits.failing_backlog_age_s)})")
+        add(Finding("backlog", fail, f"oldest due event waiting {_duration(age)} "
+                    f"(failing past {_duration(limits.failing_backlog_age_s)})"))
     elif age is not None and age > limits.degraded_backlog_age_s:
-        degraded.append(f"oldest due event waiting {_duration(age)} "
-                        f"(degraded past {_duration(limits.degraded_backlog_age_s)})")
+        add(Finding("backlog", degrade, f"oldest due event waiting {_duration(age)} "
+                    f"(degraded past {_duration(limits.degraded_backlog_age_s)})"))
+    for name in JUDGED_PASSES:
+        record = status.passes.get(name)
+        if record is not None and (name != "orders" or status.orders_expected):
+            finding = _judge_pass(name, record, status.checked_at, limits)
+            if finding is not None:
+                add(finding)
     if limits.degraded_dead_letters and status.dead_letters >= limits.degraded_dead_letters:
-        degraded.append(f"{status.dead_letters} dead letter(s): "
-                        "see `klaviyo-sync queue list --state dead`")
-    tail = status.tail
-    if tail.log_error:
-        degraded.append(f"log {tail.log_path}: {tail.log_error}")
-    elif tail.bytes_behind is not None and tail.bytes_behind > limits.degraded_tail_bytes_behind:
-        degraded.append(f"tail {_bytes(tail.bytes_behind)} behind the end of {tail.log_path}")
+        add(Finding("dead_letters", degrade, f"{status.dead_letters} dead letter(s): "
+                    "see `klaviyo-sync queue list --state dead`"))
+    if status.stalled_jobs:
+        add(Finding("scheduler", fail, "the scheduler has not run "
+                    f"{', '.join(status.stalled_jobs)} for far longer than their interval"))
+    found.extend(_judge_tail(status, limits))
+    if status.orders_expected and status.business_error:
+        add(Finding("business_db", fail,
+                    f"business database does not answer: {status.business_error}"))
     if status.orders_expected and limits.degraded_orders_pass_age_s and status.last_orders_pass_at:
         since = (status.checked_at - _parse(status.last_orders_pass_at)).total_seconds()
         if since > limits.degraded_orders_pass_age_s:
-            degraded.append(f"last orders pass {_duration(since)} ago")
+            add(Finding("orders_pass", degrade, f"last orders pass {_duration(since)} ago"))
     failed_profiles = status.profiles.get("failed", 0)
     if failed_profiles:
-        degraded.append(f"{failed_profiles} profile(s) Klaviyo did not import: "
-                        "see `klaviyo-sync profiles failed`")
-    if failing:
-        return Health.FAILING, tuple(failing + degraded)
-    if degraded:
-        return Health.DEGRADED, tuple(degraded)
-    return Health.HEALTHY, ()
+        add(Finding("profiles", degrade, f"{failed_profiles} profile(s) Klaviyo did not "
+                    "import: see `klaviyo-sync profiles failed`"))
+    found.sort(key=lambda f: f.health is not Health.FAILING)  # stable: check order kept
+    return tuple(found)
 
 
-def compute_status(settings: Settings, engine: Engine, now: datetime | None = None) -> Status:
-    """Read the state database and stat() the log; health assessed with ``[status]``."""
+def _judge_pass(name: str, record: PassRecord, now: datetime, limits: StatusSettings
+                ) -> Finding | None:
+    check = f"{name}_pass"
+    if record.failures:
+        bad = Health.FAILING if record.failures >= limits.failing_pass_failures \
+            else Health.DEGRADED
+        since = f" since {_iso_one(record.last_ok_at)}" if record.last_ok_at else ""
+        return Finding(check, bad, f"{name} pass failed {record.failures} time(s) in a row"
+                       f"{since}: {record.last_error}")
+    if record.last_ok_at is None:
+        return None
+    age = (now - record.last_ok_at).total_seconds()
+    if age > limits.failing_pass_age_s:
+        return Finding(check, Health.FAILING, f"{name} pass last succeeded {_duration(age)} "
+                       "ago: is the daemon running?")
+    if age > limits.degraded_pass_age_s:
+        return Finding(check, Health.DEGRADED, f"{name} pass last succeeded "
+                       f"{_duration(age)} ago")
+    return None
+
+
+def _judge_tail(status: Status, limits: StatusSettings) -> list[Finding]:
+    tail = status.tail
+    if tail.log_error == "missing":
+        return [Finding("log", Health.DEGRADED, f"log {tail.log_path}: missing")]
+    if tail.log_error:
+        return [Finding("log", Health.FAILING, f"log {tail.log_path}: {tail.log_error}")]
+    found = []
+    behind = tail.bytes_behind
+    if behind is not None and behind > limits.degraded_tail_bytes_behind:
+        found.append(Finding("tail_behind", Health.DEGRADED,
+                             f"tail {_bytes(behind)} behind the end of {tail.log_path}"))
+    if behind and tail.checkpoint_at is not None:
+        still = (status.checked_at - tail.checkpoint_at).total_seconds()
+        if still > limits.degraded_tail_stuck_s:
+            bad = Health.FAILING if still > limits.failing_tail_stuck_s else Health.DEGRADED
+            found.append(Finding("tail_stuck", bad, f"tail has not moved for {_duration(still)}"
+                                 f" with {_bytes(behind)} left to read in {tail.log_path}"))
+    return found
+
+
+def compute_status(settings: Settings, engine: Engine, now: datetime | None = None,
+                   business: Engine | None = None) -> Status:
+    """Read the state database, stat() the log and ping ``business`` (when orders are
+    expected); health assessed with ``[status]``."""
     try:
-        return _compute_status(settings, engine, now or utcnow())
+        status = _compute_status(settings, engine, now or utcnow())
     except sa.exc.DBAPIError as exc:
         detail = str(getattr(exc, "orig", exc)).splitlines()[0]
         raise StateError(f"state database unreachable: {detail}") from exc
+    if status.orders_expected and business is not None:
+        status = replace(status, business_error=probe_business(
+            business, settings.status.business_timeout_s))
+    return decide(status, settings.status)
+
+
+def decide(status: Status, limits: StatusSettings) -> Status:
+    """``status`` with its health, reasons, findings and deciding check filled in."""
+    findings = judge(status, limits)
+    return replace(status, health=worst(findings), findings=findings,
+                   reasons=tuple(f.detail for f in findings),
+                   decided_by=findings[0].check if findings else None)
+
+
+def probe_business(engine: Engine, timeout_s: float) -> str | None:
+    """None when the business database answers ``SELECT 1`` within ``timeout_s``, else why.
+
+    The query runs in a thread of its own: a server that accepts connections and then
+    never answers must not hang `status` (or the daemon's status job) with it.
+    """
+    outcome: list[str | None] = []
+
+    def ping() -> None:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            outcome.append(None)
+        except Exception as exc:  # any driver error means: it does not answer
+            outcome.append(str(getattr(exc, "orig", exc)).splitlines()[0] or type(exc).__name__)
+
+    thread = threading.Thread(target=ping, name="business-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        return f"no answer within {timeout_s:g}s"
+    return outcome[0]
+
+
+def save_pass_record(engine: Engine, name: str, record: PassRecord) -> None:
+    """Record the latest outcome of pass ``name`` where `status` reads it."""
+    meta.put_json(engine, pass_key(name), record.to_json())
+
+
+def pass_key(name: str) -> str:
+    return f"pass_{name}"
 
 
 def _compute_status(settings: Settings, engine: Engine, now: datetime) -> Status:
@@ -163,6 +323,11 @@ def _compute_status(settings: Settings, engine: Engine, now: datetime) -> Status
         values = {name: meta.get(conn, name) for name in (
             meta.LAST_SEND_OK_AT, meta.AUTH_FAILURE, meta.LAST_ORDERS_PASS_AT, meta.LAST_TAIL_AT,
             meta.LAST_PROFILES_PASS_AT)}
+        requests, skipped = conn.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(erasures.c.skipped), 0))
+            .where(sa.not_(erasures.c.asked_by.like("link:%")))).one()
+        passes = {name: PassRecord.from_json(data) for name in JUDGED_PASSES
+                  if isinstance(data := meta.get_json(conn, pass_key(name)), dict)}
     status = Status(
         checked_at=now, queue=counts, oldest_due_at=oldest, rejects=int(reject_count or 0),
         suppressions_pending=int(pending_supp or 0),
@@ -172,11 +337,11 @@ def _compute_status(settings: Settings, engine: Engine, now: datetime) -> Status
         last_orders_pass_at=values[meta.LAST_ORDERS_PASS_AT],
         last_tail_at=values[meta.LAST_TAIL_AT],
         orders_expected=bool(settings.business.url and settings.orders.enabled),
+        passes=passes, erasures={"requests": int(requests), "skipped": int(skipped)},
         profiles=ProfileStore(engine).counts(),
         last_profiles_pass_at=values[meta.LAST_PROFILES_PASS_AT],
     )
-    health, reasons = assess(status, settings.status)
-    return replace(status, health=health, reasons=reasons)
+    return status
 
 
 def tail_status(log_path: str, checkpoint: Any) -> TailStatus:
@@ -191,8 +356,10 @@ def tail_status(log_path: str, checkpoint: Any) -> TailStatus:
     except OSError as exc:
         error, size, behind = (exc.strerror or str(exc)), None, None
     else:
-        error, size = None, st.st_size
-        if cp is None:
+        error, size = _unreadable(log_path, st.st_mode), st.st_size
+        if error is not None:
+            size = behind = None
+        elif cp is None:
             behind = size
         elif cp["inode"] == st.st_ino and cp["device"] == st.st_dev:
             # Same file; smaller than the offset means copytruncate: it starts again at 0.
@@ -207,10 +374,24 @@ def tail_status(log_path: str, checkpoint: Any) -> TailStatus:
     )
 
 
-def failing_status(reason: str, now: datetime | None = None) -> dict[str, Any]:
-    """What `status --json` prints when the state database itself cannot be read."""
-    return {"checked_at": _iso_one(now or utcnow()), "health": Health.FAILING.value,
-            "reasons": [reason]}
+def _unreadable(path: str, mode: int) -> str | None:
+    """Why the tail cannot read ``path`` (which exists), or None when it can."""
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a log file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a FIFO or a device?)"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None
+
+
+def failing_status(reason: str, now: datetime | None = None,
+                   health: Health = Health.FAILING, check: str = "state_db") -> dict[str, Any]:
+    """What `status --json` prints when the state itself cannot be read (``health`` is
+    then unknown) or the probe cannot compute a status."""
+    return {"checked_at": _iso_one(now or utcnow()), "health": health.value,
+            "reasons": [reason], "decided_by": check,
+            "findings": [{"check": check, "health": health.value, "detail": reason}]}
 
 
 def _auth_failure(raw: str | None) -> dict[str, Any] | None:
@@ -221,6 +402,14 @@ def _auth_failure(raw: str | None) -> dict[str, Any] | None:
     except ValueError:
         return {"detail": raw}
     return value if isinstance(value, dict) else {"detail": value}
+
+
+def _maybe_time(text: Any) -> datetime | None:
+    return _parse(text) if isinstance(text, str) and text else None
+
+
+def _maybe_iso(moment: datetime | None) -> str | None:
+    return _iso_one(moment) if moment is not None else None
 
 
 def _parse(text: str) -> datetime:

@@ -79,6 +79,13 @@ def record_failure(record: JobRecord, now: datetime, error: str) -> JobRecord:
                    running_since=None, runs=record.runs + 1)
 
 
+def stalled_for(job: Job, now_mono: float, min_s: float = 60.0) -> float | None:
+    """Seconds since the scheduler last called ``job`` if that is far past its interval
+    (five intervals, at least ``min_s``); None while it is called on time."""
+    waited = now_mono - job.last_called_mono
+    return waited if waited > max(5 * job.interval_s, min_s) else None
+
+
 def hung_since(record: JobRecord, now: datetime, hung_after_s: float) -> float | None:
     """Seconds a run has lasted if that is more than ``hung_after_s`` (0 disables)."""
     if not hung_after_s or record.running_since is None:
@@ -100,6 +107,9 @@ class Job:
         self.stop = stop
         self.on_result = on_result
         self.record = JobRecord()
+        #: time.monotonic() of the scheduler's last call, run or not (backing off): a
+        #: scheduler that stops calling is frozen, whatever the wall clock says.
+        self.last_called_mono = time.monotonic()
         self._lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
@@ -114,6 +124,7 @@ class Job:
 
     def __call__(self) -> None:
         """Run the pass once if it is due; what the scheduler calls."""
+        self.last_called_mono = time.monotonic()
         now = utcnow()
         with self._lock:
             if self.stop.is_set() or self.running:

@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Protocol
@@ -35,12 +36,20 @@ from sqlalchemy.engine import Engine
 from klaviyo_sync.app import connect_state
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
-from klaviyo_sync.daemon.health import compute_status
+from klaviyo_sync.daemon.health import (
+    JUDGED_PASSES,
+    PassRecord,
+    Status,
+    compute_status,
+    decide,
+    save_pass_record,
+)
 from klaviyo_sync.daemon.http import HealthServer
-from klaviyo_sync.daemon.jobs import Job, PassFunc, hung_since
+from klaviyo_sync.daemon.jobs import Job, PassFunc, hung_since, stalled_for
 from klaviyo_sync.daemon.locks import exclusive
 from klaviyo_sync.daemon.metrics import Metrics, StatusBoard
 from klaviyo_sync.daemon.passes import Pipeline
+from klaviyo_sync.daemon.statelock import one_daemon
 from klaviyo_sync.daemon.systemd import Notifier
 from klaviyo_sync.exceptions import ConfigError, SchemaOutdatedError, StateError
 from klaviyo_sync.logconfig import get_logger
@@ -50,6 +59,8 @@ log = get_logger(__name__)
 
 #: The interval back-offs of the daily prune are measured against.
 _PRUNE_BACKOFF_BASE_S = 3600.0
+#: The interval jobs whose calls prove the scheduler alive (prune runs on a cron).
+_WATCHED_JOBS = ("tail", "send", "retry", "orders", "status")
 _POLL_S = 0.2
 
 
@@ -91,7 +102,7 @@ class Runtime:
         self.notifier = notifier
         self.metrics = metrics
         self.stop_event = threading.Event()
-        self.board = StatusBoard(lambda: compute_status(settings, engine),
+        self.board = StatusBoard(self._compute_status,
                                  max_age_s=settings.daemon.status_interval_s)
         self.jobs: list[Job] = []
         self.scheduler = BackgroundScheduler(
@@ -172,10 +183,33 @@ class Runtime:
         self.jobs.append(job)
         return job
 
+    def _compute_status(self) -> Status:
+        status = compute_status(self.settings, self.engine)
+        now = time.monotonic()
+        stalled = tuple(job.name for job in self.jobs
+                        if job.name in _WATCHED_JOBS and stalled_for(job, now) is not None)
+        return decide(replace(status, stalled_jobs=stalled), self.settings.status) \
+            if stalled else status
+
     def _on_result(self, name: str, result: Any, duration_s: float) -> None:
+        self._record_pass(name, result)
         self.metrics.observe_job(name, result, duration_s)
         if name in ("send", "retry"):
             self.metrics.observe_requests(self.passes.new_requests())
+
+    def _record_pass(self, name: str, result: Any) -> None:
+        """Keep the outcome where `status` reads it. A pass that did nothing (a standby
+        that does not hold the role) records nothing: it must not mask the holder's."""
+        if name not in JUDGED_PASSES or result is None:
+            return
+        job = next(j for j in self.jobs if j.name == name)
+        r = job.record
+        try:
+            save_pass_record(self.engine, name, PassRecord(
+                failures=r.failures, last_ok_at=r.last_ok_at, last_failed_at=r.last_failed_at,
+                last_error=(r.last_error or "")[:500] or None))
+        except Exception as exc:  # the state database is down: the pass said so already
+            log.debug("pass_record_not_saved", job=name, error=str(exc).splitlines()[0])
 
     def _watchdog(self) -> None:
         now = utcnow()
@@ -217,7 +251,8 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or :meth:`request_stop`); the process exit code."""
         previous = self._install_signals() if handle_signals else {}
         try:
-            return self._run()
+            with one_daemon(self.settings.state.url):
+                return self._run()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)

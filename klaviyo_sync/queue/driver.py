@@ -97,6 +97,10 @@ class QueueDriver(Protocol):
     def release(self, ids: Sequence[int], worker: str, next_attempt_at: datetime,
                 reason: str | None) -> int: ...
 
+    def release_orphans(self, workers: Sequence[str], now: datetime) -> int:
+        """Leased events of these (dead) workers, due at ``now``; attempts stay spent."""
+        ...
+
     def fail(self, failures: Mapping[int, str], worker: str, policy: RetryPolicy,
              now: datetime) -> tuple[int, int]: ...
 
@@ -144,4 +148,25 @@ class QueueDriver(Protocol):
                         ) -> Iterable[tuple[str, dict[str, Any] | None]]:
         """(customer_id, profile) of the events of ``metric`` of those customers,
         oldest occurred_at first."""
+        ...
+
+    # --- erasure of one person (klaviyo_sync/privacy) ---------------------------------
+
+    def person_counts(self, tx: Any, emails: Sequence[str], customer_ids: Sequence[str]
+                      ) -> dict[str, int]:
+        """Events whose email (any case) or customer id is given, by state."""
+        ...
+
+    def person_identities(self, tx: Any, emails: Sequence[str], customer_ids: Sequence[str]
+                          ) -> builtins.list[tuple[str | None, str | None]]:
+        """Distinct (email, customer id) pairs of those events."""
+        ...
+
+    def erase_person(self, tx: Any, emails: Sequence[str], customer_ids: Sequence[str]
+                     ) -> int:
+        """Delete those events, whatever their state, in ``tx``."""
+        ...
+
+    def drop_claimed(self, ids: Sequence[int], worker: str) -> int:
+        """Delete events ``worker`` holds leased."""
         ...

@@ -77,6 +77,34 @@ class QueueStore:
             return 0
         return self.driver.release(ids, worker, (now or utcnow()) + delay, reason)
 
+    def release_orphans(self, workers: Sequence[str], now: datetime | None = None) -> int:
+        """Leases of runners that died, due again at once (the attempt stays spent: a
+        batch that keeps crashing its runner must still run out of attempts)."""
+        if not workers:
+            return 0
+        return self.driver.release_orphans(workers, now or utcnow())
+
+    # --- erasure (klaviyo_sync/privacy) -------------------------------------------------
+
+    def person_counts(self, tx: Any, emails: Sequence[str], customer_ids: Sequence[str]
+                      ) -> dict[str, int]:
+        """Events of one person by state (what an erasure would remove)."""
+        return self.driver.person_counts(tx, emails, customer_ids)
+
+    def person_identities(self, tx: Any, emails: Sequence[str], customer_ids: Sequence[str]
+                          ) -> builtins.list[tuple[str | None, str | None]]:
+        """The (email, customer id) pairs the queue knows for a person."""
+        return self.driver.person_identities(tx, emails, customer_ids)
+
+    def erase_person(self, tx: Any, emails: Sequence[str], customer_ids: Sequence[str]) -> int:
+        """Delete every event of one person, whatever its state, in the caller's
+        transaction: pending ones are cancelled, sent ones hold personal data too."""
+        return self.driver.erase_person(tx, emails, customer_ids)
+
+    def drop_claimed(self, ids: Sequence[int], worker: str) -> int:
+        """Delete leased events this worker holds (events of a forgotten person)."""
+        return self.driver.drop_claimed(ids, worker) if ids else 0
+
     def fail(self, failures: Mapping[int, str], worker: str, policy: RetryPolicy,
              now: datetime | None = None) -> tuple[int, int]:
         """Record a temporary failure: retry later with backoff, or dead-letter if out of

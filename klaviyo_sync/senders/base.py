@@ -108,4 +108,14 @@ class Sender(Protocol):
         """Create or update one profile (POST /api/profile-import)."""
         ...
 
+    def request_profile_deletion(self, email: str | None = None,
+                                 profile_id: str | None = None) -> int:
+        """Ask Klaviyo to delete the profiles of one identifier (data-privacy deletion job);
+        returns the HTTP status; raises SendError types."""
+        ...
+
+    def find_profile_ids(self, external_id: str) -> list[str]:
+        """Klaviyo's profile ids for an external id (empty when there is none)."""
+        ...
+
     def close(self) -> None: ...

@@ -125,6 +125,21 @@ class KlaviyoClient:
         self.request("POST", "/api/profile-import", payloads.profile_import_body(profile),
                      items=1)
 
+    def request_profile_deletion(self, email: str | None = None,
+                                 profile_id: str | None = None) -> int:
+        """Ask Klaviyo to delete every profile with this email (or this profile id);
+        returns the HTTP status (202). Raises SendError types like any request."""
+        resp = self.request("POST", "/api/data-privacy-deletion-jobs",
+                            payloads.deletion_body(email, profile_id), items=1)
+        return resp.status_code
+
+    def find_profile_ids(self, external_id: str) -> list[str]:
+        """Klaviyo's ids of the profiles whose external_id is ``external_id``."""
+        quoted = external_id.replace("\\", "\\\\").replace('"', '\\"')
+        return [p["id"] for p in self._pages(
+            "/api/profiles", {"filter": f'equals(external_id,"{quoted}")',
+                              "page[size]": "100"}) if p.get("id")]
+
     def get_metrics(self) -> list[dict[str, Any]]:
         """Every metric of the account (GET /api/metrics, all pages)."""
         return list(self._pages("/api/metrics", {}))

@@ -76,6 +76,18 @@ class DryRunSender:
     def import_profile(self, profile: dict[str, Any]) -> None:
         self._write("/api/profile-import", payloads.profile_import_body(profile), 1)
 
+    def request_profile_deletion(self, email: str | None = None,
+                                 profile_id: str | None = None) -> int:
+        # The outbox is a copy of our data too: the request is written with the
+        # identifier masked, not in the clear (the person asked to be forgotten).
+        masked = "[erased]" if email is not None else None
+        self._write("/api/data-privacy-deletion-jobs",
+                    payloads.deletion_body(masked, None if masked else "[erased]"), 1)
+        return 202
+
+    def find_profile_ids(self, external_id: str) -> list[str]:
+        return []  # a dry run knows no Klaviyo profiles
+
     def close(self) -> None:
         with self._lock:
             if not self._file.closed:

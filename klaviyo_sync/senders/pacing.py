@@ -40,6 +40,8 @@ PUBLISHED: dict[str, Limit] = {
     "POST /api/profile-subscription-bulk-create-jobs": Limit(75, 750),
     "GET /api/events": Limit(350, 3500),
     "GET /api/metrics": Limit(10, 150),
+    "GET /api/profiles": Limit(75, 750),
+    "POST /api/data-privacy-deletion-jobs": Limit(3, 60),
 }
 
 

@@ -181,3 +181,16 @@ def profile_import_body(profile: dict[str, Any]) -> dict[str, Any]:
 def encode(body: dict[str, Any]) -> bytes:
     """The exact bytes sent (compact separators: 5 MB is a byte cap)."""
     return _dumps(body).encode("utf-8")
+
+
+def deletion_body(email: str | None = None, profile_id: str | None = None) -> dict[str, Any]:
+    """A data-privacy deletion job for exactly one identifier (Klaviyo refuses two)."""
+    if (email is None) == (profile_id is None):
+        raise ValueError("a deletion job names exactly one of email or profile id")
+    profile: dict[str, Any] = {"type": "profile", "attributes": {}}
+    if email is not None:
+        profile["attributes"]["email"] = email
+    else:
+        profile["id"] = profile_id
+    return {"data": {"type": "data-privacy-deletion-job",
+                     "attributes": {"profile": {"data": profile}}}}

@@ -27,7 +27,9 @@ from klaviyo_sync.clock import iso_utc, utcnow
 from klaviyo_sync.config import Settings, parse_duration_s
 from klaviyo_sync.exceptions import BusinessDataError, KlaviyoSyncError
 from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.privacy.tombstones import NO_TOMBSTONES, count_skipped, lift, tombstone_source
 from klaviyo_sync.queue import EventState, QueuedEvent, QueueStore, RetryPolicy
+from klaviyo_sync.queue.runners import Heartbeat, RunnerRegistry
 from klaviyo_sync.senders.audit import prune_audit
 from klaviyo_sync.senders.base import AuthFailure, DeliveryReport, Sender
 from klaviyo_sync.senders.delivery import deliver_profiles
@@ -57,6 +59,7 @@ class SendReport:
     released: int = 0
     requests: int = 0
     suppressed: int = 0
+    erased: int = 0  # events of forgotten people, dropped unsent
     auth_error: str | None = None
     error: str | None = None
     elapsed_s: float = 0.0
@@ -115,6 +118,10 @@ class Runner:
         s = settings.sender
         self.policy = RetryPolicy(s.max_attempts, s.backoff_base_s, s.backoff_max_s)
         self.lease = timedelta(seconds=s.lease_s)
+        self.registry = RunnerRegistry(engine, s.runner_dead_after_s)
+        self._heartbeat = Heartbeat(self.registry, worker_id, s.heartbeat_s)
+        self._tombstone_source = tombstone_source(engine, settings.privacy.key_file)
+        self._tombstones = NO_TOMBSTONES
         self._hook_lock = threading.Lock()
         self._mark_lock = threading.Lock()
         self._marked_at = self._audited_at = float("-inf")
@@ -125,6 +132,9 @@ class Runner:
         """Claim and send until nothing is due, ``stop`` is set (the batches in hand are
         finished first), ``max_batches`` were taken, or Klaviyo refuses the credentials."""
         _freeze_startup_objects()
+        self._heartbeat.start()
+        self.reclaim()
+        self._tombstones = self._tombstone_source()
         stop = stop or threading.Event()
         halt = threading.Event()
         report = SendReport()
@@ -196,6 +206,15 @@ class Runner:
             log.error("business_db_unavailable", error=str(exc))
             halt.set()
             return
+        if self._tombstones:
+            erased = self._drop_erased(batch, customers)
+            if erased:
+                batch = [e for e in batch if e.id not in erased]
+                with report._lock:
+                    report.claimed += len(erased)
+                    report.erased += len(erased)
+                if not batch:
+                    return
         names = self.settings.klaviyo.profile_properties
         currency = self.settings.klaviyo.default_currency
         events = [outgoing(e, customers.get(str(e.customer_id)) if e.customer_id else None,
@@ -216,6 +235,40 @@ class Runner:
             report.requests += result.requests
             if result.auth_failure is not None:
                 report._refused(result.auth_failure)
+
+    def _drop_erased(self, batch: list[QueuedEvent], customers: dict[str, Customer]
+                     ) -> set[int]:
+        """Events of people who asked to be forgotten: deleted, never sent. One that
+        happened after the request, of a customer the business shows active again, is a
+        new relationship: it goes, and the tombstone is lifted (privacy/tombstones.py)."""
+        erased: dict[int, int] = {}  # event id -> erasure id
+        lifted: set[int] = set()
+        ended = set(self.settings.privacy.erase_statuses)
+        for event in batch:
+            stone = self._tombstones.match(event.email, event.customer_id)
+            if stone is None or stone.id in lifted:
+                continue
+            customer = customers.get(str(event.customer_id)) if event.customer_id else None
+            if customer is not None and event.occurred_at > stone.requested_at \
+                    and customer.status not in ended:
+                lifted.add(stone.id)
+                continue
+            erased[event.id] = stone.id
+        if not erased and not lifted:
+            return set()
+        self.store.drop_claimed(list(erased), self.worker_id)
+        per_request: dict[int, int] = {}
+        for erasure_id in erased.values():
+            per_request[erasure_id] = per_request.get(erasure_id, 0) + 1
+        with self.engine.begin() as conn:
+            count_skipped(conn, per_request)
+            for erasure_id in lifted:
+                lift(conn, erasure_id)
+        if lifted:
+            self._tombstones = self._tombstone_source()
+        if erased:
+            log.info("events_skipped_for_erasure", count=len(erased))
+        return set(erased)
 
     def _lookup(self, batch: list[QueuedEvent]) -> dict[str, Customer]:
         if self.customers is None:
@@ -288,6 +341,27 @@ class Runner:
         except KlaviyoSyncError as exc:
             log.warning("suppression_flush_failed", error=str(exc)[:300])
 
+    def reclaim(self) -> int:
+        """Take back the leases of runners that died (see queue/runners.py); how many."""
+        dead = self.registry.dead(exclude=self.worker_id)
+        if not dead:
+            return 0
+        workers = [row.worker for row in dead]
+        released = self.store.release_orphans(workers)
+        self.registry.forget(workers)
+        log.info("leases_reclaimed", runners=workers, events=released)
+        return released
+
+    def close(self) -> None:
+        """Stop the heartbeat and leave the runners table (the wiring calls this)."""
+        self._heartbeat.stop()
+        try:
+            # No drain runs now: whatever this worker still holds (a drain that raised)
+            # is due again at once rather than after its lease.
+            self.store.release_orphans([self.worker_id])
+            self.registry.remove(self.worker_id)
+        except Exception as exc:  # closing must not fail on a database that went away
+            log.debug("runner_not_unregistered", error=str(exc).splitlines()[0])
 
 _frozen = threading.Event()
 

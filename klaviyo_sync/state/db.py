@@ -7,7 +7,9 @@ a killed process, which is the crash the design promises to survive.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from klaviyo_sync.exceptions import SchemaOutdatedError, StateError
@@ -95,6 +97,33 @@ def _install_sqlite_pragmas(engine: Engine, busy_timeout_s: float) -> None:
     def _on_begin(conn: sa.Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextlib.contextmanager
+def erasing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction whose deletes leave no trace in the file.
+
+    SQLite keeps deleted rows in free pages and the WAL until they are reused: with
+    ``secure_delete`` the freed space is zeroed, and a checkpoint afterwards copies the
+    WAL back and truncates it. PostgreSQL's dead tuples are not visible to anything but
+    the storage layer (``pg_dump`` does not see them) and are reclaimed by vacuum.
+    """
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        # On the driver's connection: a statement through SQLAlchemy would begin the
+        # transaction before the IMMEDIATE one below.
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.execute("PRAGMA secure_delete = ON")
+        try:
+            with conn.execution_options(sqlite_begin="IMMEDIATE").begin():
+                yield conn
+        finally:
+            driver.execute("PRAGMA secure_delete = OFF")  # the pool reuses the connection
+        driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

@@ -173,6 +173,38 @@ audit = Table(
     Index("ix_audit_at", "at"),
 )
 
+#: Runners draining the queue: who holds leases, from which host and process, and when it
+#: last showed it is alive (see queue/runners.py).
+runners = Table(
+    "runners",
+    metadata,
+    Column("worker", String(128), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer(), nullable=False),
+    Column("started_at", DateTime(), nullable=False),
+    Column("heartbeat_at", DateTime(), nullable=False),
+)
+
+#: Erasure requests (`klaviyo-sync forget`): keyed hashes of the person's email and
+#: customer id, never the clear values, what was removed and what Klaviyo answered. A row
+#: is also the tombstone that keeps later lines and orders of that person from being sent.
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("requested_at", DateTime(), nullable=False),
+    Column("asked_by", String(16), nullable=False),  # "email" | "customer" | "status" ...
+    Column("email_hash", String(64), unique=True),
+    Column("customer_hash", String(64), unique=True),
+    Column("state", String(16), nullable=False),  # ErasureState
+    Column("removed", JSON()),  # {"events": n, ...} of the local erasure
+    Column("klaviyo_status", Integer()),  # HTTP status of the deletion request
+    Column("klaviyo_detail", Text()),  # Klaviyo's answer, personal data masked
+    Column("klaviyo_at", DateTime()),
+    Column("skipped", Integer(), nullable=False, default=0),  # later events not sent
+    Column("lifted_at", DateTime()),  # the business showed them active again
+)
+
 #: Small named values: order watermark, last successful send, auth state, OAuth tokens.
 meta = Table(
     "meta",

@@ -313,3 +313,36 @@ def test_sigterm_during_a_slow_drain_exits_0_within_10_s_and_loses_nothing(
     assert counts["sent"] == len(standin.events) and counts["dead"] == 0
     assert counts["sent"] + counts["pending"] == 300  # the rest waits for the next start
     assert counts["pending"] > 0, "the drain finished before SIGTERM: test proves nothing"
+
+
+def test_a_second_daemon_on_one_sqlite_state_file_is_refused(
+        tmp_path: Path, standin: KlaviyoStandIn) -> None:
+    log = tmp_path / "system.log"
+    log.write_text("")
+    state = tmp_path / "state" / "state.db"
+    config = write_settings(tmp_path / "settings.toml", state_url=f"sqlite:///{state}",
+                            log=log, base_url=standin.base_url)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    first = start_daemon(config, notify, tmp_path / "first.err")
+    try:
+        assert notify.wait_for(lambda m: any("READY=1" in x for x in m), 30)
+        second = subprocess.run(
+            [sys.executable, "-m", "klaviyo_sync", "--config", str(config), "run"],
+            env=dict(os.environ, KLAVIYO_API_KEY=API_KEY,
+                     PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+            capture_output=True, text=True, timeout=60)
+        assert second.returncode == 3
+        assert f"another klaviyo-sync daemon (pid {first.pid})" in second.stderr
+        assert str(state) in second.stderr and "Traceback" not in second.stderr
+        assert first.poll() is None  # the first one carries on
+    finally:
+        code, _ = stop(first)
+        notify.close()
+    assert code == 0
+    # The lock goes with the process: a new daemon may start at once.
+    again = start_daemon(config, None, tmp_path / "again.err")
+    try:
+        assert wait_until(lambda: any(e.get("event") == "daemon_started"
+                                      for e in log_events(tmp_path / "again.err")), 30)
+    finally:
+        assert stop(again)[0] == 0

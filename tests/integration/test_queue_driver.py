@@ -294,3 +294,46 @@ def test_logged_profiles_come_oldest_first(store: QueueStore) -> None:
     assert list(store.logged_profiles("started.signup", ["7", "8"])) == [
         ("7", {"first_name": "Older"}), ("8", None), ("7", {"first_name": "Newer"})]
     assert list(store.logged_profiles("started.signup", [])) == []
+
+
+# --- runners that died, people who asked to be forgotten --------------------------------
+
+
+def test_orphaned_leases_fall_due_at_once_with_the_attempt_spent(store: QueueStore) -> None:
+    store.enqueue_many([make_event(n) for n in range(6)], now=T0)
+    dead = store.claim("dead:1", 4, LEASE, now=T0)
+    alive = store.claim("alive:2", 2, LEASE, now=T0)
+    assert store.release_orphans(["dead:1", "gone:3"], now=T0) == 4
+    counts = store.counts()
+    assert counts["pending"] == 4 and counts["leased"] == 2
+    again = store.claim("alive:2", 10, LEASE, now=T0)
+    assert {e.id for e in again} == {e.id for e in dead}
+    assert all(e.attempts == 2 for e in again)  # one spent by the dead claim, one now
+    assert store.ack([e.id for e in alive], "alive:2", now=T0) == 2
+
+
+def test_one_persons_events_are_found_counted_and_erased(store: QueueStore) -> None:
+    store.enqueue_many([make_event(1, email="Ann@Example.com", customer_id=None),
+                        make_event(2, email=None, customer_id="77"),
+                        make_event(3, email="ann@example.com", customer_id="77"),
+                        make_event(4), make_event(5)], now=T0)
+    store.ack([e.id for e in store.claim("w", 1, LEASE, now=T0)], "w", now=T0)  # log:1 sent
+    with store.transaction() as tx:
+        assert store.person_counts(tx, ["ann@example.com"], ["77"]) == {"sent": 1,
+                                                                       "pending": 2}
+        assert sorted(store.person_identities(tx, ["ann@example.com"], []),
+                      key=str) == [("Ann@Example.com", None), ("ann@example.com", "77")]
+        assert store.person_counts(tx, [], []) == {}
+    with store.transaction() as tx:
+        assert store.erase_person(tx, ["ann@example.com"], ["77"]) == 3
+    assert sorted(e.unique_id for e in store.list()) == ["log:4", "log:5"]
+    with store.transaction() as tx:  # erased ids may come again (a log replay)
+        assert store.enqueue(tx, [make_event(3)], now=T0) == 1
+
+
+def test_only_the_holder_drops_its_claimed_events(store: QueueStore) -> None:
+    store.enqueue_many([make_event(n) for n in range(3)], now=T0)
+    held = [e.id for e in store.claim("w1", 2, LEASE, now=T0)]
+    assert store.drop_claimed(held, "w2") == 0
+    assert store.drop_claimed(held, "w1") == 2
+    assert store.counts() == {"pending": 1, "leased": 0, "sent": 0, "dead": 0}

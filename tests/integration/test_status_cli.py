@@ -94,11 +94,74 @@ def test_refused_credentials_exit_2(setup: tuple[Path, sa.Engine]) -> None:
     assert code == 2 and "REFUSED since 2026-03-01T11:00:00+00:00" in text
 
 
-def test_an_unreachable_state_database_exits_2(tmp_path: Path) -> None:
+def test_an_unreachable_state_database_is_unknown_exit_3(tmp_path: Path) -> None:
     config = tmp_path / "settings.toml"
     config.write_text('[state]\nurl = "postgresql://nobody@127.0.0.1:1/none"\n',
                       encoding="utf-8")
     code, out = status(config, "--json")
-    assert code == 2
+    assert code == 3
     data = json.loads(out)
-    assert data["health"] == "failing" and data["reasons"][0].startswith("state database:")
+    assert data["health"] == "unknown" and data["reasons"][0].startswith("state database:")
+    assert data["decided_by"] == "state_db"
+
+
+def test_bad_settings_make_status_unknown_not_the_config_error_code(tmp_path: Path) -> None:
+    # Exit 2 means "failing" to a monitoring system: a typo in the settings must not
+    # page someone as an outage of the pipeline. Unknown (3) says what is known: nothing.
+    config = tmp_path / "settings.toml"
+    config.write_text("[status]\nfailing_backlog_age_s = 'soon'\n", encoding="utf-8")
+    code, out = status(config, "--json")
+    data = json.loads(out)
+    assert code == 3 and data["health"] == "unknown" and data["decided_by"] == "settings"
+    assert "status.failing_backlog_age_s" in data["reasons"][0]
+
+
+def test_a_pass_that_keeps_failing_makes_status_fail(setup: tuple[Path, sa.Engine]) -> None:
+    from klaviyo_sync.daemon.health import PassRecord, save_pass_record
+
+    config, engine = setup
+    save_pass_record(engine, "tail", PassRecord(
+        failures=4, last_ok_at=utcnow() - timedelta(minutes=3), last_failed_at=utcnow(),
+        last_error="LogSourceError: log /var/log/x.log: is a directory"))
+    code, out = status(config, "--json")
+    data = json.loads(out)
+    assert code == 2 and data["decided_by"] == "tail_pass"
+    assert data["passes"]["tail"]["failures"] == 4
+    code, text = status(config)
+    assert code == 2 and "(decided by tail_pass)" in text and "FAILED 4x in a row" in text
+
+
+def test_a_log_path_that_is_a_directory_fails(setup: tuple[Path, sa.Engine],
+                                              tmp_path: Path) -> None:
+    config, _ = setup
+    folder = tmp_path / "system.log.d"
+    folder.mkdir()
+    config.write_text(config.read_text(encoding="utf-8").replace(
+        str(tmp_path / "system.log"), str(folder)), encoding="utf-8")
+    code, out = status(config, "--json")
+    data = json.loads(out)
+    assert code == 2 and data["decided_by"] == "log"
+    assert "is a directory" in data["reasons"][0]
+
+
+def test_a_business_database_that_does_not_answer_fails(setup: tuple[Path, sa.Engine]
+                                                        ) -> None:
+    config, _ = setup
+    config.write_text(config.read_text(encoding="utf-8") +
+                      '[business]\nurl = "postgresql://nobody@127.0.0.1:1/shop"\n',
+                      encoding="utf-8")
+    code, out = status(config, "--json")
+    data = json.loads(out)
+    assert code == 2 and data["decided_by"] == "business_db"
+    assert data["business_error"]
+
+
+def test_status_creates_no_business_file(setup: tuple[Path, sa.Engine], tmp_path: Path
+                                         ) -> None:
+    config, _ = setup
+    shop = tmp_path / "shop.db"
+    config.write_text(config.read_text(encoding="utf-8") +
+                      f'[business]\nurl = "sqlite:///{shop}"\n', encoding="utf-8")
+    code, out = status(config, "--json")
+    assert json.loads(out)["decided_by"] == "business_db" and code == 2
+    assert not shop.exists()

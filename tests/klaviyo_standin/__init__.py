@@ -54,6 +54,18 @@ Faults (``s.faults``, thread-safe, ``/api`` only): ``fail_rate(rate, status)``,
 ``auth_failing(on)``, ``rate_limit_next(count, retry_after)``,
 ``drop_next(count, after_processing=False)``, ``clear()``. Slow answers: ``s.latency_s``.
 
+Consent and erasure (:mod:`~tests.klaviyo_standin.subscriptions`, ``optouts``, ``privacy``):
+``POST /api/profile-subscription-bulk-create-jobs`` (<= 1,000 profiles) and
+``...-bulk-delete-jobs`` (<= 100), ``GET /api/profiles`` (``additional-fields[profile]=
+subscriptions``, suppression-timestamp filter and sort, <= 100 a page), ``GET /api/lists``,
+``POST /api/lists/<id>/relationships/profiles`` (204) and
+``POST /api/data-privacy-deletion-jobs``; the jobs answer 202 with no body. Test data:
+``account.opt_out(email, reason="UNSUBSCRIBE", at=None, method=..., method_detail=None,
+custom_method_detail=None)``, ``account.add_list(id, name, double_opt_in=False)``,
+``account.consent.default_double_opt_in``. Records: ``subscriptions``, ``unsubscriptions``,
+``suppressions_lifted``, ``confirmations_sent``, ``flows_fired``, ``deletion_requests``,
+``email_consent(email)`` (see :mod:`~tests.klaviyo_standin.consent_view`).
+
 Read data: ``add_metric(name) -> id``, ``add_event(metric, email, time, properties,
 external_id=None)``. OAuth: ``issue_oauth_tokens(client_id)`` gives a first token pair;
 ``oauth.expire_access_tokens()`` expires every access token.

@@ -1,4 +1,5 @@
-"""What the stand-in's Klaviyo account holds: events, metrics, profiles, suppressions, jobs.
+"""What the stand-in's Klaviyo account holds: events, metrics, profiles, suppressions, jobs,
+consent (kept in :mod:`~tests.klaviyo_standin.consent`) and deletion requests.
 
 All state lives here behind one lock, so that checking a bulk request for repeated
 unique_ids and recording it happen atomically even when several senders post at once.
@@ -12,7 +13,18 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tests.klaviyo_standin import clock
+from tests.klaviyo_standin.consent import (
+    SUPPRESSION_JOB_METHOD,
+    SUPPRESSION_JOB_METHOD_DETAIL,
+    ConsentBook,
+    KlaviyoList,
+)
+
+if TYPE_CHECKING:
+    from tests.klaviyo_standin.privacy import DeletionRequest
 
 _ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _ULID_CHARS = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -120,6 +132,8 @@ class Account:
     suppression_requests: list[list[str]] = field(default_factory=list)
     jobs: dict[str, Job] = field(default_factory=dict)
     requests: list[RequestRecord] = field(default_factory=list)
+    consent: ConsentBook = field(default_factory=ConsentBook)  # see consent.py
+    deletion_requests: list[DeletionRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -238,14 +252,20 @@ class Account:
     def suppress(self, emails: list[str], now: datetime) -> None:
         self.suppression_requests.append(list(emails))
         for email in emails:
-            self.upsert_profile({"email": email})
+            profile_id = self.upsert_profile({"email": email})
             self.suppressed[email] = now
             self.unsuppressed.pop(email, None)
+            self.consent.suppress(profile_id, "USER_SUPPRESSED", now,
+                                  method=SUPPRESSION_JOB_METHOD,
+                                  method_detail=SUPPRESSION_JOB_METHOD_DETAIL)
 
     def unsuppress(self, emails: list[str], now: datetime) -> None:
         for email in emails:
             self.unsuppressed[email] = now
             self.suppressed.pop(email, None)
+            profile_id = self._known_profile({"email": email})
+            if profile_id is not None:
+                self.consent.unsuppress(profile_id, now)
 
     def import_profile(self, profile: dict[str, Any]) -> tuple[bool, str]:
         """Create or update a profile from profile-import: (created?, profile id)."""
@@ -265,6 +285,59 @@ class Account:
         job = Job(self.new_id(12), job_type, total, now)
         self.jobs[job.id] = job
         return job
+
+    # -- consent and erasure (see consent.py and privacy.py) -------------------------------
+
+    def profile_id_for(self, kind: str, value: str) -> str | None:
+        """The id of the profile an identifier names, if the account has it (under lock)."""
+        if kind == "id":
+            return value if value in self.profile_state else None
+        return self._profile_ids.get((kind, value.lower() if kind == "email" else value))
+
+    def forget_profile(self, profile_id: str) -> int:
+        """Delete a profile and its events; returns how many events went (under lock)."""
+        state = self.profile_state.pop(profile_id, {})
+        for key in [key for key, found in self._profile_ids.items() if found == profile_id]:
+            del self._profile_ids[key]
+        for kind in ("email", "external_id", "phone_number", "id"):
+            value = state.get(kind)
+            if value:
+                self.profiles.pop(str(value), None)
+        email = state.get("email")
+        if email:
+            self.suppressed.pop(email, None)
+            self.unsuppressed.pop(email, None)
+        before = len(self.events)
+        self.events = [e for e in self.events if e.profile_id != profile_id]
+        for metric_id, events in self.events_by_metric.items():
+            self.events_by_metric[metric_id] = [e for e in events if e.profile_id != profile_id]
+        self._seen = {seen for seen in self._seen if seen[0] != profile_id}
+        self.consent.forget(profile_id)
+        return before - len(self.events)
+
+    def opt_out(self, email: str, reason: str = "UNSUBSCRIBE", at: datetime | None = None, *,
+                method: str | None = "EMAIL_UNSUBSCRIBE", method_detail: str | None = None,
+                custom_method_detail: str | None = None) -> str:
+        """Test helper (takes the lock): an opt-out made in Klaviyo; returns the profile id.
+
+        ``reason`` is one of consent.SUPPRESSION_REASONS; ``at`` defaults to now.
+        """
+        moment = at or clock.now()
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=clock.now().tzinfo)
+        with self.lock:
+            profile_id = self.upsert_profile({"email": email})
+            self.consent.suppress(profile_id, reason, moment, method=method,
+                                  method_detail=method_detail,
+                                  custom_method_detail=custom_method_detail)
+            return profile_id
+
+    def add_list(self, list_id: str, name: str, double_opt_in: bool = False) -> KlaviyoList:
+        """Test helper (takes the lock): create a list subscriptions may name."""
+        with self.lock:
+            found = self.consent.lists[list_id] = KlaviyoList(list_id, name, double_opt_in,
+                                                              clock.now())
+            return found
 
 
 def event_key(event: RecordedEvent) -> str:

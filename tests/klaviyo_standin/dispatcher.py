@@ -10,7 +10,15 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tests.klaviyo_standin import clock, endpoints, profile_jobs, reads
+from tests.klaviyo_standin import (
+    clock,
+    endpoints,
+    optouts,
+    privacy,
+    profile_jobs,
+    reads,
+    subscriptions,
+)
 from tests.klaviyo_standin.faults import Moment
 from tests.klaviyo_standin.jsonapi import Call, Reply, error
 from tests.klaviyo_standin.limits import Verdict
@@ -46,6 +54,17 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, tuple[str, Handler, int]]]] = [
     (re.compile(r"/api/profile-suppression-bulk-delete-jobs/?"),
      {"POST": ("unsuppress", endpoints.unsuppress, 5 * MB)}),
     (re.compile(r"/api/metrics/?"), {"GET": ("metrics", reads.get_metrics, 0)}),
+    # consent and erasure: subscriptions.py, optouts.py, privacy.py
+    (re.compile(r"/api/profile-subscription-bulk-create-jobs/?"),
+     {"POST": ("subscribe", subscriptions.subscribe, 5 * MB)}),
+    (re.compile(r"/api/profile-subscription-bulk-delete-jobs/?"),
+     {"POST": ("unsubscribe", subscriptions.unsubscribe, 5 * MB)}),
+    (re.compile(r"/api/profiles/?"), {"GET": ("get_profiles", optouts.get_profiles, 0)}),
+    (re.compile(r"/api/lists/?"), {"GET": ("get_lists", optouts.get_lists, 0)}),
+    (re.compile(r"/api/lists/(?P<id>[A-Za-z0-9]+)/relationships/profiles/?"),
+     {"POST": ("list_members_add", subscriptions.add_to_list, 5 * MB)}),
+    (re.compile(r"/api/data-privacy-deletion-jobs/?"),
+     {"POST": ("privacy_deletion", privacy.request_deletion, 100 * 1024)}),
 ]
 for _jobs in ("profile-suppression-bulk-create-jobs",
               "profile-suppression-bulk-delete-jobs"):

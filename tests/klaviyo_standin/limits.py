@@ -28,6 +28,13 @@ DEFAULT_LIMITS: dict[str, tuple[int, int]] = {
     "jobs": (75, 750),
     "get_events": (350, 3500),
     "metrics": (10, 150),
+    # consent and erasure
+    "subscribe": (75, 750),
+    "unsubscribe": (75, 750),
+    "get_profiles": (75, 750),
+    "get_lists": (75, 750),
+    "list_members_add": (10, 150),
+    "privacy_deletion": (3, 60),
 }
 
 

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.klaviyo_standin import clock
 from tests.klaviyo_standin.account import Account, RecordedEvent, RequestRecord
+from tests.klaviyo_standin.consent_view import ConsentRecords
 from tests.klaviyo_standin.dispatcher import MB, STATS_PATH, Dispatcher
 from tests.klaviyo_standin.faults import Faults
 from tests.klaviyo_standin.jsonapi import Reply, error
@@ -125,7 +126,7 @@ class _Server(ThreadingHTTPServer):
         pass
 
 
-class KlaviyoStandIn:
+class KlaviyoStandIn(ConsentRecords):
     """A Klaviyo look-alike on 127.0.0.1 for tests; see the package docstring for its API."""
 
     def __init__(self, api_keys: Iterable[str] = ("pk_test_standin",), *,
@@ -238,6 +239,8 @@ class KlaviyoStandIn:
                 "requests": dict(sorted(statuses.items())),
                 "suppressed": len(self.account.suppressed),
                 "profiles": len(self.account.profiles),
+                **self.account.consent.counts(),
+                "deletion_requests": len(self.account.deletion_requests),
             }
 
     # -- data for the read endpoints, tokens ----------------------------------------------

@@ -287,3 +287,54 @@ def test_the_daemon_waits_for_the_state_database_before_ready(
     daemon.request_stop()
     thread.join(10)
     assert codes == [0] and daemon.runtime is None
+
+
+def test_a_pass_that_keeps_failing_is_recorded_and_makes_health_fail(
+        tmp_path: Path, engine: sa.Engine) -> None:
+    from klaviyo_sync.daemon.health import Health, compute_status
+
+    passes = FakePasses()
+
+    def unreadable(_stop: threading.Event) -> None:
+        from klaviyo_sync.exceptions import LogSourceError
+
+        raise LogSourceError("log /srv/x: is a directory")
+
+    passes.behaviour["tail"] = unreadable
+    passes.behaviour["send"] = lambda _stop: "sent"
+    settings = fast_settings(tmp_path)
+    runtime = Runtime(settings, engine, passes, Notifier(None), Metrics())
+    runtime.start()
+    try:
+        assert passes.wait_for("tail", 4) and passes.wait_for("send", 2)
+    finally:
+        assert runtime.stop(5)
+    status = compute_status(settings, engine)
+    assert status.passes["tail"].failures >= 3
+    assert status.passes["tail"].last_error == "LogSourceError: log /srv/x: is a directory"
+    assert status.passes["send"].failures == 0 and status.passes["send"].last_ok_at
+    assert status.health is Health.FAILING and status.decided_by == "tail_pass"
+    # A pass that did nothing (a standby without the role returns None) records nothing.
+    assert "orders" not in status.passes
+
+
+def test_a_scheduler_that_stops_calling_the_jobs_is_failing(tmp_path: Path,
+                                                            engine: sa.Engine) -> None:
+    from klaviyo_sync.daemon.health import Health
+
+    passes = FakePasses()
+    (tmp_path / "system.log").write_bytes(b"")
+    runtime = Runtime(fast_settings(tmp_path), engine, passes, Notifier(None), Metrics())
+    runtime.start()
+    try:
+        assert passes.wait_for("tail", 2)
+        assert runtime.board.refresh().health is Health.HEALTHY
+        runtime.scheduler.pause()  # frozen: nothing calls the jobs any more
+        for job in runtime.jobs:  # as if it had been frozen for two minutes
+            job.last_called_mono -= 120
+        status = runtime.board.refresh()
+        assert status.health is Health.FAILING and status.decided_by == "scheduler"
+        assert "tail" in status.reasons[0]
+    finally:
+        runtime.scheduler.resume()
+        assert runtime.stop(5)

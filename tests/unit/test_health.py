@@ -151,3 +151,98 @@ def test_a_state_database_that_went_away_is_a_state_error() -> None:
             compute_status(config.Settings(), engine)
     finally:
         engine.dispose()
+
+
+# --- what operators care about: passes, the log, the business database, the scheduler ----
+
+def test_a_failing_pass_degrades_at_once_and_fails_when_it_keeps_failing() -> None:
+    from klaviyo_sync.daemon.health import PassRecord, decide
+
+    once = PassRecord(failures=1, last_ok_at=NOW - timedelta(seconds=10),
+                      last_failed_at=NOW, last_error="OperationalError: database is locked")
+    s = decide(status(passes={"tail": once}), LIMITS)
+    assert s.health is Health.DEGRADED and s.decided_by == "tail_pass"
+    assert "tail pass failed 1 time(s) in a row" in s.reasons[0]
+    again = replace(once, failures=3)
+    s = decide(status(passes={"tail": again}), LIMITS)
+    assert s.health is Health.FAILING and s.decided_by == "tail_pass"
+    assert s.health.exit_code == 2 and "database is locked" in s.reasons[0]
+
+
+def test_a_pass_that_stopped_succeeding_degrades_then_fails() -> None:
+    from klaviyo_sync.daemon.health import PassRecord, decide
+
+    def last_ok(ago: timedelta) -> Status:
+        return decide(status(passes={"send": PassRecord(last_ok_at=NOW - ago)}), LIMITS)
+
+    assert last_ok(timedelta(minutes=1)).health is Health.HEALTHY
+    assert last_ok(timedelta(minutes=20)).health is Health.DEGRADED
+    stale = last_ok(timedelta(hours=2))
+    assert stale.health is Health.FAILING and stale.decided_by == "send_pass"
+    assert "is the daemon running?" in stale.reasons[0]
+
+
+def test_orders_pass_records_count_only_when_orders_are_expected() -> None:
+    from klaviyo_sync.daemon.health import PassRecord, decide
+
+    broken = {"orders": PassRecord(failures=9, last_error="business down")}
+    assert decide(status(passes=broken), LIMITS).health is Health.FAILING
+    assert decide(status(passes=broken, orders_expected=False), LIMITS).health \
+        is Health.HEALTHY
+
+
+def test_an_unreadable_log_fails_and_a_missing_one_degrades(tmp_path: Path) -> None:
+    from klaviyo_sync.daemon.health import decide
+
+    folder = tmp_path / "logdir"
+    folder.mkdir()
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    for path, words in ((folder, "is a directory"), (fifo, "not a regular file")):
+        tail = tail_status(str(path), None)
+        assert tail.log_error is not None and words in tail.log_error
+        s = decide(status(tail=tail), LIMITS)
+        assert s.health is Health.FAILING and s.decided_by == "log"
+    missing = decide(status(tail=tail_status(str(tmp_path / "gone.log"), None)), LIMITS)
+    assert missing.health is Health.DEGRADED and missing.decided_by == "log"
+
+
+def test_a_tail_that_does_not_move_with_bytes_to_read_is_stuck() -> None:
+    from klaviyo_sync.daemon.health import decide
+
+    def stuck(since: timedelta, behind: int = 500) -> Status:
+        tail = replace(status().tail, bytes_behind=behind, checkpoint_at=NOW - since)
+        return decide(status(tail=tail), LIMITS)
+
+    assert stuck(timedelta(seconds=30)).health is Health.HEALTHY
+    assert stuck(timedelta(hours=5), behind=0).health is Health.HEALTHY  # nothing to read
+    s = stuck(timedelta(minutes=10))
+    assert s.health is Health.DEGRADED and s.decided_by == "tail_stuck"
+    assert stuck(timedelta(hours=1)).health is Health.FAILING
+
+
+def test_a_business_database_that_does_not_answer_fails() -> None:
+    from klaviyo_sync.daemon.health import decide
+
+    s = decide(status(business_error="connection refused"), LIMITS)
+    assert s.health is Health.FAILING and s.decided_by == "business_db"
+    assert decide(status(business_error="connection refused", orders_expected=False),
+                  LIMITS).health is Health.HEALTHY
+
+
+def test_a_frozen_scheduler_fails() -> None:
+    from klaviyo_sync.daemon.health import decide
+
+    s = decide(status(stalled_jobs=("tail", "send")), LIMITS)
+    assert s.health is Health.FAILING and s.decided_by == "scheduler"
+    assert "tail, send" in s.reasons[0]
+
+
+def test_failing_findings_come_before_degraded_ones() -> None:
+    from klaviyo_sync.daemon.health import PassRecord, decide
+
+    s = decide(status(queue={"dead": 4}, passes={"tail": PassRecord(failures=5)}), LIMITS)
+    assert [f.check for f in s.findings] == ["tail_pass", "dead_letters"]
+    data = s.to_json()
+    assert data["decided_by"] == "tail_pass" and data["findings"][0]["health"] == "failing"
+    assert data["passes"]["tail"]["failures"] == 5

@@ -172,6 +172,15 @@ class SqlDriver(abc.ABC):
                 **({"last_error": reason} if reason else {}),
             )
 
+    def release_orphans(self, workers: Sequence[str], now: datetime) -> int:
+        with self.transaction() as conn:
+            return conn.execute(
+                events.update()
+                .where(events.c.leased_by.in_(list(workers)),
+                       events.c.state == EventState.LEASED.value)
+                .values(state=EventState.PENDING.value, next_attempt_at=now,
+                        lease_until=None, leased_by=None)).rowcount
+
     def fail(self, failures: Mapping[int, str], worker: str, policy: RetryPolicy,
              now: datetime) -> tuple[int, int]:
         retried = dead = 0
@@ -302,6 +311,40 @@ class SqlDriver(abc.ABC):
         return found
 
     # --- helpers ----------------------------------------------------------------------
+
+    # --- erasure of one person ------------------------------------------------------------
+
+    @staticmethod
+    def _person(emails: Sequence[str], customer_ids: Sequence[str]) -> Any:
+        clauses = []
+        if emails:
+            clauses.append(sa.func.lower(events.c.email).in_([e.lower() for e in emails]))
+        if customer_ids:
+            clauses.append(events.c.customer_id.in_(list(customer_ids)))
+        return sa.or_(*clauses) if clauses else sa.false()
+
+    def person_counts(self, tx: Connection, emails: Sequence[str],
+                      customer_ids: Sequence[str]) -> dict[str, int]:
+        rows = tx.execute(sa.select(events.c.state, sa.func.count())
+                          .where(self._person(emails, customer_ids))
+                          .group_by(events.c.state)).fetchall()
+        return {state: int(n) for state, n in rows}
+
+    def person_identities(self, tx: Connection, emails: Sequence[str],
+                          customer_ids: Sequence[str]
+                          ) -> builtins.list[tuple[str | None, str | None]]:
+        return [(e, c) for e, c in tx.execute(
+            sa.select(events.c.email, events.c.customer_id).distinct()
+            .where(self._person(emails, customer_ids)))]
+
+    def erase_person(self, tx: Connection, emails: Sequence[str],
+                     customer_ids: Sequence[str]) -> int:
+        return tx.execute(events.delete().where(self._person(emails, customer_ids))).rowcount
+
+    def drop_claimed(self, ids: Sequence[int], worker: str) -> int:
+        with self.transaction() as conn:
+            return conn.execute(events.delete().where(
+                events.c.id.in_(list(ids)), events.c.leased_by == worker)).rowcount
 
     @staticmethod
     def _update_leased(conn: Connection, ids: Sequence[int], worker: str, **values: Any) -> int:

@@ -101,6 +101,16 @@ class MemoryDriver:
                            leased_by=None, **({"last_error": reason} if reason else {}))
             return len(held)
 
+    def release_orphans(self, workers: Sequence[str], now: datetime) -> int:
+        dead = set(workers)
+        with self._lock:
+            rows = [r for r in self._rows.values()
+                    if r["state"] is EventState.LEASED and r["leased_by"] in dead]
+            for row in rows:
+                row.update(state=EventState.PENDING, next_attempt_at=now, lease_until=None,
+                           leased_by=None)
+            return len(rows)
+
     def fail(self, failures: Mapping[int, str], worker: str, policy: RetryPolicy,
              now: datetime) -> tuple[int, int]:
         retried = dead = 0
@@ -211,6 +221,49 @@ class MemoryDriver:
             return [(r["customer_id"], r["profile"]) for r in rows]
 
     # --- helpers ----------------------------------------------------------------------
+
+    # --- erasure of one person ------------------------------------------------------------
+
+    def _of_person(self, emails: Sequence[str], customer_ids: Sequence[str]
+                   ) -> builtins.list[dict[str, Any]]:
+        lowered = {e.lower() for e in emails}
+        ids = set(customer_ids)
+        return [r for r in self._rows.values()
+                if (r["email"] is not None and r["email"].lower() in lowered)
+                or (r["customer_id"] is not None and r["customer_id"] in ids)]
+
+    def person_counts(self, tx: Any, emails: Sequence[str], customer_ids: Sequence[str]
+                      ) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._lock:
+            for row in self._of_person(emails, customer_ids):
+                state = str(EventState(row["state"]).value)
+                counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def person_identities(self, tx: Any, emails: Sequence[str], customer_ids: Sequence[str]
+                          ) -> builtins.list[tuple[str | None, str | None]]:
+        with self._lock:
+            return sorted({(r["email"], r["customer_id"])
+                           for r in self._of_person(emails, customer_ids)},
+                          key=lambda pair: (str(pair[0]), str(pair[1])))
+
+    def erase_person(self, tx: Any, emails: Sequence[str], customer_ids: Sequence[str]
+                     ) -> int:
+        with self._lock:
+            rows = self._of_person(emails, customer_ids)
+            for row in rows:
+                del self._rows[row["id"]]
+                self._ids.discard(row["unique_id"])
+            return len(rows)
+
+    def drop_claimed(self, ids: Sequence[int], worker: str) -> int:
+        with self._lock:
+            held = self._held(ids, worker)
+            for row in held:
+                del self._rows[row["id"]]
+                self._ids.discard(row["unique_id"])
+            return len(held)
 
     def _due(self, now: datetime) -> Iterator[dict[str, Any]]:
         return (r for r in self._rows.values()

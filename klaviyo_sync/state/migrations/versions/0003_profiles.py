@@ -1,7 +1,7 @@
 """profile sync: profile_sync and profile_jobs
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0006
 Create Date: 2026-12-01 11:20:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0003'
-down_revision = '0001'
+down_revision = '0006'  # after main's 0005/0006; the lead may rechain
 branch_labels = None
 depends_on = None
 
