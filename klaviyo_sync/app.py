@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from klaviyo_sync.daemon.locks import RoleLock
     from klaviyo_sync.parsers.ingest import Ingestor
     from klaviyo_sync.privacy.forget import Forgetter
+    from klaviyo_sync.profile_sync import ProfileSync
     from klaviyo_sync.queue.store import QueueStore
     from klaviyo_sync.senders.base import Sender
     from klaviyo_sync.senders.hooks import SuppressionHook
@@ -168,6 +169,14 @@ class App:
         """The orders pass; None when ``business.url`` is empty or orders are off."""
         return self._once("order_tracker", self._build_order_tracker)
 
+    def profile_sync(self, dry_run: bool = False) -> ProfileSync | None:
+        """The profiles pass; None when ``business.url`` is empty or profiles are off.
+
+        ``dry_run`` writes the import jobs' bodies to the outbox and records nothing.
+        """
+        name = "profile_sync_dry_run" if dry_run else "profile_sync"
+        return self._once(name, lambda: self._build_profile_sync(dry_run))
+
     # -- the stages ------------------------------------------------------------------
 
     @property
@@ -284,6 +293,20 @@ class App:
         from klaviyo_sync.catalog.sync import build_catalog_sync
 
         return build_catalog_sync(self.settings, self.state_engine, business, self.sender)
+
+    def _build_profile_sync(self, dry_run: bool) -> ProfileSync | None:
+        business = self.business_engine
+        if business is None or not self.settings.profiles.enabled:
+            return None
+        from klaviyo_sync.profile_sync import build_profile_sync
+
+        if dry_run:
+            sender = self._dry_run_sender()
+            self._own(sender.close)
+        else:
+            sender = self.sender
+        return build_profile_sync(self.settings, self.state_engine, business, sender,
+                                  dry_run=dry_run)
 
     def _build_sender(self) -> Sender:
         sender = (self._dry_run_sender() if self.settings.sender.kind == "dry-run"

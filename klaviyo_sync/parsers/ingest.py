@@ -82,7 +82,8 @@ class Ingestor:
         self.settings = settings
         self.engine = engine
         self.live = Path(settings.log.path)
-        self.parser = LineParser(settings.log, settings.events, settings.klaviyo.default_currency)
+        self.parser = LineParser(settings.log, settings.events, settings.klaviyo.default_currency,
+                                 settings.unique_ids)
         self.store = QueueStore(engine)
         self.enqueuer = BulkEnqueuer(self.store)
         self.backfill_after = timedelta(hours=settings.log.backfill_after_hours)

@@ -40,10 +40,11 @@ class LineParser:
     """Parses the lines of one log (format, time zone and synced types from settings)."""
 
     def __init__(
-        self, log: LogSettings, events: Mapping[str, str], default_currency: str = "USD"
+        self, log: LogSettings, events: Mapping[str, str], default_currency: str = "USD",
+        unique_ids: Mapping[str, str] | None = None,
     ) -> None:
         self.timezone = LogTimezone(log.timezone)
-        self.mapping = EventMapping(events, default_currency)
+        self.mapping = EventMapping(events, default_currency, unique_ids)
         self.format = log.format
         self._clock_read_at = float("-inf")
         self._clock_latest = datetime.min

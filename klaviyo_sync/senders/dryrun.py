@@ -58,6 +58,10 @@ class DryRunSender:
             os.fsync(self._file.fileno())
             self.requests += 1
 
+    def write_request(self, path: str, body: dict[str, Any] | bytes, items: int) -> None:
+        """Write one request of another kind (a profile import job) to the outbox."""
+        self._write(path, body, items)
+
     def send_events(self, events: Sequence[OutgoingEvent]) -> DeliveryReport:
         return deliver(self, events, self.caps)
 

@@ -22,6 +22,8 @@ AUTH_FAILURE = "auth_failure"  # JSON {"at", "status", "detail"} while Klaviyo r
 LAST_ORDERS_PASS_AT = "last_orders_pass_at"
 ORDERS_WATERMARK = "orders_watermark"  # ISO updated_at up to which orders were read
 LAST_TAIL_AT = "last_tail_at"
+PROFILES_WATERMARK = "profiles_watermark"  # raw customers.updated_at read up to
+LAST_PROFILES_PASS_AT = "last_profiles_pass_at"
 OAUTH_REFRESH_TOKEN = "oauth_refresh_token"  # encrypted, see senders/auth.py
 
 

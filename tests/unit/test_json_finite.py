@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from klaviyo_sync.queue.drivers.sqlite_bulk import json_text
 
+from klaviyo_sync.queue.drivers.sqlite_bulk import json_text
 from klaviyo_sync.senders.base import OutgoingEvent
 from klaviyo_sync.senders.payloads import BulkEncoder, bulk_body, encode, single_event_body
 from klaviyo_sync.state import meta
