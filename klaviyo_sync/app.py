@@ -305,8 +305,16 @@ class App:
             self._own(sender.close)
         else:
             sender = self.sender
+        from klaviyo_sync.privacy.tombstones import tombstone_source
+
+        def forget(asked_by: str, customer_id: str) -> None:
+            self.forgetter().forget(customer_id=customer_id, asked_by=asked_by)
+
         return build_profile_sync(self.settings, self.state_engine, business, sender,
-                                  dry_run=dry_run)
+                                  dry_run=dry_run,
+                                  tombstones=tombstone_source(self.state_engine,
+                                                              self.settings.privacy.key_file),
+                                  forget=forget)
 
     def _build_sender(self) -> Sender:
         sender = (self._dry_run_sender() if self.settings.sender.kind == "dry-run"

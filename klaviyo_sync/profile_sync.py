@@ -38,6 +38,7 @@ from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
 from klaviyo_sync.exceptions import ConfigError, RejectedSendError
 from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.privacy.tombstones import NO_TOMBSTONES, Tombstones
 from klaviyo_sync.senders.profiles import (
     BODY_OVERHEAD,
     ImportFailure,
@@ -74,6 +75,11 @@ class ProfilesReport:
     interrupted: bool = False
     dry_run: bool = False
     errors: dict[str, str] = field(default_factory=dict)  # customer id -> detail (a few)
+    #: Customers not sent because they asked to be forgotten (a tombstone).
+    erased_skipped: int = 0
+    #: Customers forgotten by this pass: a status in [privacy] erase_statuses, or gone
+    #: from the customers table (with [privacy] erase_vanished, on --all passes).
+    forgotten: int = 0
 
     def summary(self) -> str:
         what = "would be sent" if self.dry_run else "sent"
@@ -95,8 +101,16 @@ class ProfileSync:
     def __init__(self, settings: Settings, store: ProfileStore, reader: SqlCustomerReader,
                  api: ProfileJobsApi, text_times: bool = False, dry_run: bool = False,
                  sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 tombstones: Callable[[], Tombstones] = lambda: NO_TOMBSTONES,
+                 forget: Callable[[str, str], Any] | None = None) -> None:
         self.settings = settings
+        #: The live tombstones (read each pass) and how to forget someone (the erasure
+        #: rules of [privacy]; None in a dry run, which forgets nobody).
+        self._tombstone_source = tombstones
+        self._tombstones = NO_TOMBSTONES
+        self._forget = forget
+        self._erase_statuses = frozenset(settings.privacy.erase_statuses)
         self.config = settings.profiles
         self.store = store
         self.reader = reader
@@ -117,6 +131,9 @@ class ProfileSync:
         ``all_customers``), read every job back."""
         report = ProfilesReport(dry_run=self.dry_run)
         self._sent = []
+        self._tombstones = self._tombstone_source()
+        seen: set[str] | None = set() if all_customers and self._forget is not None \
+            and self.settings.privacy.erase_vanished else None
         if not self.dry_run:
             self._resume(report, stop)
         watermark = self._load_watermark()
@@ -135,7 +152,9 @@ class ProfileSync:
                 if not page:
                     break
                 report.customers_read += len(page)
-                for profile in self._changed(page, report):
+                if seen is not None:
+                    seen.update(row.customer.id for row in page)
+                for profile in self._changed(self._not_erased(page, report), report):
                     if (len(batch) >= self.config.batch_max_profiles
                             or size + len(profile.item) + 1 > self.config.batch_max_bytes):
                         poster.submit(batch, self._text(watermark))
@@ -149,6 +168,8 @@ class ProfileSync:
                     break
             if batch:
                 poster.submit(batch, self._text(watermark))
+        if seen is not None and not report.interrupted:
+            self._forget_vanished(seen, report)
         if not self.dry_run:
             if not report.interrupted and watermark is not None:
                 meta.put(self.store.engine, meta.PROFILES_WATERMARK,
@@ -181,6 +202,33 @@ class ProfileSync:
 
     def close(self) -> None:
         """Nothing of its own to release: the engines and the client belong to the caller."""
+
+    # --- erasure ------------------------------------------------------------------------
+
+    def _not_erased(self, page: Sequence[CustomerRow], report: ProfilesReport
+                    ) -> list[CustomerRow]:
+        """The rows to send: not those of people who asked to be forgotten (sending would
+        re-create their profile), and not those whose status asks for erasure (they are
+        forgotten now)."""
+        keep = []
+        for row in page:
+            customer = row.customer
+            if self._tombstones.match(customer.email, customer.id) is not None:
+                report.erased_skipped += 1
+            elif self._forget is not None and customer.status in self._erase_statuses:
+                self._forget("status", customer.id)
+                report.forgotten += 1
+            else:
+                keep.append(row)
+        return keep
+
+    def _forget_vanished(self, seen: set[str], report: ProfilesReport) -> None:
+        """Customers we imported who are no longer in the customers table."""
+        assert self._forget is not None
+        for customer_id in self.store.imported_ids():
+            if customer_id not in seen:
+                self._forget("vanished", customer_id)
+                report.forgotten += 1
 
     # --- choosing and posting ---------------------------------------------------------------
 
@@ -423,7 +471,9 @@ def _external_id(payload: Any) -> str | None:
 
 
 def build_profile_sync(settings: Settings, state_engine: Engine, business_engine: Engine,
-                       sender: Any, dry_run: bool = False) -> ProfileSync:
+                       sender: Any, dry_run: bool = False,
+                       tombstones: Callable[[], Tombstones] = lambda: NO_TOMBSTONES,
+                       forget: Callable[[str, str], Any] | None = None) -> ProfileSync:
     """The profiles pass over these parts (the wiring opens the engines and the sender).
 
     ``sender`` is what ``App.sender`` built: the Klaviyo client, or the dry-run
@@ -449,4 +499,5 @@ def build_profile_sync(settings: Settings, state_engine: Engine, business_engine
         raise ConfigError(f"[klaviyo.profile_properties] / [profiles.extra_properties]: "
                           f"{exc}") from None
     return ProfileSync(settings, ProfileStore(state_engine), reader, api,
-                       text_times=business_engine.dialect.name == "sqlite", dry_run=dry_run)
+                       text_times=business_engine.dialect.name == "sqlite", dry_run=dry_run,
+                       tombstones=tombstones, forget=None if dry_run else forget)

@@ -165,6 +165,13 @@ class ProfileStore:
             conn.execute(profile_jobs.update().where(profile_jobs.c.id == job.id).values(
                 status=JobState.DONE.value, failed=len(failures), read_at=now))
 
+    def imported_ids(self) -> list[str]:
+        """Every customer id the profiles pass ever recorded."""
+        with self.engine.connect() as conn:
+            return [str(c) for c in conn.execute(sa.select(profile_sync.c.customer_id)
+                                                 .order_by(profile_sync.c.customer_id))
+                    .scalars()]
+
     def failed(self, limit: int | None = None) -> list[ProfileRecord]:
         stmt = (sa.select(profile_sync)
                 .where(profile_sync.c.status == ProfileStatus.FAILED.value)
