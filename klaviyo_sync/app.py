@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from klaviyo_sync.daemon.locks import RoleLock
     from klaviyo_sync.parsers.ingest import Ingestor
     from klaviyo_sync.privacy.forget import Forgetter
+    from klaviyo_sync.profile_sync import ProfileSync
     from klaviyo_sync.queue.store import QueueStore
     from klaviyo_sync.senders.base import Sender
     from klaviyo_sync.senders.hooks import SuppressionHook
@@ -202,6 +203,14 @@ class App:
         from klaviyo_sync.senders.audit import AuditLog
 
         return Reconciler(sync, AuditLog(self.state_engine, "consent-reconcile"))
+
+    def profile_sync(self, dry_run: bool = False) -> ProfileSync | None:
+        """The profiles pass; None when ``business.url`` is empty or profiles are off.
+
+        ``dry_run`` writes the import jobs' bodies to the outbox and records nothing.
+        """
+        name = "profile_sync_dry_run" if dry_run else "profile_sync"
+        return self._once(name, lambda: self._build_profile_sync(dry_run))
 
     # -- the stages ------------------------------------------------------------------
 
@@ -371,6 +380,28 @@ class App:
         if isinstance(sender, KlaviyoClient):
             return KlaviyoConsentApi(sender, c.custom_source, c.list_id)
         raise ConfigError(f"the consent passes cannot use a {type(sender).__name__} sender")
+
+    def _build_profile_sync(self, dry_run: bool) -> ProfileSync | None:
+        business = self.business_engine
+        if business is None or not self.settings.profiles.enabled:
+            return None
+        from klaviyo_sync.profile_sync import build_profile_sync
+
+        if dry_run:
+            sender = self._dry_run_sender()
+            self._own(sender.close)
+        else:
+            sender = self.sender
+        from klaviyo_sync.privacy.tombstones import tombstone_source
+
+        def forget(asked_by: str, customer_id: str) -> None:
+            self.forgetter().forget(customer_id=customer_id, asked_by=asked_by)
+
+        return build_profile_sync(self.settings, self.state_engine, business, sender,
+                                  dry_run=dry_run,
+                                  tombstones=tombstone_source(self.state_engine,
+                                                              self.settings.privacy.key_file),
+                                  forget=forget)
 
     def _build_sender(self) -> Sender:
         sender = (self._dry_run_sender() if self.settings.sender.kind == "dry-run"

@@ -37,6 +37,11 @@ KNOWN_EVENT_TYPES = (
     "started.signup",
 )
 
+#: What a ``[unique_ids]`` template may name: the log line's own id, the customer id (the
+#: email when the line has none), the event time in Unix seconds, the event type.
+UNIQUE_ID_FIELDS = ("line", "customer", "unix", "type")
+_TEMPLATE_FIELD = re.compile(r"{([^{}]*)}")
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -337,6 +342,37 @@ class CatalogSettings:
 
 
 @dataclass(frozen=True)
+class ProfileSyncSettings:
+    """The profiles pass: customers -> Klaviyo profiles through bulk import jobs."""
+
+    enabled: bool = True
+    overlap_s: float = 300.0
+    page_size: int = 5000
+    batch_max_profiles: int = 10_000
+    batch_max_bytes: int = 5_000_000
+    readback_poll_s: float = 2.0
+    readback_timeout_s: float = 600.0
+    #: Business column -> profile property name, sent along with the standard ones.
+    extra_properties: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _at_least("profiles.overlap_s", self.overlap_s, 0)
+        _at_least("profiles.page_size", self.page_size, 1)
+        if not 1 <= self.batch_max_profiles <= 10_000:
+            raise ValueError("profiles.batch_max_profiles: must be between 1 and 10000 "
+                             "(Klaviyo's cap)")
+        if not 1024 <= self.batch_max_bytes <= 5_000_000:
+            raise ValueError("profiles.batch_max_bytes: must be between 1024 and 5000000 (5 MB)")
+        _at_least("profiles.readback_poll_s", self.readback_poll_s, 0.01)
+        _at_least("profiles.readback_timeout_s", self.readback_timeout_s, 0)
+        for column, name in self.extra_properties.items():
+            _identifier(f"profiles.extra_properties.{column}", column)
+            if not name.strip():
+                raise ValueError(f"profiles.extra_properties.{column}: property name must "
+                                 "not be empty")
+
+
+@dataclass(frozen=True)
 class SuppressionSettings:
     enabled: bool = True
     dead_statuses: tuple[str, ...] = ("Dead",)
@@ -399,13 +435,14 @@ class ScheduleSettings:
     retry_s: float = 30.0
     consent_s: float = 300.0
     optouts_s: float = 600.0
+    profiles_s: float = 300.0
     prune_cron: str = "0 4 * * *"
     catalog_cron: str = "30 3 * * *"
     catalog_changes_s: float = 300.0
 
     def validate(self) -> None:
         for name in ("tail_s", "send_s", "orders_s", "retry_s", "consent_s", "optouts_s",
-                     "catalog_changes_s"):
+                     "catalog_changes_s", "profiles_s"):
             _at_least(f"schedule.{name}", getattr(self, name), 0.1)
         for name in ("prune_cron", "catalog_cron"):
             if len(getattr(self, name).split()) != 5:
@@ -495,8 +532,11 @@ class Settings:
     sender: SenderSettings = field(default_factory=SenderSettings)
     #: Event type in the log -> Klaviyo metric name. A type not listed is not synced.
     events: dict[str, str] = field(default_factory=_default_events)
+    #: Event type -> unique_id template ("{line}" when not listed), see UNIQUE_ID_FIELDS.
+    unique_ids: dict[str, str] = field(default_factory=dict)
     orders: OrderSettings = field(default_factory=OrderSettings)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
+    profiles: ProfileSyncSettings = field(default_factory=ProfileSyncSettings)
     suppression: SuppressionSettings = field(default_factory=SuppressionSettings)
     consent: ConsentSettings = field(default_factory=ConsentSettings)
     missed_signups: MissedSignupSettings = field(default_factory=MissedSignupSettings)
@@ -516,6 +556,8 @@ class Settings:
         for event_type, metric in self.events.items():
             if not metric.strip():
                 raise ValueError(f"events.{event_type}: metric name must not be empty")
+        for event_type, template in self.unique_ids.items():
+            check_unique_id_template(f"unique_ids.{event_type}", template)
 
     def replace(self, **sections: Any) -> Settings:
         """A copy with whole sections or keys replaced, e.g. ``replace(log=...)``."""
@@ -562,6 +604,18 @@ class Settings:
         if self.state.url.startswith("sqlite:///") and ":memory:" not in self.state.url:
             return Path(self.state.url.removeprefix("sqlite:///")).parent
         return None
+
+
+def check_unique_id_template(key: str, template: str) -> None:
+    """A ``[unique_ids]`` template names only known fields, at least one of them."""
+    names = _TEMPLATE_FIELD.findall(template)
+    unknown = sorted(set(names) - set(UNIQUE_ID_FIELDS))
+    if unknown:
+        raise ValueError(f"{key}: unknown field {{{unknown[0]}}} in {template!r} "
+                         f"(known: {', '.join('{' + n + '}' for n in UNIQUE_ID_FIELDS)})")
+    if not names:
+        raise ValueError(f"{key}: {template!r} names no field, so every event of the type "
+                         "would share one unique_id (use e.g. \"{customer}_{unix}\")")
 
 
 def _redact_url(url: str) -> str:

@@ -2,8 +2,9 @@
 
 It writes a sample log (with rotated archives) and a sample business database (customers,
 orders, and a products catalog), then runs the same passes the daemon runs: replay the
-log, the orders pass, the catalog pass and a send, all through the dry-run sender, which
-writes the exact Klaviyo request bodies to an outbox file.
+log, the orders pass, the catalog pass, a send and the profiles pass, all through the
+dry-run sender, which writes the exact Klaviyo request bodies (events, catalog jobs and
+profile import jobs) to an outbox file.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class DemoReport:
     suppressed: int
     catalog_sent: dict[str, int] = field(default_factory=dict)
     catalog_requests: int = 0
+    profiles_sent: int = 0
+    profile_jobs: int = 0
     missed_signups: list[Any] = field(default_factory=list)
     #: Customers the consent pass subscribed (historical, live) in the outbox's jobs.
     subscribed: dict[str, int] = field(default_factory=dict)
@@ -129,9 +132,13 @@ def run_demo(folder: Path, force: bool = False) -> DemoReport:
         reader = app.business_engine
         assert reader is not None  # the demo's settings name its business database
         missed = find_missed_signups(engine, reader, settings)
+        profile_sync = app.profile_sync()
+        assert profile_sync is not None
+        profiles = profile_sync.run_once(all_customers=True)
         subscribed = _consent_pass(app)
         report = _report(folder, settings_path, log.files, log.lines, engine, order_report,
                          missed, settings)
+        report.profiles_sent, report.profile_jobs = profiles.sent, profiles.jobs
         report.catalog_sent = dict(catalog_report.sent)
         report.catalog_requests = sum(catalog_report.requests.values())
         report.subscribed.update(subscribed)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
@@ -66,6 +66,21 @@ def _text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerRow:
+    """A customer with what the profiles pass needs besides: the extra columns' values and
+    the raw (updated_at, id) keyset position."""
+
+    customer: Customer
+    extras: tuple[Any, ...]
+    raw_updated_at: Any
+    raw_id: Any
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> CustomerRow:
+        return cls(Customer.from_values(*row[:9]), tuple(row[10:]), row[9], row[0])
+
+
 class CustomerDirectory(Protocol):
     """Looks customers up by business id, many at a time."""
 
@@ -90,29 +105,85 @@ CUSTOMER_FIELDS = ("id", "email", "first_name", "last_name", "status", "schedule
                    "signup_date", "email_opt_in")
 
 
-def customer_select(settings: BusinessSettings) -> tuple[sa.TableClause, sa.Select[Any]]:
+def customer_select(settings: BusinessSettings, more_columns: Sequence[str] = ()
+                    ) -> tuple[sa.TableClause, sa.Select[Any]]:
     """The customers table and a SELECT of its [business.columns], labelled and ordered
-    as :data:`CUSTOMER_FIELDS`; callers add their own WHERE."""
+    as :data:`CUSTOMER_FIELDS`; callers add their own WHERE. ``more_columns`` are declared
+    on the table too, for a caller that selects them (updated_at, extra properties)."""
     cols = settings.columns
     names = (cols.customer_id, cols.customer_email, cols.customer_first_name,
              cols.customer_last_name, cols.customer_status, cols.customer_schedule,
              cols.customer_box, cols.customer_signup_date, cols.customer_email_opt_in)
-    table = sa.table(settings.customers_table, *(sa.column(name) for name in names))
+    table = sa.table(settings.customers_table,
+                     *(sa.column(name) for name in dict.fromkeys((*names, *more_columns))))
     select = sa.select(*(table.c[name].label(field)
                          for name, field in zip(names, CUSTOMER_FIELDS, strict=True)))
     return table, select
 
 
 class SqlCustomerReader:
-    """Reads customers from the business database: one query per batch of ids."""
+    """Reads customers from the business database: one query per batch of ids.
 
-    def __init__(self, engine: Engine, settings: BusinessSettings) -> None:
+    ``extra_columns`` are selected after the standard ones (the profiles pass sends them
+    as properties); :meth:`read_changed` pages through customers by ``updated_at``.
+    """
+
+    def __init__(self, engine: Engine, settings: BusinessSettings,
+                 extra_columns: Sequence[str] = ()) -> None:
         self.engine = engine
         self.settings = settings
-        table, self._select = customer_select(settings)
-        self._id = table.c[settings.columns.customer_id]
+        cols = settings.columns
+        self.extra_columns = tuple(extra_columns)
+        table, self._select = customer_select(
+            settings, (cols.customer_updated_at, *self.extra_columns))
+        self._id = table.c[cols.customer_id]
+        self._updated = table.c[cols.customer_updated_at]
+        # The profiles pass's rows: the standard columns, updated_at, then the extras.
+        self._full = self._select.add_columns(
+            self._updated, *(table.c[name] for name in self.extra_columns))
         self.queries = 0
         self._id_kind: str | None = None  # "int" | "text" | "cast", see _id_matcher
+
+    def read_changed(self, after: tuple[Any, Any] | None, since: Any, limit: int
+                     ) -> list[CustomerRow]:
+        """Up to ``limit`` customers after the raw (updated_at, id) ``after``, with
+        updated_at >= ``since`` (raw values; None: from the start), in that order."""
+        stmt = (self._full.where(self._updated.is_not(None))
+                .order_by(self._updated, self._id).limit(limit))
+        if since is not None:
+            stmt = stmt.where(self._updated >= since)
+        if after is not None:
+            # >= plus OR rather than a row-value comparison, so MySQL uses the index.
+            stmt = stmt.where(self._updated >= after[0],
+                              sa.or_(self._updated > after[0], self._id > after[1]))
+        try:
+            with self.engine.connect() as conn:
+                self.queries += 1
+                rows = conn.execute(stmt).fetchall()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error(exc) from exc
+        return [CustomerRow.from_row(row) for row in rows]
+
+    def read_ids(self, ids: Iterable[str]) -> list[CustomerRow]:
+        """The customers with these ids, as :meth:`read_changed` returns them."""
+        wanted = sorted({str(i) for i in ids if i})
+        found: list[CustomerRow] = []
+        try:
+            with self.engine.connect() as conn:
+                match = self._id_matcher(conn, self._full)
+                for start in range(0, len(wanted), self.settings.lookup_batch_size):
+                    self.queries += 1
+                    chunk = wanted[start:start + self.settings.lookup_batch_size]
+                    found += [CustomerRow.from_row(r)
+                              for r in conn.execute(*match(chunk)).fetchall()]
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error(exc) from exc
+        return found
+
+    def _error(self, exc: sa.exc.SQLAlchemyError) -> BusinessDataError:
+        return BusinessDataError(
+            f"cannot read {self.settings.customers_table} from the business database: "
+            f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}")
 
     def lookup(self, ids: Iterable[str]) -> dict[str, Customer]:
         wanted = sorted({str(i) for i in ids if i})
@@ -152,7 +223,7 @@ class SqlCustomerReader:
             ) from exc
         return [Customer.from_values(*row) for row in rows]
 
-    def _id_matcher(self, conn: sa.Connection
+    def _id_matcher(self, conn: sa.Connection, select: sa.Select[Any] | None = None
                     ) -> Callable[[list[str]], tuple[Any, dict[str, Any]]]:
         """How string ids are compared with the id column, decided once from its type.
 
@@ -174,11 +245,12 @@ class SqlCustomerReader:
         # One statement per reader, the ids an expanding parameter: in_(list) would make
         # and coerce a bound parameter per id on every look-up.
         ids: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
+        base = self._select if select is None else select
         if self._id_kind == "int":
-            by_int = self._select.where(self._id.in_(ids))
+            by_int = base.where(self._id.in_(ids))
             return lambda chunk: (by_int, {"ids": [int(i) for i in chunk if i.isdigit()]})
         if self._id_kind == "text":
-            by_text = self._select.where(self._id.in_(ids))
+            by_text = base.where(self._id.in_(ids))
             return lambda chunk: (by_text, {"ids": chunk})
-        by_cast = self._select.where(sa.cast(self._id, sa.String).in_(ids))
+        by_cast = base.where(sa.cast(self._id, sa.String).in_(ids))
         return lambda chunk: (by_cast, {"ids": chunk})

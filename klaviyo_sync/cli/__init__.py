@@ -117,6 +117,7 @@ from klaviyo_sync.cli import (  # noqa: E402,F401
     demo,
     ingest,
     privacy,
+    profiles,
     queue,
     send,
 )

@@ -119,6 +119,10 @@ def _render(d: dict[str, Any]) -> str:
     item("orders pass", orders if d["orders_expected"] else "off (no business.url or disabled)")
     item("last tail", d["last_tail_at"] or "never")
     item("suppressions", f"{d['suppressions_pending']:,} pending")
+    p = d.get("profiles") or {}
+    item("profiles", f"{p.get('imported', 0):,} imported, {p.get('failed', 0):,} failed "
+         f"(klaviyo-sync profiles failed), {p.get('unread_jobs', 0):,} job(s) unread; "
+         f"last pass {d.get('last_profiles_pass_at') or 'never'}")
     erased = d.get("erasures") or {}
     if erased.get("requests"):
         item("erasures", f"{erased['requests']:,} request(s); {erased['skipped']:,} later "

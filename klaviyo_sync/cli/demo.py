@@ -46,6 +46,8 @@ def demo(folder: Path, force: bool) -> None:
                f"variants in {report.catalog_requests} bulk job bodies")
     click.echo(f"Dry-run send: {report.sent} events sent, {report.dead} dead-lettered, "
                f"{report.suppressed} emails suppressed")
+    click.echo(f"Profiles pass: {report.profiles_sent} customers as profiles in "
+               f"{report.profile_jobs} import job(s)")
     click.echo(f"  {report.outbox_requests} request bodies written to "
                f"{report.folder / 'outbox.jsonl'}")
     click.echo(f"Consent pass: {report.subscribed.get('historical', 0)} opted-in customers "

@@ -59,6 +59,11 @@ def replay_cmd(app: AppContext, backfill: bool, as_json: bool, progress: bool | 
     with _progress_bar(show, app.settings) as update:
         report = ingestor.replay(backfill=backfill, progress=update)
     _print(report, as_json)
+    if report.files and not as_json:
+        # Replayed events carry what the log knew; the profiles pass brings every
+        # customer, events or not, with their current data.
+        click.echo("next: `klaviyo-sync profiles --all` sends every customer's current "
+                   "profile to Klaviyo (the initial sync)")
     if not report.files:
         raise LogSourceError(
             f"nothing to replay: neither {report.path} nor rotated copies of it exist "

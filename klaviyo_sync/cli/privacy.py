@@ -7,6 +7,7 @@ import json
 import click
 
 from klaviyo_sync.cli import AppContext, cli, pass_app
+from klaviyo_sync.cli.table import echo_table
 
 
 @cli.command("forget")
@@ -55,15 +56,9 @@ def _list(app: AppContext, as_json: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row.to_json()))
         return
-    if not rows:
-        click.echo("no erasure requests")
-        return
-    header = f"{'id':>5}  {'requested at':<25}  {'by':<9}  {'state':<9}  {'removed':>8}  " \
-             f"{'skipped':>7}  klaviyo"
-    click.echo(header)
-    for r in rows:
-        data = r.to_json()
-        answer = (f"{r.klaviyo_status or '-'} {r.klaviyo_detail or ''}").strip()
-        click.echo(f"{r.id:>5}  {data['requested_at']:<25}  {r.asked_by:<9}  {r.state:<9}  "
-                   f"{sum(r.removed.values()):>8,}  {r.skipped:>7,}  {answer}")
-
+    echo_table(("ID", "REQUESTED (UTC)", "BY", "STATE", "REMOVED", "SKIPPED", "KLAVIYO"),
+               [(str(r.id), f"{r.requested_at:%Y-%m-%d %H:%M:%S}", r.asked_by, r.state,
+                 f"{sum(r.removed.values()):,}", f"{r.skipped:,}",
+                 f"{r.klaviyo_status or '-'} {r.klaviyo_detail or ''}".strip())
+                for r in rows],
+               empty="no erasure requests", right=(0, 4, 5))

@@ -30,6 +30,7 @@ from klaviyo_sync.config import Settings, StatusSettings
 from klaviyo_sync.exceptions import StateError
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state import meta
+from klaviyo_sync.state.profiles import ProfileStore
 from klaviyo_sync.state.schema import checkpoints, erasures, rejects, suppressions
 
 #: The passes whose runs the daemon records and health judges.
@@ -120,6 +121,9 @@ class Status:
     #: The check whose finding decided the health (the worst, first); None when healthy.
     decided_by: str | None = None
     findings: tuple[Finding, ...] = field(default_factory=tuple)
+    #: Customers per profile status ("imported", "failed") and "unread_jobs".
+    profiles: dict[str, int] = field(default_factory=dict)
+    last_profiles_pass_at: str | None = None
 
     @property
     def dead_letters(self) -> int:
@@ -198,6 +202,10 @@ def judge(status: Status, limits: StatusSettings) -> tuple[Finding, ...]:
         since = (status.checked_at - _parse(status.last_orders_pass_at)).total_seconds()
         if since > limits.degraded_orders_pass_age_s:
             add(Finding("orders_pass", degrade, f"last orders pass {_duration(since)} ago"))
+    failed_profiles = status.profiles.get("failed", 0)
+    if failed_profiles:
+        add(Finding("profiles", degrade, f"{failed_profiles} profile(s) Klaviyo did not "
+                    "import: see `klaviyo-sync profiles failed`"))
     found.sort(key=lambda f: f.health is not Health.FAILING)  # stable: check order kept
     return tuple(found)
 
@@ -313,7 +321,8 @@ def _compute_status(settings: Settings, engine: Engine, now: datetime) -> Status
             sa.select(checkpoints).where(checkpoints.c.name == settings.log.path)
         ).first()
         values = {name: meta.get(conn, name) for name in (
-            meta.LAST_SEND_OK_AT, meta.AUTH_FAILURE, meta.LAST_ORDERS_PASS_AT, meta.LAST_TAIL_AT)}
+            meta.LAST_SEND_OK_AT, meta.AUTH_FAILURE, meta.LAST_ORDERS_PASS_AT, meta.LAST_TAIL_AT,
+            meta.LAST_PROFILES_PASS_AT)}
         requests, skipped = conn.execute(
             sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(erasures.c.skipped), 0))
             .where(sa.not_(erasures.c.asked_by.like("link:%")))).one()
@@ -329,6 +338,8 @@ def _compute_status(settings: Settings, engine: Engine, now: datetime) -> Status
         last_tail_at=values[meta.LAST_TAIL_AT],
         orders_expected=bool(settings.business.url and settings.orders.enabled),
         passes=passes, erasures={"requests": int(requests), "skipped": int(skipped)},
+        profiles=ProfileStore(engine).counts(),
+        last_profiles_pass_at=values[meta.LAST_PROFILES_PASS_AT],
     )
     return status
 

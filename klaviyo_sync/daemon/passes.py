@@ -60,6 +60,9 @@ class Pipeline:
             self.catalog_sync = app.catalog_sync
             self.catalog_lock: RoleLock = app.role_lock(
                 "catalog", _database_name(settings.business.url))
+            self.profile_sync = app.profile_sync()
+            self.profiles_lock: RoleLock = app.role_lock(
+                "profiles", _database_name(settings.business.url))
         except BaseException:
             app.close()
             raise
@@ -146,6 +149,16 @@ class Pipeline:
         if self.catalog_sync is None or not self._holds(self.catalog_lock, "catalog"):
             return None
         return self.catalog_sync.run_once(full=True, stop=stop)
+
+    @property
+    def has_profiles(self) -> bool:
+        return self.profile_sync is not None
+
+    def profiles(self, stop: threading.Event) -> Any:
+        """Send changed customers as profiles, if this daemon runs the profiles pass."""
+        if self.profile_sync is None or not self._holds(self.profiles_lock, "profiles"):
+            return None
+        return self.profile_sync.run_once(stop)
 
     def prune(self, stop: threading.Event) -> Any:
         """Delete sent events and audit rows past their retention."""

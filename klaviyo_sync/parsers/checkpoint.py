@@ -35,7 +35,8 @@ class Checkpoint:
     def from_row(cls, row: Any) -> Checkpoint:
         m = row._mapping
         identity = FileIdentity(int(m["device"] or 0), int(m["inode"] or 0),
-                                m["fingerprint"] or "", int(m["fingerprint_len"] or 0))
+                                m["fingerprint"] or "", int(m["fingerprint_len"] or 0),
+                                m["tail_fingerprint"] or "")
         return cls(name=m["name"], path=m["path"], identity=identity, offset=int(m["offset"]),
                    file_size=int(m["file_size"]), lines_read=int(m["lines_read"]),
                    updated_at=m["updated_at"])
@@ -44,7 +45,8 @@ class Checkpoint:
         return {
             "name": self.name, "path": self.path, "device": self.identity.device,
             "inode": self.identity.inode, "fingerprint": self.identity.fingerprint,
-            "fingerprint_len": self.identity.fingerprint_len, "offset": self.offset,
+            "fingerprint_len": self.identity.fingerprint_len,
+            "tail_fingerprint": self.identity.tail or None, "offset": self.offset,
             "file_size": self.file_size, "lines_read": self.lines_read,
             "updated_at": self.updated_at,
         }

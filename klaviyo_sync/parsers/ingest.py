@@ -9,12 +9,13 @@ committed together with everything they produced.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,13 @@ from klaviyo_sync.config import Settings
 from klaviyo_sync.exceptions import ParseError, StateError
 from klaviyo_sync.logconfig import get_logger
 from klaviyo_sync.parsers import checkpoint
+from klaviyo_sync.parsers.archive import ArchiveDamaged
 from klaviyo_sync.parsers.checkpoint import Checkpoint
 from klaviyo_sync.parsers.line_parser import LineParser
 from klaviyo_sync.parsers.rejects import RejectStore, reject_row
 from klaviyo_sync.parsers.report import IngestReport, Tally
 from klaviyo_sync.parsers.tailer import (
+    TAIL_BYTES,
     Chunk,
     Source,
     archives,
@@ -40,6 +43,7 @@ from klaviyo_sync.parsers.tailer import (
     plan_follow,
     read_chunks,
     source_for,
+    tail_digest,
 )
 from klaviyo_sync.parsers.writer import OrderedWriter
 from klaviyo_sync.queue.bulk import BulkEnqueuer
@@ -78,7 +82,8 @@ class Ingestor:
         self.settings = settings
         self.engine = engine
         self.live = Path(settings.log.path)
-        self.parser = LineParser(settings.log, settings.events, settings.klaviyo.default_currency)
+        self.parser = LineParser(settings.log, settings.events, settings.klaviyo.default_currency,
+                                 settings.unique_ids)
         self.store = QueueStore(engine)
         self.enqueuer = BulkEnqueuer(self.store)
         self.backfill_after = timedelta(hours=settings.log.backfill_after_hours)
@@ -181,19 +186,26 @@ class Ingestor:
             fh.close()
             log.info("log_rotated_while_planning", path=str(source.path))
             return
+        # Where the checkpoint says it read: a symlinked log by its target, so that the
+        # old target is finished after a swap (see plan_follow).
+        where = str(source.path.resolve()) if source.path.is_symlink() else str(source.path)
+        window = b""  # the last bytes read, for a .gz checkpoint's tail
         with fh:
             if offset:
                 fh.seek(offset)
-            for chunk in read_chunks(fh, offset, cfg.read_chunk_bytes, cfg.max_line_bytes,
-                                     source.final):
+            chunks = read_chunks(fh, offset, cfg.read_chunk_bytes, cfg.max_line_bytes,
+                                 source.final)
+            for chunk in _until_damaged(chunks, source, writer):
                 parsed = self._parse_chunk(chunk, str(source.path), force_backfill)
                 lines_read += parsed.lines
                 if keep_checkpoint:
                     if not is_gzip(source.path):  # a .gz is only ever finished, not grown
                         identity = identity.grown(fh, chunk.end)
-                    parsed.checkpoint = Checkpoint(str(self.live), str(source.path), identity,
-                                                   chunk.end, max(source.size, chunk.end),
-                                                   lines_read, utcnow())
+                    window = _tail_window(fh, source, chunk, window)
+                    parsed.checkpoint = Checkpoint(
+                        str(self.live), where, replace(identity, tail=tail_digest(window)
+                                                       if window else ""),
+                        chunk.end, max(source.size, chunk.end), lines_read, utcnow())
                 parsed.bytes = chunk.end - chunk.start
                 writer.submit(parsed)
                 offset = chunk.end
@@ -208,9 +220,10 @@ class Ingestor:
         if keep_checkpoint and offset == source.offset:
             # Nothing new, but the checkpoint must still move to this file (after a
             # rotation) so the next pass does not look for the old one again.
+            tail = b"" if is_gzip(source.path) else _bytes_before(source.path, offset)
             writer.submit(_Parsed(path=str(source.path), checkpoint=Checkpoint(
-                str(self.live), str(source.path), identity, offset, source.size, lines_read,
-                utcnow())))
+                str(self.live), where, replace(identity, tail=tail_digest(tail) if tail else ""),
+                offset, source.size, lines_read, utcnow())))
 
     def _parse_chunk(self, chunk: Chunk, file: str, force_backfill: bool) -> _Parsed:
         now = utcnow()
@@ -374,6 +387,48 @@ class Ingestor:
             stopped=tally.stopped, elapsed_s=time.monotonic() - started, path=str(self.live),
             offset=tally.offset, dst_gaps=gaps, dst_overlaps=overlaps,
         )
+
+
+def _until_damaged(chunks: Iterator[Chunk], source: Source,
+                   writer: OrderedWriter[_Parsed, None]) -> Iterator[Chunk]:
+    """``chunks``, ending at a damaged archive's damage, which becomes one reject.
+
+    The lines before the damage were read; the line it cuts and all after it are lost.
+    The reject is keyed by the archive's identity, so a replay does not file it again.
+    """
+    at = source.offset
+    try:
+        for chunk in chunks:
+            yield chunk
+            at = chunk.end
+    except ArchiveDamaged as exc:
+        log.error("log_archive_damaged", path=str(source.path), offset=at, error=str(exc))
+        key = f"damaged:{source.identity.fingerprint}:{source.identity.fingerprint_len}:{at}"
+        writer.submit(_Parsed(path=str(source.path), rejects=[reject_row(
+            str(source.path), at, b"", str(exc), None, utcnow(),
+            length=max(exc.readable - at, 0),
+            line_hash=hashlib.sha256(key.encode()).hexdigest())]))
+
+
+def _tail_window(fh: Any, source: Source, chunk: Chunk, window: bytes) -> bytes:
+    """The up to TAIL_BYTES bytes before ``chunk.end`` ("" if they cannot be known)."""
+    if not is_gzip(source.path):
+        start = max(chunk.end - TAIL_BYTES, 0)
+        return os.pread(fh.fileno(), chunk.end - start, start)
+    if chunk.long_line is not None:
+        return b""  # a .gz has no pread, and the line was not kept: unknown
+    joined = (window + chunk.data)[-TAIL_BYTES:]
+    # Known only if nothing before chunk.data is missing from it (a resumed .gz).
+    return joined if len(joined) == min(chunk.end, TAIL_BYTES) else b""
+
+
+def _bytes_before(path: Path, offset: int) -> bytes:
+    start = max(offset - TAIL_BYTES, 0)
+    try:
+        with open(path, "rb") as fh:
+            return os.pread(fh.fileno(), offset - start, start)
+    except OSError:
+        return b""
 
 
 def _raw_position(fh: Any) -> int:

@@ -28,6 +28,14 @@ from klaviyo_sync.exceptions import ParseError
 _EVENT_MEMBER = re.compile(r'"event"\s*:\s*"([^"\\]*)"')
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+#: json.loads() takes NaN and Infinity, which no JSON encoder downstream may write back.
+_decode = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
 class JsonlFormat:
     """Reads one JSON line into (event type, time, fields), or None to skip it."""
 
@@ -41,7 +49,7 @@ class JsonlFormat:
         except UnicodeDecodeError:
             text = line.decode("utf-8", "replace")
         try:
-            obj = json.loads(text)
+            obj = _decode(text)
         except ValueError as exc:
             match = _EVENT_MEMBER.search(text)
             if match and match.group(1) in self._synced:

@@ -15,6 +15,8 @@
 - The time may also be one ISO 8601 token (``2020-05-15T12:35:32+02:00``).
 - A line that does not start with a digit is not an entry (a continuation line, a
   banner) and is skipped like any other type.
+- A synced event type one field early (``2020-05-15 cancelled ...``: no time of day)
+  is a parse error, not noise.
 - Invalid UTF-8 in a value becomes U+FFFD; in a key it is a parse error (see mapping for
   the customer id and email). A key holding a literal U+FFFD is refused the same way:
   after decoding the two cannot be told apart, and neither is a meaningful key.
@@ -120,10 +122,14 @@ class KvFormat:
         if b"T" in parts[0]:  # one ISO 8601 token: <time> <event type> ...
             parts = line.split(None, 2)
             parts.insert(1, b"")
-        if len(parts) < 3:
-            return None
-        event_type = self._synced.get(parts[2])
+        event_type = self._synced.get(parts[2]) if len(parts) > 2 else None
         if event_type is None:
+            early = self._synced.get(parts[1]) if len(parts) > 1 else None
+            if early is not None:
+                # "2020-05-15 cancelled customer=1": a synced type where the time should
+                # be. Skipping it as noise would lose an event without a word.
+                raise ParseError(
+                    f"no time of day: {early!r} sits where the time should be", early)
             return None
         try:
             when = (parts[0] + b" " + parts[1] if parts[1] else parts[0]).decode("ascii")

@@ -23,8 +23,8 @@ from klaviyo_sync.parsers.mapping import EntryFields, EventMapping
 from klaviyo_sync.parsers.regex import RegexFormat
 from klaviyo_sync.parsers.times import LogTimezone
 
-#: Klaviyo refuses event times before 1990 or more than a year ahead
-#: (docs/architecture.md, "Klaviyo API facts the senders rely on").
+#: Klaviyo refuses event times not after 1990-01-01 00:00:00 UTC or more than a year
+#: ahead (docs/architecture.md, "Klaviyo API facts the senders rely on").
 EARLIEST_TIME = datetime(1990, 1, 1)
 LATEST_AHEAD = timedelta(days=365)
 
@@ -40,10 +40,11 @@ class LineParser:
     """Parses the lines of one log (format, time zone and synced types from settings)."""
 
     def __init__(
-        self, log: LogSettings, events: Mapping[str, str], default_currency: str = "USD"
+        self, log: LogSettings, events: Mapping[str, str], default_currency: str = "USD",
+        unique_ids: Mapping[str, str] | None = None,
     ) -> None:
         self.timezone = LogTimezone(log.timezone)
-        self.mapping = EventMapping(events, default_currency)
+        self.mapping = EventMapping(events, default_currency, unique_ids)
         self.format = log.format
         self._clock_read_at = float("-inf")
         self._clock_latest = datetime.min
@@ -81,6 +82,8 @@ class LineParser:
         if record is None:
             return None
         event_type, when, fields = record
+        if b"\x00" in line or b"\\u0000" in line:  # raw, or escaped in a JSON string
+            _refuse_nul(fields, event_type)
         occurred_at = self._occurred_at(when, event_type, now)
         return self.mapping.entry_fields(
             stripped_line_id(line), event_type, occurred_at, fields, self.timezone, len(line)
@@ -135,9 +138,16 @@ class LineParser:
                 raise ValueError(f"not a time: {when!r}")
         except ValueError as exc:
             raise ParseError(str(exc), event_type) from None
-        if occurred_at < EARLIEST_TIME:
+        except OverflowError:
+            # Year 1 or 9999 moved across midnight by a zone: outside what datetime holds,
+            # and far outside Klaviyo's window either way.
+            raise ParseError(_outside_calendar(when), event_type) from None
+        if occurred_at <= EARLIEST_TIME:
             raise ParseError(
-                f"time {occurred_at.isoformat(' ')} UTC is before 1990: Klaviyo refuses it",
+                f"time {occurred_at.isoformat(' ')} UTC is before 1990: Klaviyo refuses it"
+                if occurred_at < EARLIEST_TIME else
+                "time 1990-01-01 00:00:00 UTC: Klaviyo refuses it, it accepts only times "
+                "after it",
                 event_type,
             )
         if now is None:
@@ -164,6 +174,31 @@ class LineParser:
             self._clock_read_at = now_s
             self._clock_latest = utcnow() + LATEST_AHEAD
         return self._clock_latest
+
+
+def _outside_calendar(when: Any) -> str:
+    text = str(when)
+    if text[:4] < "1990":
+        return f"time {text!r} is before 1990: Klaviyo refuses it"
+    return f"time {text!r} is more than a year in the future: Klaviyo refuses it"
+
+
+def _refuse_nul(fields: Mapping[str, Any], event_type: str) -> None:
+    """ParseError naming the first field holding a NUL character: PostgreSQL cannot store
+    one in text and Klaviyo would not show it, so the line is a reject on every backend."""
+    for key, value in fields.items():
+        if "\x00" in key or _holds_nul(value):
+            raise ParseError(f"{key!r}: holds a NUL character", event_type)
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _json_tokens(synced: list[str]) -> set[bytes]:

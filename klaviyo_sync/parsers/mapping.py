@@ -73,6 +73,7 @@ PROFILE_KEYS = {"first_name": "first_name", "last_name": "last_name", "phone": "
 MAX_PROPERTIES = 400
 MAX_STRING_BYTES = 100_000
 
+_EPOCH = datetime(1970, 1, 1)
 _CUSTOMER, _EMAIL, _PROFILE, _MONEY, _CURRENCY, _RENAMED = range(6)
 _ROLES = {"customer": _CUSTOMER, "email": _EMAIL, "currency": _CURRENCY}
 _ROLES.update(dict.fromkeys(PROFILE_KEYS, _PROFILE))
@@ -101,12 +102,21 @@ def _plan(event_type: str) -> dict[str, tuple[int, str | None]]:
 
 
 class EventMapping:
-    """Turns an event type's fields into a :class:`LogEntry` (see the module docstring)."""
+    """Turns an event type's fields into a :class:`LogEntry` (see the module docstring).
 
-    def __init__(self, events: Mapping[str, str], default_currency: str = "USD") -> None:
+    ``unique_ids`` (event type -> template, ``[unique_ids]``) replaces the line's own id as
+    the event's unique_id, e.g. ``"{customer}_{unix}"``: the id a front end sends for the
+    same moment, so that Klaviyo keeps one event of the two. Types not listed keep the
+    line id unchanged.
+    """
+
+    def __init__(self, events: Mapping[str, str], default_currency: str = "USD",
+                 unique_ids: Mapping[str, str] | None = None) -> None:
         self.metrics = dict(events)
         self.default_currency = default_currency
         self._plans = {event_type: _plan(event_type) for event_type in self.metrics}
+        self._templates = {t: template for t, template in (unique_ids or {}).items()
+                           if template != "{line}"}
 
     def to_entry(
         self, unique_id: str, event_type: str, occurred_at: datetime,
@@ -177,6 +187,9 @@ class EventMapping:
                 f"{len(properties)} properties: Klaviyo accepts at most {MAX_PROPERTIES}",
                 event_type,
             )
+        if self._templates and event_type in self._templates:
+            unique_id = _templated_id(self._templates[event_type], unique_id, event_type,
+                                      occurred_at, customer_id or email)
         if line_bytes is None or line_bytes * 3 > MAX_STRING_BYTES:
             # A line decodes to at most 3 bytes of UTF-8 per byte (U+FFFD for a bad one),
             # so only long lines can hold a string over the limit.
@@ -186,6 +199,17 @@ class EventMapping:
             properties, profile, value,
             (currency or self.default_currency) if value is not None else None,
         )
+
+
+def _templated_id(template: str, line_id: str, event_type: str, occurred_at: datetime,
+                  who: str | None) -> str:
+    """A ``[unique_ids]`` template filled in; the line id when it needs a customer the line
+    does not name (ids of different people must not meet in the queue's unique index)."""
+    if who is None and "{customer}" in template:
+        return line_id
+    unix = int((occurred_at.replace(tzinfo=None) - _EPOCH).total_seconds())
+    return template.format_map({"line": line_id, "customer": who or "", "unix": unix,
+                                "type": event_type})[:128]
 
 
 def _value(money: dict[str, Any], properties: dict[str, Any], event_type: str) -> float | None:
@@ -228,13 +252,25 @@ def _amount(key: str, raw: Any, event_type: str) -> float | None:
         if not text:
             return None
         if _DECIMAL.fullmatch(text):
-            return float(text)  # correctly rounded, like float(Decimal(text))
+            amount = float(text)  # correctly rounded, like float(Decimal(text))
+            if amount - amount == 0.0:  # finite: 400 digits overflow to infinity
+                return amount
+            raise ParseError(f"{key}: amount out of range: {_head(text)}", event_type)
     elif isinstance(raw, int | float) and not isinstance(raw, bool):
-        if math.isfinite(raw):
-            return float(raw)
+        try:
+            amount = float(raw)
+        except OverflowError:  # a JSON integer of hundreds of digits
+            amount = math.inf
+        if math.isfinite(amount):
+            return amount
+        raise ParseError(f"{key}: amount out of range: {_head(str(raw))}", event_type)
     elif raw is None:
         return None
     raise ParseError(f"{key}: not a decimal amount: {raw!r}", event_type)
+
+
+def _head(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 def _currency(text: str | None, event_type: str) -> str | None:

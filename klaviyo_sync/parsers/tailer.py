@@ -1,18 +1,20 @@
 """Following the log file: which file is which, where to resume, and reading whole lines.
 
-A file is known by its device, inode and a sha256 fingerprint of its first bytes. The
-inode alone is not enough (a deleted file's inode is reused by the next one) and the
-content alone is not enough (copytruncate keeps the inode but starts over), so both are
-compared. The tailer never consumes a line that has no newline yet: the writer may be in
-the middle of it.
+A file is known by its device, inode and a sha256 fingerprint of its first bytes, and a
+checkpoint also by the sha256 of the bytes just before its offset. The inode alone is
+not enough (a deleted file's inode is reused by the next one) and the first bytes alone
+are not enough (copytruncate keeps the inode but starts over; many logs open with the
+same long banner), so all are compared: a file resumed at an offset must hold, right
+before it, the very bytes that were read there. The tailer never consumes a line that
+has no newline yet: the writer may be in the middle of it.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,29 +22,43 @@ from typing import BinaryIO, Protocol
 
 from klaviyo_sync.exceptions import LogSourceError
 from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.parsers.archive import ArchiveDamaged, GzipReader
 from klaviyo_sync.state.schema import REJECT_RAW_BYTES
 
 log = get_logger(__name__)
 
 #: How many leading bytes identify a file's content.
 FINGERPRINT_BYTES = 1024
+#: How many bytes before a checkpoint's offset must match for a file to resume there.
+TAIL_BYTES = 1024
+
+
+def tail_digest(data: bytes) -> str:
+    """The ``tail`` of a checkpoint whose offset ``data`` (its last bytes) ends at."""
+    return hashlib.sha256(data[-TAIL_BYTES:]).hexdigest()
 
 
 @dataclass(frozen=True)
 class FileIdentity:
-    """Device, inode and the sha256 of the first ``fingerprint_len`` bytes of a file."""
+    """Device, inode and the sha256 of the first ``fingerprint_len`` bytes of a file;
+    at a checkpoint, ``tail``: the sha256 of the up to TAIL_BYTES bytes before its offset
+    ("" when not known: a checkpoint from before it was kept)."""
 
     device: int
     inode: int
     fingerprint: str
     fingerprint_len: int
+    tail: str = ""
 
     @classmethod
     def of(cls, path: Path) -> FileIdentity:
         """The identity of the file at ``path`` now (raises OSError if it is gone)."""
-        with open_log(path) as fh:
-            st = os.fstat(fh.fileno()) if not is_gzip(path) else path.stat()
-            head = fh.read(FINGERPRINT_BYTES)
+        with open_log(path, head_only=True) as fh:
+            st = os.fstat(fh.fileno())
+            try:
+                head = fh.read(FINGERPRINT_BYTES)
+            except ArchiveDamaged:  # reading it says so, naming the file
+                head = b""
         return cls(st.st_dev, st.st_ino, hashlib.sha256(head).hexdigest(), len(head))
 
     def grown(self, fh: BinaryIO, readable: int) -> FileIdentity:
@@ -54,15 +70,31 @@ class FileIdentity:
         return FileIdentity(self.device, self.inode, hashlib.sha256(head).hexdigest(),
                             len(head))
 
+    def ends_at(self, path: Path, offset: int) -> bool:
+        """Whether ``path`` holds, just before ``offset``, the bytes ``tail`` was taken of."""
+        if not self.tail or offset <= 0:
+            return True
+        width = min(offset, TAIL_BYTES)
+        try:
+            with open_log(path, head_only=True) as fh:
+                if is_gzip(path):
+                    fh.seek(offset - width)
+                    data = fh.read(width)
+                else:
+                    data = os.pread(fh.fileno(), width, offset - width)
+        except (OSError, ArchiveDamaged):
+            return False
+        return len(data) == width and tail_digest(data) == self.tail
+
     def same_inode(self, st: os.stat_result) -> bool:
         return (self.device, self.inode) == (st.st_dev, st.st_ino)
 
     def content_matches(self, path: Path) -> bool:
         """Whether ``path`` starts with the bytes this fingerprint was taken of."""
         try:
-            with open_log(path) as fh:
+            with open_log(path, head_only=True) as fh:
                 head = fh.read(self.fingerprint_len)
-        except (OSError, EOFError, gzip.BadGzipFile):
+        except (OSError, ArchiveDamaged):
             return False
         return len(head) == self.fingerprint_len and \
             hashlib.sha256(head).hexdigest() == self.fingerprint
@@ -72,10 +104,11 @@ def is_gzip(path: Path) -> bool:
     return path.suffix == ".gz"
 
 
-def open_log(path: Path) -> BinaryIO:
-    """Open a log file for binary reading; a ``.gz`` archive is decompressed as it streams."""
+def open_log(path: Path, head_only: bool = False) -> BinaryIO:
+    """Open a log file for binary reading; a ``.gz`` archive is decompressed as it streams
+    (up to its damage, if any, see parsers/archive.py; ``head_only``: for a fingerprint)."""
     if is_gzip(path):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return GzipReader(path, survey=not head_only)  # type: ignore[return-value]
     return open(path, "rb")
 
 
@@ -118,20 +151,31 @@ def stat_or_none(path: Path) -> os.stat_result | None:
         return None
     except OSError as exc:
         raise LogSourceError(f"cannot read the log file {path}: {exc.strerror}") from exc
+    _require_regular(path, st)
     if not os.access(path, os.R_OK):
         raise LogSourceError(f"cannot read the log file {path}: permission denied")
     return st
 
 
+def _require_regular(path: Path, st: os.stat_result) -> None:
+    """LogSourceError for a path that is no regular file: opening a FIFO blocks until a
+    writer comes, and a directory cannot be read as lines."""
+    if stat.S_ISREG(st.st_mode):
+        return
+    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else
+            "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+            "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file")
+    raise LogSourceError(f"cannot read the log file {path}: it is {kind}, not a regular file")
+
+
 def source_for(path: Path, offset: int = 0, final: bool = False) -> Source:
-    """A Source for ``path`` as it is now."""
+    """A Source for ``path`` as it is now (LogSourceError if it is no regular file)."""
     try:
+        _require_regular(path, path.stat())
         identity = FileIdentity.of(path)
         size = path.stat().st_size
     except PermissionError as exc:
         raise LogSourceError(f"cannot read the log file {path}: permission denied") from exc
-    except (gzip.BadGzipFile, EOFError) as exc:
-        raise LogSourceError(f"{path}: not a readable gzip archive: {exc}") from exc
     return Source(path, identity, offset, final, size)
 
 
@@ -149,7 +193,8 @@ def locate(identity: FileIdentity, offset: int, candidates: list[Path]) -> Path 
             st = path.stat()
         except OSError:
             continue
-        if identity.same_inode(st) and identity.content_matches(path):
+        if (identity.same_inode(st) and identity.content_matches(path)
+                and identity.ends_at(path, offset)):
             return path
     if identity.fingerprint_len == 0:
         return None
@@ -158,7 +203,7 @@ def locate(identity: FileIdentity, offset: int, candidates: list[Path]) -> Path 
             big_enough = is_gzip(path) or path.stat().st_size >= offset
         except OSError:
             continue
-        if big_enough and identity.content_matches(path):
+        if big_enough and identity.content_matches(path) and identity.ends_at(path, offset):
             return path
     return None
 
@@ -299,7 +344,8 @@ def _plan_follow(live: Path, last: Resumable | None) -> FollowPlan:
     if last is None:
         return FollowPlan((source_for(live),) if st else (), missing=st is None)
     if st is not None and last.identity.same_inode(st):
-        if st.st_size >= last.offset and last.identity.content_matches(live):
+        if (st.st_size >= last.offset and last.identity.content_matches(live)
+                and last.identity.ends_at(live, last.offset)):
             resume = source_for(live, last.offset)
             if not resume.identity.same_inode(st):
                 # Renamed and recreated since the stat above: plan again.
@@ -310,7 +356,10 @@ def _plan_follow(live: Path, last: Resumable | None) -> FollowPlan:
         sources = [] if old is None else [source_for(old, last.offset, final=True)]
         return FollowPlan((*sources, source_for(live)), truncated=True)
     sources = []
-    old = locate(last.identity, last.offset, archives(live))
+    # A symlink swapped to a new target: the old target (where the checkpoint says it
+    # read) is finished first, like a rotated file.
+    previous = [Path(last.path)] if last.path != str(live) else []
+    old = locate(last.identity, last.offset, previous + archives(live))
     if old is not None:
         log.info("log_rotated", path=str(live), previous=str(old), resume_offset=last.offset)
         sources.append(source_for(old, last.offset, final=True))

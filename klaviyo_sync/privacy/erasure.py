@@ -12,6 +12,8 @@ What is personal here, and what becomes of it:
   us from suppressing, and so re-creating, it);
 - ``order_sync``: the customer id is blanked; the order ids stay, so that the order
   tracker does not turn those orders into events again;
+- ``profile_sync``: their row (digest of the profile last imported) is deleted; the
+  tombstone keeps the profiles pass from importing them again;
 - the outbox of the dry-run sender: request bodies that name them lose the items that do
   (a body of one event is dropped whole).
 
@@ -34,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from klaviyo_sync.queue import QueueStore
-from klaviyo_sync.state.schema import order_sync, rejects, suppressions
+from klaviyo_sync.state.schema import order_sync, profile_sync, rejects, suppressions
 
 ERASED_RAW = b"[erased at the person's request]"
 
@@ -79,6 +81,7 @@ def count_local(conn: Connection, store: QueueStore, person: Person) -> dict[str
         "rejects": len(_reject_ids(conn, person)),
         "suppressions": _count(conn, suppressions, _suppression_where(person)),
         "order_sync": _count(conn, order_sync, _order_where(person)),
+        "profile_sync": _count(conn, profile_sync, _profile_where(person)),
     }
 
 
@@ -94,6 +97,7 @@ def erase_local(conn: Connection, store: QueueStore, person: Person) -> dict[str
             reason="erased at the person's request (klaviyo-sync forget)"))
     conn.execute(suppressions.delete().where(_suppression_where(person)))
     conn.execute(order_sync.update().where(_order_where(person)).values(customer_id=None))
+    conn.execute(profile_sync.delete().where(_profile_where(person)))
     return counts
 
 
@@ -115,6 +119,12 @@ def _order_where(person: Person) -> Any:
     if not person.customer_ids:
         return sa.false()
     return order_sync.c.customer_id.in_(sorted(person.customer_ids))
+
+
+def _profile_where(person: Person) -> Any:
+    if not person.customer_ids:
+        return sa.false()
+    return profile_sync.c.customer_id.in_(sorted(person.customer_ids))
 
 
 def _reject_ids(conn: Connection, person: Person) -> list[int]:

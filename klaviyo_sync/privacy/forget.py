@@ -87,9 +87,9 @@ class Forgetter:
             with self.engine.connect() as conn:
                 removed = count_local(conn, self.store, person)
             lines = erase_outbox(self.outbox, person, dry_run=True) if self.outbox else 0
-            ask = "would ask Klaviyo to delete the profile" if self.sender else \
-                "no sender configured: Klaviyo would not be asked"
-            return ForgetResult(None, removed, lines, ask, True, identifiers)
+            return ForgetResult(None, removed, lines,
+                                "dry run: Klaviyo not asked (a real run asks it to delete "
+                                "the profile)", True, identifiers)
         hasher = self.hasher_of(True)
         erasure_id, state = self._record(person, hasher, asked_by or
                                          ("email" if email is not None else "customer"))

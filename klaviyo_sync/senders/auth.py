@@ -30,10 +30,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from requests.adapters import HTTPAdapter
 from sqlalchemy.engine import Engine
 
 from klaviyo_sync.exceptions import AuthError, ConfigError, RetryableSendError
 from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.senders.deadline import DeadlineAdapter, request_within
 from klaviyo_sync.state import meta
 
 log = get_logger(__name__)
@@ -143,6 +145,10 @@ class OAuthAuth:
                               "and a refresh token in the environment variables named by "
                               "klaviyo.oauth_*_env")
         self.session = session
+        if type(session.get_adapter(token_url)) is HTTPAdapter:
+            # requests' default transport: the deadline cuts only connections it can see
+            # (KlaviyoClient mounts the same adapter; a transport of one's own is kept).
+            session.mount(token_url, DeadlineAdapter(max_retries=0))
         self.token_url = token_url
         self.client_id = client_id
         self._secret = client_secret
@@ -226,8 +232,9 @@ class OAuthAuth:
 
     def _grant(self, refresh_token: str) -> dict[str, Any] | None:
         try:
-            resp = self.session.post(
-                self.token_url, auth=(self.client_id, self._secret), timeout=self.timeout_s,
+            resp = request_within(
+                self.session, self.timeout_s, "POST", self.token_url,
+                auth=(self.client_id, self._secret),
                 data={"grant_type": "refresh_token", "refresh_token": refresh_token})
         except requests.RequestException as exc:
             raise RetryableSendError(f"OAuth token endpoint unreachable: "

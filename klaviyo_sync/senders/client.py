@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from klaviyo_sync.exceptions import (
     AuthError,
@@ -31,6 +30,7 @@ from klaviyo_sync.senders.audit import AuditLog
 from klaviyo_sync.senders.auth import Credentials
 from klaviyo_sync.senders.base import DeliveryReport, OutgoingEvent
 from klaviyo_sync.senders.batching import DEFAULT_CAPS, BatchCaps
+from klaviyo_sync.senders.deadline import DeadlineAdapter, request_within
 from klaviyo_sync.senders.delivery import deliver
 from klaviyo_sync.senders.pacing import Pacer
 
@@ -85,10 +85,12 @@ class KlaviyoClient:
         self.pacer = pacer
         self.audit = audit
         self.caps = caps
-        # (connect, read): a dead host fails fast, a slow bulk answer is still waited for.
+        # (connect, read): a dead host fails fast; timeout_s also bounds the whole
+        # request (senders/deadline.py), so a trickling answer cannot hold a send.
         self.timeout = (min(10.0, timeout_s), timeout_s)
         self.session = session or requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(2, pool_size), max_retries=0)
+        adapter = DeadlineAdapter(pool_connections=2, pool_maxsize=max(2, pool_size),
+                                  max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({"Accept": _JSONAPI, "Content-Type": _JSONAPI,
@@ -202,8 +204,8 @@ class KlaviyoClient:
         headers = {"Authorization": self.credentials.authorization()}
         started = time.perf_counter()
         try:
-            resp = self.session.request(method, url, data=data, params=query, headers=headers,
-                                        timeout=self.timeout)
+            resp = request_within(self.session, self.timeout[1], method, url, data=data,
+                                  params=query, headers=headers, timeout=self.timeout)
         except requests.Timeout as exc:
             self._audit(method, path, items, None, started, ["timeout"])
             raise RetryableSendError(f"{endpoint}: no answer within {self.timeout[1]} s"

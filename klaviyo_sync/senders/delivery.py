@@ -175,7 +175,7 @@ def deliver_profiles(sender: ProfileTransport, events: Sequence[OutgoingEvent]
     groups: dict[str, list[int]] = {}
     profiles: dict[str, dict[str, Any]] = {}
     for event in events:
-        key = json.dumps(event.profile, sort_keys=True, default=str)
+        key = json.dumps(event.profile, sort_keys=True, default=str, allow_nan=False)
         groups.setdefault(key, []).append(event.queue_id)
         profiles[key] = event.profile
     for key, ids in groups.items():

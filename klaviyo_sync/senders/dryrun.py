@@ -56,13 +56,18 @@ class DryRunSender:
 
     def _write(self, path: str, body: dict[str, Any] | bytes, items: int) -> None:
         raw = body if isinstance(body, bytes) else payloads.encode(body)
-        head = json.dumps({"method": "POST", "path": path, "items": items})[:-1]
+        head = json.dumps({"method": "POST", "path": path, "items": items},
+                          allow_nan=False)[:-1]
         line = head.encode("utf-8") + b',"body":' + raw + b"}\n"
         with self._lock:
             self._file.write(line)
             self._file.flush()
             os.fsync(self._file.fileno())
             self.requests += 1
+
+    def write_request(self, path: str, body: dict[str, Any] | bytes, items: int) -> None:
+        """Write one request of another kind (a profile import job) to the outbox."""
+        self._write(path, body, items)
 
     def send_events(self, events: Sequence[OutgoingEvent]) -> DeliveryReport:
         return deliver(self, events, self.caps)
@@ -85,10 +90,6 @@ class DryRunSender:
 
     def import_profile(self, profile: dict[str, Any]) -> None:
         self._write("/api/profile-import", payloads.profile_import_body(profile), 1)
-
-    def write_request(self, path: str, body: dict[str, Any] | bytes, items: int) -> None:
-        """Append one POST's exact body (for request kinds with their own module)."""
-        self._write(path, body, items)
 
     def request_profile_deletion(self, email: str | None = None,
                                  profile_id: str | None = None) -> int:

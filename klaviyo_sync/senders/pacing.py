@@ -33,6 +33,8 @@ PUBLISHED: dict[str, Limit] = {
     "POST /api/event-bulk-create-jobs": Limit(10, 150),
     "POST /api/profile-import": Limit(75, 750),
     "POST /api/profile-bulk-import-jobs": Limit(10, 150),
+    "GET /api/profile-bulk-import-jobs/{id}": Limit(10, 150),
+    "GET /api/profile-bulk-import-jobs/{id}/import-errors": Limit(10, 150),
     "POST /api/profile-suppression-bulk-create-jobs": Limit(75, 750),
     "POST /api/profile-suppression-bulk-delete-jobs": Limit(75, 750),
     "POST /api/profile-subscription-bulk-create-jobs": Limit(75, 750),

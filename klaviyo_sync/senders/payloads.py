@@ -45,7 +45,8 @@ def single_event_body(event: OutgoingEvent) -> dict[str, Any]:
 
 def profile_key(event: OutgoingEvent) -> str:
     """Events with equal keys share one bulk entry (same profile, same backfill flag)."""
-    return json.dumps([event.profile, event.backfill], sort_keys=True, default=str)
+    return json.dumps([event.profile, event.backfill], sort_keys=True, default=str,
+                      allow_nan=False)
 
 
 def bulk_entries(events: Sequence[OutgoingEvent]) -> list[tuple[str, list[OutgoingEvent]]]:
@@ -82,9 +83,11 @@ def bulk_body(events: Sequence[OutgoingEvent]
 
 # One encoder each, made once: json.dumps() with any option builds a new JSONEncoder on
 # every call, which cost more than encoding a small event.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+# allow_nan=False everywhere: NaN and Infinity are not JSON, and Klaviyo refuses the body.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str,
+                          allow_nan=False).encode
 _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                              default=str).encode
+                              default=str, allow_nan=False).encode
 _string = json.encoder.encode_basestring  # a str as JSON, what _dumps does to a str
 
 

@@ -300,7 +300,7 @@ class Runner:
         if refused is not None:
             _put_meta(self.engine, meta.AUTH_FAILURE, json.dumps({
                 "at": iso_utc(utcnow()),
-                "status": refused.status, "detail": refused.detail[:500]}))
+                "status": refused.status, "detail": refused.detail[:500]}, allow_nan=False))
             log.error("klaviyo_auth_refused", error=refused.detail[:300], status=refused.status,
                       action="sending stopped; events kept; fix the credentials")
             halt.set()

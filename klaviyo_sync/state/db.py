@@ -8,6 +8,7 @@ a killed process, which is the crash the design promises to survive.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ def create_engine(url: str, busy_timeout_s: float = 30.0, *, create: bool = True
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError as exc:
         raise StateError(f"state.url: not a database URL: {exc}") from exc
+    # JSON columns: NaN and Infinity are not JSON (PostgreSQL and Klaviyo refuse them).
+    kwargs.setdefault("json_serializer", _json_text)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     path = _sqlite_path(parsed)
@@ -76,13 +79,44 @@ def create_engine(url: str, busy_timeout_s: float = 30.0, *, create: bool = True
             parsed, connect_args={"timeout": busy_timeout_s, "isolation_level": None}, **kwargs
         )
         _install_sqlite_pragmas(engine, busy_timeout_s)
-        return engine
+        return _recycle_when_read_only(engine)
     if parsed.get_backend_name() == "sqlite":
         engine = sa.create_engine(parsed, connect_args={"isolation_level": None}, **kwargs)
         _install_sqlite_pragmas(engine, busy_timeout_s)
-        return engine
+        return _recycle_when_read_only(engine)
     kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(parsed, **kwargs)
+    return _recycle_when_read_only(sa.create_engine(parsed, **kwargs))
+
+
+#: SQLSTATE read_only_sql_transaction (PostgreSQL), SQLITE_READONLY (primary code).
+_PG_READ_ONLY = "25006"
+_SQLITE_READONLY = 8
+
+
+def _is_read_only(exc: BaseException | None) -> bool:
+    if getattr(exc, "sqlstate", None) == _PG_READ_ONLY:
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == _SQLITE_READONLY
+
+
+def _recycle_when_read_only(engine: Engine) -> Engine:
+    """A connection opened while the database was read-only stays so for life (a
+    PostgreSQL session's default_transaction_read_only, a SQLite file opened read-only
+    after a chmod or a read-only mount), so once it was made writable again, pooled
+    connections would keep failing until a restart. A read-only error therefore
+    counts as a disconnect: the pool is emptied and the next use connects afresh."""
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _on_error(context: sa.engine.ExceptionContext) -> None:
+        if _is_read_only(context.original_exception):
+            context.is_disconnect = True
+
+    return engine
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, allow_nan=False)
 
 
 def _prepare_sqlite_dir(path: Path) -> None:

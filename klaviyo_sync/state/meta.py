@@ -22,6 +22,8 @@ AUTH_FAILURE = "auth_failure"  # JSON {"at", "status", "detail"} while Klaviyo r
 LAST_ORDERS_PASS_AT = "last_orders_pass_at"
 ORDERS_WATERMARK = "orders_watermark"  # ISO updated_at up to which orders were read
 LAST_TAIL_AT = "last_tail_at"
+PROFILES_WATERMARK = "profiles_watermark"  # raw customers.updated_at read up to
+LAST_PROFILES_PASS_AT = "last_profiles_pass_at"
 OAUTH_REFRESH_TOKEN = "oauth_refresh_token"  # encrypted, see senders/auth.py
 
 
@@ -55,7 +57,7 @@ def put(bind: Engine | Connection, name: str, value: str, now: datetime | None =
 
 
 def put_json(bind: Engine | Connection, name: str, value: Any) -> None:
-    put(bind, name, json.dumps(value, default=str))
+    put(bind, name, json.dumps(value, default=str, allow_nan=False))
 
 
 def delete(bind: Engine | Connection, name: str) -> None:

@@ -1,5 +1,5 @@
 """Tables of the state database: queue, checkpoints, rejects, orders, catalog, suppressions,
-consent, audit.
+profiles, consent, audit.
 
 The Alembic migrations in ``state/migrations`` create exactly these; a test compares the
 two so that neither drifts. Times are stored as naive UTC (SQLite has no time zone type;
@@ -71,6 +71,8 @@ checkpoints = Table(
     Column("inode", BigInteger()),
     Column("fingerprint", String(64)),  # sha256 of the first fingerprint_len bytes
     Column("fingerprint_len", Integer(), nullable=False, default=0),
+    # sha256 of the up to 1024 bytes before offset: a file resumed there must hold them
+    Column("tail_fingerprint", String(64)),
     Column("offset", BigInteger(), nullable=False, default=0),
     Column("file_size", BigInteger(), nullable=False, default=0),  # size seen at last read
     Column("lines_read", BigInteger(), nullable=False, default=0),
@@ -163,6 +165,40 @@ optouts = Table(
     Column("recorded_at", DateTime(), nullable=False),
     Index("ux_optouts_email_at", "email", "at", "reason", unique=True),
     Index("ix_optouts_recorded", "recorded_at"),
+)
+
+#: Per customer, what the profiles pass last sent and what Klaviyo made of it.
+profile_sync = Table(
+    "profile_sync",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    # Digest of the profile last imported (None: never imported): unchanged -> not resent.
+    Column("digest", String(32)),
+    Column("status", String(16), nullable=False),  # ProfileStatus: "imported" | "failed"
+    Column("job_id", String(64)),  # the job that imported it or reported its failure
+    Column("failed_digest", String(32)),  # the profile Klaviyo refused (not sent again)
+    Column("last_error", Text()),  # Klaviyo's code and detail for a failed profile
+    Column("imported_at", DateTime()),
+    Column("updated_at", DateTime(), nullable=False),
+    Index("ix_profile_sync_status", "status"),
+)
+
+#: One row per bulk profile import request: written before the POST (``posting``), given
+#: Klaviyo's job id right after the 202 (``sent``), ``done`` once read back.
+profile_jobs = Table(
+    "profile_jobs",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), unique=True),
+    Column("status", String(16), nullable=False),  # JobState
+    # [[customer id, digest], ...] in body order: an error's pointer index finds its customer.
+    Column("customers", JSON(), nullable=False),
+    Column("total", Integer(), nullable=False),
+    Column("failed", Integer()),
+    Column("created_at", DateTime(), nullable=False),
+    Column("sent_at", DateTime()),
+    Column("read_at", DateTime()),
+    Index("ix_profile_jobs_status", "status"),
 )
 
 #: One row per request made to Klaviyo.

@@ -348,3 +348,40 @@ def test_a_second_daemon_on_one_sqlite_state_file_is_refused(
                                       for e in log_events(tmp_path / "again.err")), 30)
     finally:
         assert stop(again)[0] == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_log_path_that_is_no_regular_file_fails_the_tail_pass_only(
+        tmp_path: Path, standin: KlaviyoStandIn, kind: str) -> None:
+    """The tail pass fails with one readable line each time; orders and send go on."""
+    log = tmp_path / "system.log"
+    if kind == "fifo":
+        os.mkfifo(log)
+    else:
+        log.mkdir()
+    business = tmp_path / "business.db"
+    create_business_db(business)
+    add_order(business, 1, items=1)
+    state_url = f"sqlite:///{tmp_path / 'state' / 'state.db'}"
+    config = write_settings(tmp_path / "settings.toml", state_url=state_url, log=log,
+                            base_url=standin.base_url, business=business)
+    stderr = tmp_path / "daemon.log"
+    proc = start_daemon(config, None, stderr)
+    try:
+        wanted = {"order:1:placed", "order:1:item:1"}
+        assert wait_until(lambda: wanted <= {e.unique_id for e in standin.events}, 30), \
+            stderr.read_text()[-3000:]
+        add_order(business, 2, items=1)  # later passes too, while the tail keeps failing
+        wanted |= {"order:2:placed", "order:2:item:1"}
+        assert wait_until(lambda: wanted <= {e.unique_id for e in standin.events}, 30), \
+            stderr.read_text()[-3000:]
+        code, _ = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, stderr.read_text()[-3000:]
+    events = log_events(stderr)
+    failed = [e for e in events if e["event"] == "job_failed" and e.get("job") == "tail"]
+    assert failed and all(str(log) in str(e["error"]) for e in failed)
+    assert not any(e["event"] == "job_crashed" for e in events)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from klaviyo_sync.demo import DEMO_CUSTOMERS
+
 SYNCED = {"cancelled", "contact.form", "failed.payment", "referral.credit", "shipping.email",
           "started.signup"}
 
@@ -54,6 +56,11 @@ def test_demo_ingests_every_event_line_and_dry_runs_them_all(tmp_path: Path) -> 
         elif data["type"] == "event":
             sent_uids.add(data["attributes"]["unique_id"])
     assert sent_uids == uids
+    # The profiles pass's import jobs are there too: every sample customer, once.
+    imported = [p["attributes"]["external_id"] for request in bodies
+                if request["path"] == "/api/profile-bulk-import-jobs"
+                for p in request["body"]["data"]["attributes"]["profiles"]["data"]]
+    assert sorted(imported, key=int) == [str(n) for n in range(1, DEMO_CUSTOMERS + 1)]
 
     # The consent pass subscribed the opted-in sample customers: historical and live jobs.
     jobs = [r["body"]["data"]["attributes"] for r in bodies

@@ -163,3 +163,22 @@ def test_log_lines_during_a_replay_do_not_overwrite_the_progress_bar(tmp_path: P
     for line in warned:
         assert "replaying" not in line.rsplit("\r", 1)[-1], repr(line)
     assert "replaying" in text
+
+
+def test_a_fifo_or_a_directory_as_the_log_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    import os
+
+    fifo, folder = tmp_path / "fifo.log", tmp_path / "folder.log"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    for log, what in ((fifo, "a FIFO"), (folder, "a directory")):
+        cfg = settings(tmp_path, log)
+        for command in ("parse", "replay"):
+            result = run(cfg, command)  # run() times out (and fails) if it blocks
+            assert result.returncode == 4, (command, result.stderr)
+            # The one error line; the structured log line naming the settings file that
+            # every command starts with is not an error.
+            lines = [line for line in result.stderr.strip().splitlines()
+                     if '"event": "settings_file"' not in line]
+            assert len(lines) == 1 and what in lines[0] and str(log) in lines[0], lines
+            assert "Traceback" not in result.stderr

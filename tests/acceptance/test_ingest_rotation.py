@@ -104,6 +104,7 @@ def test_replay_over_live_dot1_and_dot2gz_then_again_adds_nothing(cli: Cli) -> N
     assert sorted(cli.queued()) == sorted(ids_old | ids_mid | ids_new)
     second = cli("replay")
     assert "0 events queued" in second.stdout
+    assert "`klaviyo-sync profiles --all`" in second.stdout  # the initial profile sync
     assert len(cli.queued()) == len(ids_old | ids_mid | ids_new)
     third = cli("parse")  # the replay left the checkpoint at the end of the live file
     assert third.stdout.startswith("0 lines read")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import os
 import shutil
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from structlog.testing import capture_logs
 
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import LogSettings, Settings
-from klaviyo_sync.exceptions import StateError
+from klaviyo_sync.exceptions import LogSourceError, StateError
 from klaviyo_sync.parsers import checkpoint, line_unique_id
 from klaviyo_sync.parsers import ingest as ingest_module
 from klaviyo_sync.parsers.ingest import Ingestor
@@ -451,3 +453,229 @@ def test_a_rejected_line_is_logged_as_a_warning_as_well_as_stored(
     assert warning["log_level"] == "warning"
     assert warning["file"] == str(live) and warning["offset"] == len(event_line(1))
     assert warning["event_type"] == "cancelled" and warning["reason"]
+
+
+def test_a_nul_character_is_a_reject_and_ingest_goes_on(setup: tuple) -> None:
+    """PostgreSQL refuses NUL in text: the line must be refused before, on every backend."""
+    engine, live = setup
+    nul_customer = b"2024-03-01 08:00:01 cancelled customer=10\x0004\n"
+    nul_email = b"2024-03-01 08:00:02 started.signup customer=1 email=a\x00@example.com\n"
+    before, after = event_line(1), event_line(2)
+    live.write_bytes(before + nul_customer + nul_email + after)
+    ingestor = make_ingestor(engine, live)
+    report = ingestor.run_once()
+    assert report.rejected == 2 and report.events_enqueued == 2
+    assert sorted(queued_ids(engine)) == sorted([line_unique_id(before), line_unique_id(after)])
+    rejects = RejectStore(engine).list()
+    assert {r.raw for r in rejects} == {nul_customer.rstrip(b"\n"), nul_email.rstrip(b"\n")}
+    assert all("NUL" in r.reason for r in rejects)
+    assert ingestor.run_once().lines_read == 0  # not stuck on the line
+
+
+def test_an_event_type_one_field_early_is_rejected_not_skipped(setup: tuple) -> None:
+    engine, live = setup
+    no_time = b"2020-05-15 cancelled customer=1004\n"
+    live.write_bytes(event_line(1) + no_time + b"2020-05-15 login customer=1\n" + event_line(2))
+    report = make_ingestor(engine, live).run_once()
+    assert (report.events_enqueued, report.rejected) == (2, 1)
+    (reject,) = RejectStore(engine).list()
+    assert reject.raw == no_time.rstrip(b"\n") and reject.event_type == "cancelled"
+    assert "no time of day" in reject.reason
+
+
+def readable_ids(archive: bytes) -> set[str]:
+    """The ids of the complete event lines a damaged gzip archive still yields."""
+    import zlib
+
+    readable = zlib.decompressobj(31).decompress(archive)
+    complete = readable[:readable.rfind(b"\n") + 1]
+    return {line_unique_id(line + b"\n") for line in complete.splitlines()
+            if b" page.view " not in line}
+
+
+def _ids_of(data: bytes) -> set[str]:
+    return {line_unique_id(line) for line in data.splitlines(keepends=True)}
+
+
+def test_replay_reads_the_readable_part_of_damaged_archives_and_the_other_files(
+        setup: tuple) -> None:
+    engine, live = setup
+    oldest, ids3 = mixed(1, 300)
+    middle, ids2 = mixed(301, 4000)  # well over what the reader holds back
+    newest, ids1 = mixed(4301, 100)
+    current, ids0 = mixed(4401, 100)
+    truncated = gzip.compress(oldest)[:-300]  # logrotate killed mid-compress
+    # Two gzip members (an archive appended to), the second with a bad disk block: its
+    # data inflates to garbage that only its CRC reveals, so none of it can be trusted.
+    cut = middle.index(b"\n", len(middle) // 2) + 1
+    sound, damaged_member = gzip.compress(middle[:cut]), bytearray(gzip.compress(middle[cut:]))
+    damaged_member[len(damaged_member) // 2:len(damaged_member) // 2 + 64] = b"\xff" * 64
+    live.with_name("system.log.3.gz").write_bytes(truncated)
+    live.with_name("system.log.2.gz").write_bytes(sound + bytes(damaged_member))
+    live.with_name("system.log.1").write_bytes(newest)
+    live.write_bytes(current)
+    report = make_ingestor(engine, live).replay()
+    queued = set(queued_ids(engine))
+    assert ids1 | ids0 <= queued  # the files after the damaged ones are read
+    assert readable_ids(truncated) <= queued and len(readable_ids(truncated)) > 100
+    assert queued & ids2 == ids2 & _ids_of(middle[:cut])
+    assert queued <= ids3 | ids2 | ids1 | ids0  # nothing invented
+    rejects = RejectStore(engine).list()
+    damaged = sorted(Path(r.file).name for r in rejects)
+    assert damaged == ["system.log.2.gz", "system.log.3.gz"] and report.rejected == 2
+    assert all("gzip" in r.reason and r.file in r.reason for r in rejects)
+    make_ingestor(engine, live).replay()
+    assert RejectStore(engine).count() == 2  # the damage is filed once
+
+
+def test_a_truncated_archive_met_while_following_does_not_stop_the_tail(
+        setup: tuple) -> None:
+    engine, live = setup
+    part1, ids1 = mixed(1, 200)
+    part2, ids2 = mixed(201, 200)  # written after the last pass, then rotated away
+    part3, ids3 = mixed(401, 50)
+    live.write_bytes(part1)
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    append(live, part2)
+    old = live.rename(live.with_name("system.log.1"))
+    truncated = gzip.compress(old.read_bytes())[:-200]
+    old.with_name("system.log.1.gz").write_bytes(truncated)
+    old.unlink()
+    live.write_bytes(part3)
+    report = ingestor.run_once()
+    queued = set(queued_ids(engine))
+    assert ids1 | ids3 <= queued and readable_ids(truncated) - ids1 <= queued
+    assert queued <= ids1 | ids2 | ids3
+    (reject,) = RejectStore(engine).list()
+    assert reject.file.endswith("system.log.1.gz") and "gzip" in reject.reason
+    assert report.rejected == 1
+    again = ingestor.run_once()
+    assert again.lines_read == 0 and again.rejected == 0
+
+
+def _run_in_thread(func: Callable[[], object], timeout_s: float = 20.0) -> BaseException:
+    """What ``func`` raised; fails the test if it still runs after ``timeout_s``."""
+    import threading
+
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            func()
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    assert not worker.is_alive(), "blocked: the pass never returned"
+    assert raised, "no error raised"
+    return raised[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+@pytest.mark.parametrize("how", ["run_once", "replay"])
+def test_a_log_path_that_is_no_regular_file_is_one_clear_error(
+        setup: tuple, kind: str, how: str) -> None:
+    engine, live = setup
+    if kind == "fifo":
+        os.mkfifo(live)
+    else:
+        live.mkdir()
+    ingestor = make_ingestor(engine, live)
+    error = _run_in_thread(getattr(ingestor, how))
+    assert isinstance(error, LogSourceError) and error.exit_code == 4
+    expected = "a FIFO" if kind == "fifo" else "a directory"
+    assert str(live) in str(error) and expected in str(error) and "\n" not in str(error)
+
+
+BANNER = b"# shop backend log, format kv v2 " + b"=" * 1100 + b"\n"  # > FINGERPRINT_BYTES
+
+
+def banner_file(first: int, count: int) -> tuple[bytes, set[str]]:
+    data, ids = mixed(first, count)
+    return BANNER + data, ids
+
+
+def test_copytruncate_while_stopped_with_a_long_banner_loses_nothing(setup: tuple) -> None:
+    engine, live = setup
+    part1, ids1 = banner_file(1, 30)
+    live.write_bytes(part1)
+    make_ingestor(engine, live).run_once()
+    # Stopped: logrotate copies and truncates; the new file (same banner) grows past the
+    # old offset before the next pass.
+    shutil.copyfile(live, live.with_name("system.log.1"))
+    with open(live, "r+b") as fh:
+        fh.truncate(0)
+    part2, ids2 = banner_file(101, 68)  # 45 events, longer than part1
+    append(live, part2)
+    assert live.stat().st_size > len(part1)
+    make_ingestor(engine, live).run_once()
+    assert len(ids2) == 45 and sorted(queued_ids(engine)) == sorted(ids1 | ids2)
+
+
+def test_compress_rotation_with_inode_reuse_and_a_long_banner_loses_nothing(
+        setup: tuple) -> None:
+    engine, live = setup
+    old_archive, old_ids = banner_file(1, 20)
+    live.with_name("system.log.2.gz").write_bytes(gzip.compress(old_archive))
+    part1, ids1 = banner_file(101, 30)
+    live.write_bytes(part1)
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    more, ids_more = mixed(201, 8)  # after the last pass, before the rotation
+    append(live, more)
+    inode = live.stat().st_ino
+    rotated = live.rename(live.with_name("system.log.1"))
+    rotated.with_name("system.log.1.gz").write_bytes(gzip.compress(rotated.read_bytes()))
+    rotated.unlink()  # frees the inode...
+    part2, ids2 = banner_file(301, 60)
+    live.write_bytes(part2)  # ...which the new live file may get
+    reused = live.stat().st_ino == inode
+    ingestor.run_once()
+    queued = queued_ids(engine)
+    assert len(queued) == len(set(queued))
+    assert set(queued) == ids1 | ids_more | ids2, f"inode reused: {reused}"
+    assert not set(queued) & old_ids  # the old archive is not read again
+
+
+def test_compress_rotation_onto_the_same_inode_loses_nothing(setup: tuple) -> None:
+    """The inode reuse forced: the new live file is the old inode, rewritten."""
+    engine, live = setup
+    live.with_name("system.log.2.gz").write_bytes(gzip.compress(banner_file(1, 20)[0]))
+    part1, ids1 = banner_file(101, 30)
+    live.write_bytes(part1)
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    more, ids_more = mixed(201, 8)
+    append(live, more)
+    live.with_name("system.log.1.gz").write_bytes(gzip.compress(live.read_bytes()))
+    part2, ids2 = banner_file(301, 60)
+    with open(live, "r+b") as fh:  # same inode, new content, longer than the old
+        fh.truncate(0)
+        fh.write(part2)
+    ingestor.run_once()
+    queued = queued_ids(engine)
+    assert len(queued) == len(set(queued)) and set(queued) == ids1 | ids_more | ids2
+
+
+def test_a_symlink_swap_reads_the_old_target_to_its_end_first(setup: tuple) -> None:
+    engine, live = setup
+    first, second = live.with_name("app-1.log"), live.with_name("app-2.log")
+    part1, ids1 = banner_file(1, 30)
+    first.write_bytes(part1)
+    live.symlink_to(first.name)
+    ingestor = make_ingestor(engine, live)
+    ingestor.run_once()
+    late, late_ids = mixed(101, 12)  # appended to the old target after the last pass
+    append(first, late)
+    part2, ids2 = banner_file(201, 30)
+    second.write_bytes(part2)
+    live.unlink()
+    live.symlink_to(second.name)
+    ingestor.run_once()
+    queued = queued_ids(engine)
+    assert len(queued) == len(set(queued)) and set(queued) == ids1 | late_ids | ids2
+    append(second, mixed(301, 3)[0])
+    assert ingestor.run_once().lines_read == 3

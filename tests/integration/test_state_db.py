@@ -83,3 +83,45 @@ def test_the_dry_run_outbox_is_created_private(tmp_path: Path, umask: int) -> No
     sender = DryRunSender(tmp_path / "out" / "outbox.jsonl")
     sender.close()
     assert stat.S_IMODE((tmp_path / "out" / "outbox.jsonl").stat().st_mode) == 0o600
+
+
+@pytest.mark.postgres
+def test_a_database_made_read_only_then_writable_again_recovers_without_restart(
+        pg_schema_url: str) -> None:
+    """Sessions opened while PostgreSQL was read-only (a standby, before promotion) stay
+    read-only for life: a write error must recycle them, not keep failing until restart."""
+    import contextlib
+    import uuid
+
+    from klaviyo_sync.state import meta
+
+    role = f"ro_{uuid.uuid4().hex[:10]}"
+    url = sa.make_url(pg_schema_url)
+    schema = url.query["options"].split("=", 1)[1]
+    admin = sa.create_engine(url.set(query={}), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(sa.text(f'GRANT ALL ON SCHEMA "{schema}" TO "{role}"'))
+    engine = db.open_state(pg_schema_url)  # the schema, made by its owner
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'GRANT ALL ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"'))
+        conn.execute(sa.text(f'ALTER ROLE "{role}" SET default_transaction_read_only = on'))
+    engine.dispose()
+    engine = db.create_engine(url.set(username=role).render_as_string(hide_password=False))
+    try:
+        for _ in range(2):
+            with pytest.raises(sa.exc.DBAPIError, match="read-only"):
+                meta.put(engine, "probe", "1")
+        with admin.connect() as conn:  # writable again
+            conn.execute(sa.text(f'ALTER ROLE "{role}" RESET default_transaction_read_only'))
+        with contextlib.suppress(sa.exc.DBAPIError):  # at most this write finds out
+            meta.put(engine, "probe", "2")
+        meta.put(engine, "probe", "3")
+        assert meta.get(engine, "probe") == "3"
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER'))
+            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))
+        admin.dispose()

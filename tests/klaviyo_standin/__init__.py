@@ -27,7 +27,8 @@ Endpoints (``Authorization: Klaviyo-API-Key <key>`` or ``Bearer <token>``; ``rev
 header required; bodies ``application/vnd.api+json``):
     ``POST /api/events`` (202, no body), ``POST /api/event-bulk-create-jobs`` (<= 1,000
     events, <= 5 MB; 202 with a job document), ``POST /api/profile-import`` (201/200,
-    <= 100 KB), ``POST /api/profile-bulk-import-jobs``,
+    <= 100 KB), ``POST /api/profile-bulk-import-jobs`` with its read-back and import errors
+    (see :mod:`tests.klaviyo_standin.profile_jobs`),
     ``POST /api/profile-suppression-bulk-create-jobs`` and ``...-bulk-delete-jobs`` (<= 100
     emails; 202 "queued"; ``GET .../<id>`` says "complete"), ``GET /api/metrics``,
     ``GET /api/events`` (see :mod:`tests.klaviyo_standin.reads`), ``POST /oauth/token``

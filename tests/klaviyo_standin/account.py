@@ -236,11 +236,12 @@ class Account:
         self.events_by_metric.setdefault(event.metric_id, []).append(event)
 
     def seed_event(self, metric_name: str, profile: dict[str, Any], moment: datetime,
-                   properties: dict[str, Any], now: datetime) -> RecordedEvent:
+                   properties: dict[str, Any], now: datetime,
+                   unique_id: str | None = None) -> RecordedEvent:
         """Store an event as if the account already had it (not counted as received)."""
         profile_id = self.upsert_profile(profile)
         metric = self.metric(metric_name, now)
-        event = RecordedEvent(metric_name, profile, None, moment, properties, None, None,
+        event = RecordedEvent(metric_name, profile, unique_id, moment, properties, None, None,
                               True, now, self._next_event_id(), metric.id, profile_id)
         self._seen.add((profile_id, metric_name, event_key(event)))
         self._store(event)

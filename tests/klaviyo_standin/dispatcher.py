@@ -10,7 +10,16 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tests.klaviyo_standin import catalog, clock, endpoints, optouts, privacy, reads, subscriptions
+from tests.klaviyo_standin import (
+    catalog,
+    clock,
+    endpoints,
+    optouts,
+    privacy,
+    profile_jobs,
+    reads,
+    subscriptions,
+)
 from tests.klaviyo_standin.faults import Moment
 from tests.klaviyo_standin.jsonapi import Call, Reply, error
 from tests.klaviyo_standin.limits import Verdict
@@ -36,7 +45,11 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, tuple[str, Handler, int]]]] = [
     (re.compile(r"/api/profile-import/?"),
      {"POST": ("profile_import", endpoints.import_profile, 100 * 1024)}),
     (re.compile(r"/api/profile-bulk-import-jobs/?"),
-     {"POST": ("profile_bulk_import", endpoints.bulk_import_profiles, 5 * MB)}),
+     {"POST": ("profile_bulk_import", profile_jobs.create_job, 5 * MB)}),
+    (re.compile(r"/api/profile-bulk-import-jobs/(?P<id>[A-Za-z0-9]+)/import-errors/?"),
+     {"GET": ("profile_bulk_import_reads", profile_jobs.get_errors, 0)}),
+    (re.compile(f"/api/profile-bulk-import-jobs{_JOB}"),
+     {"GET": ("profile_bulk_import_reads", profile_jobs.get_job, 0)}),
     (re.compile(r"/api/profile-suppression-bulk-create-jobs/?"),
      {"POST": ("suppress", endpoints.suppress, 5 * MB)}),
     (re.compile(r"/api/profile-suppression-bulk-delete-jobs/?"),
@@ -54,7 +67,7 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, tuple[str, Handler, int]]]] = [
     (re.compile(r"/api/data-privacy-deletion-jobs/?"),
      {"POST": ("privacy_deletion", privacy.request_deletion, 100 * 1024)}),
 ]
-for _jobs in ("profile-bulk-import-jobs", "profile-suppression-bulk-create-jobs",
+for _jobs in ("profile-suppression-bulk-create-jobs",
               "profile-suppression-bulk-delete-jobs"):
     ROUTES.append((re.compile(f"/api/{_jobs}{_JOB}"), {"GET": ("jobs", endpoints.get_job, 0)}))
 ROUTES += catalog.routes(MB)

@@ -157,20 +157,6 @@ def import_profile(call: Call) -> Reply:
     return Reply(201 if created else 200, document, items=1)
 
 
-def bulk_import_profiles(call: Call) -> Reply:
-    """POST /api/profile-bulk-import-jobs: up to 10,000 profiles, imported at once."""
-    invalid = _schema_errors(call, schemas.PROFILE_BULK_IMPORT_VALIDATOR, 0)
-    if invalid is not None:
-        return invalid
-    profiles = [_profile(item) for item in call.document["data"]["attributes"]["profiles"]["data"]]
-    account = call.standin.account
-    with account.lock:
-        for profile in profiles:
-            account.import_profile(profile)
-    job = _add_job(call, "profile-bulk-import-job", len(profiles))
-    return Reply(202, _job_document(call, job, "queued"), items=len(profiles))
-
-
 def suppress(call: Call) -> Reply:
     """POST /api/profile-suppression-bulk-create-jobs: suppress up to 100 emails."""
     return _suppression(call, schemas.SUPPRESSION_CREATE_VALIDATOR,

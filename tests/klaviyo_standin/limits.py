@@ -24,6 +24,7 @@ DEFAULT_LIMITS: dict[str, tuple[int, int]] = {
     "bulk_events": (10, 150),
     "profile_import": (75, 750),
     "profile_bulk_import": (10, 150),
+    "profile_bulk_import_reads": (10, 150),
     "suppress": (75, 750),
     "unsuppress": (75, 750),
     "jobs": (75, 750),

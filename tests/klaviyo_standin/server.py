@@ -27,6 +27,7 @@ from tests.klaviyo_standin.faults import Faults
 from tests.klaviyo_standin.jsonapi import Reply, error
 from tests.klaviyo_standin.limits import RateLimiter
 from tests.klaviyo_standin.oauth import OAuthServer
+from tests.klaviyo_standin.profile_jobs import ProfileJobBook
 
 _MAX_READ = 64 * MB  # bodies beyond this are not even read: the connection is closed
 
@@ -151,6 +152,7 @@ class KlaviyoStandIn(ConsentRecords):
         self.report_all_errors = report_all_errors
         self.account = Account(seed)
         self.catalog = CatalogState()  # categories, items, variants and their jobs
+        self.profile_jobs = ProfileJobBook()  # bulk profile import jobs, see profile_jobs
         self.internal_errors: list[str] = []  # tracebacks of stand-in bugs (answered 500)
         self._dispatcher = Dispatcher(self)
         self._address = (host, port)
@@ -252,15 +254,17 @@ class KlaviyoStandIn(ConsentRecords):
 
     def add_event(self, metric_name: str, email: str, time: datetime,
                   properties: dict[str, Any] | None = None,
-                  external_id: str | None = None) -> RecordedEvent:
-        """Put an event in the account as if Klaviyo already had it (e.g. from a web form)."""
+                  external_id: str | None = None,
+                  unique_id: str | None = None) -> RecordedEvent:
+        """Put an event in the account as if Klaviyo already had it (e.g. from a web form,
+        with the ``unique_id`` the front end gave it)."""
         profile: dict[str, Any] = {"email": email}
         if external_id is not None:
             profile["external_id"] = external_id
         moment = time if time.tzinfo else time.replace(tzinfo=clock.now().tzinfo)
         with self.account.lock:
             return self.account.seed_event(metric_name, profile, moment, dict(properties or {}),
-                                           clock.now())
+                                           clock.now(), unique_id)
 
     def issue_oauth_tokens(self, client_id: str) -> dict[str, object]:
         """An access and refresh token for ``client_id``, as an app install would get them."""

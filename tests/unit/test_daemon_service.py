@@ -33,6 +33,7 @@ class FakePasses:
     has_orders = True
     has_consent = True
     has_catalog = True
+    has_profiles = True
 
     def __init__(self) -> None:
         self.runs: dict[str, int] = {}
@@ -72,6 +73,9 @@ class FakePasses:
 
     def catalog_all(self, stop: threading.Event) -> Any:
         return self._run("catalog_all", stop)
+
+    def profiles(self, stop: threading.Event) -> Any:
+        return self._run("profiles", stop)
 
     def prune(self, stop: threading.Event) -> Any:
         return self._run("prune", stop)

@@ -51,7 +51,8 @@ _PENDING = EventState.PENDING.value
 # on random-looking ids touches pages all over; with SQLite's default 2 MB most inserts
 # miss the cache, and a year's replay runs at half speed.
 _SQLITE_CACHE_KIB = 16384
-_dumps = json.JSONEncoder(separators=(", ", ": ")).encode  # what json.dumps() gives
+# What json.dumps() gives, except that NaN and Infinity (not JSON) are refused.
+_dumps = json.JSONEncoder(separators=(", ", ": "), allow_nan=False).encode
 _INF = float("inf")
 
 

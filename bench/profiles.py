@@ -1,0 +1,178 @@
+"""Benchmark: the initial profile sync (`profiles --all`) of 1,000,000 customers.
+
+    python bench/profiles.py            # 1,000,000 customers (a few minutes)
+    python bench/profiles.py --quick    # 100,000 customers
+
+Generates the customers into a SQLite business database (with the (updated_at, id) index
+the pass's keyset pages use), starts the Klaviyo stand-in in a process of its own with
+its limits off, and runs the profiles pass with the published limits off. Prints
+profiles/s, the import requests used against the minimum (one per 10,000 profiles), the
+time of a plain read of the same customers table in the same run divided by the pass's
+(target >= 0.3) and the pass's peak RSS (target <= 200 MB). Each phase runs in a process
+of its own, so a phase's peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+API_KEY = "pk_bench_standin"
+TARGET_RATIO = 0.3
+TARGET_RSS_MB = 200
+PER_REQUEST = 10_000
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _settings(business_url: str, base_url: str, state_url: str):  # type: ignore[no-untyped-def]
+    from klaviyo_sync import config
+
+    return config.from_mapping({
+        "state": {"url": state_url},
+        "business": {"url": business_url},
+        "klaviyo": {"base_url": base_url, "respect_published_limits": False,
+                    "timeout_s": 120.0},
+        "profiles": {"readback_poll_s": 0.05},
+        "logging": {"level": "warning"},
+    })
+
+
+def phase_generate(business_url: str, customers: int) -> dict:
+    import sqlalchemy as sa
+
+    from klaviyo_sync.business import sample_data
+    from klaviyo_sync.config import BusinessSettings
+
+    business = BusinessSettings()
+    engine = sa.create_engine(business_url)
+    sample_data.create_schema(engine, business)
+    table = sample_data.tables(business)[0]
+    base = datetime(2026, 1, 1)
+    boxes = ("Organic Box", "Classic Box", "Family Box")
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        for start in range(1, customers + 1, 20_000):
+            conn.execute(table.insert(), [
+                {"id": n, "email": f"customer{n}@example.com", "first_name": f"First{n}",
+                 "last_name": f"Last{n}", "status": "Active" if n % 7 else "Paused",
+                 "schedule": "Weekly" if n % 2 else "Fortnightly", "box": boxes[n % 3],
+                 "signup_date": date(2024, 1, 1) + timedelta(days=n % 700),
+                 "email_opt_in": bool(n % 5), "updated_at": base + timedelta(seconds=n * 7)}
+                for n in range(start, min(customers, start + 19_999) + 1)])
+        conn.execute(sa.text("CREATE INDEX ix_customers_updated ON customers (updated_at, id)"))
+    return {"seconds": time.perf_counter() - started, "customers": customers}
+
+
+def phase_plain(business_url: str, page: int) -> dict:
+    """Read every customer with the same columns, in keyset pages by id: the floor."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(business_url)
+    started = time.perf_counter()
+    rows, after = 0, 0
+    with engine.connect() as conn:
+        while True:
+            batch = conn.execute(sa.text(
+                "SELECT id, email, first_name, last_name, status, schedule, box, signup_date, "
+                "email_opt_in, updated_at FROM customers WHERE id > :after ORDER BY id "
+                "LIMIT :page"), {"after": after, "page": page}).fetchall()
+            if not batch:
+                break
+            rows += len(batch)
+            after = batch[-1][0]
+    return {"seconds": time.perf_counter() - started, "rows": rows}
+
+
+def phase_sync(business_url: str, state_url: str, base_url: str) -> dict:
+    from klaviyo_sync.app import App
+    from klaviyo_sync.logconfig import configure
+
+    configure("warning")
+    os.environ["KLAVIYO_API_KEY"] = API_KEY
+    settings = _settings(business_url, base_url, state_url)
+    with App(settings, worker_id="bench") as app:
+        sync = app.profile_sync()
+        assert sync is not None
+        started = time.perf_counter()
+        report = sync.run_once(all_customers=True)
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "sent": report.sent, "imported": report.imported,
+            "failed": report.failed, "requests": report.requests, "rss_mb": _peak_rss_mb()}
+
+
+def _run_phase(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--phase", *args], check=True,
+                         capture_output=True, text=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 customers instead of 1M")
+    parser.add_argument("--customers", type=int, help="number of customers")
+    parser.add_argument("--dir", help="work folder (default: a temporary one)")
+    parser.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        name, *rest = args.phase
+        result = {"generate": lambda: phase_generate(rest[0], int(rest[1])),
+                  "plain": lambda: phase_plain(rest[0], int(rest[1])),
+                  "sync": lambda: phase_sync(rest[0], rest[1], rest[2])}[name]()
+        print(json.dumps(result))
+        return
+    customers = args.customers or (100_000 if args.quick else 1_000_000)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        folder = Path(tmp)
+        business = f"sqlite:///{folder / 'business.db'}"
+        state = f"sqlite:///{folder / 'state.db'}"
+        print(f"generating {customers:,} customers ...", flush=True)
+        gen = _run_phase("generate", business, str(customers))
+        print(f"  in {gen['seconds']:.1f} s")
+        standin = subprocess.Popen(
+            [sys.executable, "-m", "tests.klaviyo_standin", "--no-limits", "--api-key", API_KEY],
+            cwd=REPO, stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO)))
+        try:
+            assert standin.stdout is not None
+            base_url = standin.stdout.readline().strip()
+            print("plain read of the customers table ...", flush=True)
+            plain = _run_phase("plain", business, "5000")
+            print("profiles --all ...", flush=True)
+            sync = _run_phase("sync", business, state, base_url)
+        finally:
+            standin.terminate()
+            stats = json.loads((standin.communicate(timeout=120)[0] or "{}").splitlines()[-1])
+    minimum = math.ceil(customers / PER_REQUEST)
+    ratio = plain["seconds"] / sync["seconds"]
+    print()
+    print(f"customers            {customers:>12,}")
+    print(f"profiles imported    {sync['imported']:>12,}  ({sync['failed']} failed; "
+          f"stand-in holds {stats.get('profiles', 0):,})")
+    print(f"pass time            {sync['seconds']:>12.1f} s")
+    print(f"profiles/s           {sync['sent'] / sync['seconds']:>12,.0f}")
+    print(f"import requests      {sync['requests']:>12,}  (minimum {minimum}) "
+          f"{'OK' if sync['requests'] <= minimum else 'MORE'}")
+    print(f"plain read time      {plain['seconds']:>12.1f} s  ({plain['rows']:,} rows)")
+    print(f"ratio plain/pass     {ratio:>12.2f}  (target >= {TARGET_RATIO}) "
+          f"{'OK' if ratio >= TARGET_RATIO else 'MISSED'}")
+    print(f"peak RSS (pass)      {sync['rss_mb']:>12.0f} MB  (target <= {TARGET_RSS_MB} MB) "
+          f"{'OK' if sync['rss_mb'] <= TARGET_RSS_MB else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,503 @@
+"""The profiles pass: every customer's Klaviyo profile current, verified by read-back.
+
+A pass reads customers whose ``updated_at`` moved since the watermark (minus the overlap,
+as the orders pass does, for rows committed late), builds their profiles and skips each
+one whose digest equals the profile Klaviyo last imported for them. The rest go in bulk
+import jobs of up to 10,000 profiles / 5 MB. A 400 refuses a whole request for one
+malformed profile: its pointer names the offender, who fails alone, and the rest are
+posted again. Every job is read back until complete; its import errors are mapped back to
+their customers through the pointer (body order is kept with the job's row). Only then
+is a customer imported. A crash between a POST and its read-back resumes the read-back.
+
+It lives beside app.py rather than in business/: it drives both the business reader and
+the Klaviyo jobs API, and business/ never imports senders/.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from klaviyo_sync.business.customers import CustomerRow, SqlCustomerReader
+from klaviyo_sync.business.orders import (
+    parse_raw_time,
+    raw_time_from_text,
+    raw_time_to_text,
+    shift_raw_time,
+)
+from klaviyo_sync.business.profiles import Profile, ProfileBuilder
+from klaviyo_sync.clock import utcnow
+from klaviyo_sync.config import Settings
+from klaviyo_sync.exceptions import ConfigError, RejectedSendError
+from klaviyo_sync.logconfig import get_logger
+from klaviyo_sync.privacy.tombstones import NO_TOMBSTONES, Tombstones
+from klaviyo_sync.senders.profiles import (
+    BODY_OVERHEAD,
+    ImportFailure,
+    ProfileJobsApi,
+    bulk_import_body,
+    pointer_index,
+)
+from klaviyo_sync.state import meta
+from klaviyo_sync.state.profiles import JobState, ProfileJob, ProfileStatus, ProfileStore
+
+log = get_logger(__name__)
+
+#: Klaviyo's cap on one profile in a bulk import.
+MAX_PROFILE_BYTES = 100 * 1024
+#: The longest wait between two read-backs of a job.
+MAX_POLL_S = 30.0
+
+
+@dataclass
+class ProfilesReport:
+    """What one pass did."""
+
+    customers_read: int = 0
+    unchanged: int = 0
+    sent: int = 0
+    requests: int = 0
+    jobs: int = 0
+    refused: int = 0  # failed alone after a 400 (or locally, for a profile over 100 KB)
+    imported: int = 0
+    failed: int = 0
+    jobs_resumed: int = 0
+    unread_jobs: int = 0
+    watermark: str | None = None
+    interrupted: bool = False
+    dry_run: bool = False
+    errors: dict[str, str] = field(default_factory=dict)  # customer id -> detail (a few)
+    #: Customers not sent because they asked to be forgotten (a tombstone).
+    erased_skipped: int = 0
+    #: Customers forgotten by this pass: a status in [privacy] erase_statuses, or gone
+    #: from the customers table (with [privacy] erase_vanished, on --all passes).
+    forgotten: int = 0
+
+    def summary(self) -> str:
+        what = "would be sent" if self.dry_run else "sent"
+        text = (f"{self.customers_read} customer(s) read, {self.unchanged} unchanged; "
+                f"{self.sent} profile(s) {what} in {self.requests} request(s)")
+        if not self.dry_run:
+            text += (f"; {self.imported} imported, {self.failed} failed"
+                     + (f"; {self.jobs_resumed} job(s) resumed" if self.jobs_resumed else "")
+                     + (f"; {self.unread_jobs} job(s) not complete yet (read back by the "
+                        "next pass)" if self.unread_jobs else ""))
+        if self.failed:
+            text += "\n  see `klaviyo-sync profiles failed`; `profiles retry` sends them again"
+        return text
+
+
+class ProfileSync:
+    """One profiles pass at a time (:meth:`run_once`, :meth:`retry`)."""
+
+    def __init__(self, settings: Settings, store: ProfileStore, reader: SqlCustomerReader,
+                 api: ProfileJobsApi, text_times: bool = False, dry_run: bool = False,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic,
+                 tombstones: Callable[[], Tombstones] = lambda: NO_TOMBSTONES,
+                 forget: Callable[[str, str], Any] | None = None) -> None:
+        self.settings = settings
+        #: The live tombstones (read each pass) and how to forget someone (the erasure
+        #: rules of [privacy]; None in a dry run, which forgets nobody).
+        self._tombstone_source = tombstones
+        self._tombstones = NO_TOMBSTONES
+        self._forget = forget
+        self._erase_statuses = frozenset(settings.privacy.erase_statuses)
+        self.config = settings.profiles
+        self.store = store
+        self.reader = reader
+        self.api = api
+        self.dry_run = dry_run
+        self.builder = ProfileBuilder(settings.klaviyo.profile_properties,
+                                      self.config.extra_properties, reader.extra_columns)
+        self._text_times = text_times
+        self._sleep = sleep
+        self._clock = clock
+        self._sent: list[ProfileJob] = []
+
+    # --- the pass ------------------------------------------------------------------------
+
+    def run_once(self, stop: threading.Event | None = None, all_customers: bool = False,
+                 now: datetime | None = None) -> ProfilesReport:
+        """Resume unread jobs, send the changed customers (every customer with
+        ``all_customers``), read every job back."""
+        report = ProfilesReport(dry_run=self.dry_run)
+        self._sent = []
+        self._tombstones = self._tombstone_source()
+        seen: set[str] | None = set() if all_customers and self._forget is not None \
+            and self.settings.privacy.erase_vanished else None
+        if not self.dry_run:
+            self._resume(report, stop)
+        watermark = self._load_watermark()
+        since = None
+        if watermark is not None and not all_customers:
+            since = shift_raw_time(watermark, -self.config.overlap_s)
+        batch: list[Profile] = []
+        size = BODY_OVERHEAD
+        after: tuple[Any, Any] | None = None
+        with _Poster(self._post, report) as poster:
+            while True:
+                if stop is not None and stop.is_set():
+                    report.interrupted = True
+                    break
+                page = self.reader.read_changed(after, since, self.config.page_size)
+                if not page:
+                    break
+                report.customers_read += len(page)
+                if seen is not None:
+                    seen.update(row.customer.id for row in page)
+                for profile in self._changed(self._not_erased(page, report), report):
+                    if (len(batch) >= self.config.batch_max_profiles
+                            or size + len(profile.item) + 1 > self.config.batch_max_bytes):
+                        poster.submit(batch, self._text(watermark))
+                        batch, size = [], BODY_OVERHEAD
+                    batch.append(profile)
+                    size += len(profile.item) + 1
+                last = page[-1]
+                after = (last.raw_updated_at, last.raw_id)
+                watermark = self._later(watermark, last.raw_updated_at)
+                if len(page) < self.config.page_size:
+                    break
+            if batch:
+                poster.submit(batch, self._text(watermark))
+        if seen is not None and not report.interrupted:
+            self._forget_vanished(seen, report)
+        if not self.dry_run:
+            if not report.interrupted and watermark is not None:
+                meta.put(self.store.engine, meta.PROFILES_WATERMARK,
+                         raw_time_to_text(watermark))
+            self._read_back(self._sent, report, stop)
+            meta.put(self.store.engine, meta.LAST_PROFILES_PASS_AT, (now or utcnow()).isoformat())
+        report.watermark = self._text(watermark)
+        emit = log.info if report.sent or report.failed or report.jobs_resumed else log.debug
+        emit("profiles_pass_done", customers=report.customers_read, sent=report.sent,
+             requests=report.requests, imported=report.imported, failed=report.failed,
+             unread_jobs=report.unread_jobs, dry_run=self.dry_run)
+        return report
+
+    def retry(self, stop: threading.Event | None = None) -> ProfilesReport:
+        """Send every failed customer again, as the business database shows them now."""
+        report = ProfilesReport(dry_run=self.dry_run)
+        self._sent = []
+        if not self.dry_run:
+            self._resume(report, stop)
+        ids = [r.customer_id for r in self.store.failed()]
+        rows = self.reader.read_ids(ids)
+        report.customers_read = len(rows)
+        missing = len(ids) - len(rows)
+        if missing:
+            log.warning("profiles_retry_customers_gone", customers=missing)
+        self._send_all([self.builder.build(r) for r in rows], report)
+        if not self.dry_run:
+            self._read_back(self._sent, report, stop)
+        return report
+
+    def close(self) -> None:
+        """Nothing of its own to release: the engines and the client belong to the caller."""
+
+    # --- erasure ------------------------------------------------------------------------
+
+    def _not_erased(self, page: Sequence[CustomerRow], report: ProfilesReport
+                    ) -> list[CustomerRow]:
+        """The rows to send: not those of people who asked to be forgotten (sending would
+        re-create their profile), and not those whose status asks for erasure (they are
+        forgotten now)."""
+        keep = []
+        for row in page:
+            customer = row.customer
+            if self._tombstones.match(customer.email, customer.id) is not None:
+                report.erased_skipped += 1
+            elif self._forget is not None and customer.status in self._erase_statuses:
+                self._forget("status", customer.id)
+                report.forgotten += 1
+            else:
+                keep.append(row)
+        return keep
+
+    def _forget_vanished(self, seen: set[str], report: ProfilesReport) -> None:
+        """Customers we imported who are no longer in the customers table."""
+        assert self._forget is not None
+        for customer_id in self.store.imported_ids():
+            if customer_id not in seen:
+                self._forget("vanished", customer_id)
+                report.forgotten += 1
+
+    # --- choosing and posting ---------------------------------------------------------------
+
+    def _changed(self, page: Sequence[CustomerRow], report: ProfilesReport
+                 ) -> Iterable[Profile]:
+        profiles = [self.builder.build(row) for row in page]
+        known = self.store.known([p.customer_id for p in profiles])
+        for profile in profiles:
+            seen = known.get(profile.customer_id)
+            # Unchanged since imported, or the very profile Klaviyo refused (that one
+            # waits for `profiles retry` or a change in the business database).
+            if seen is not None and profile.digest in (
+                    seen.digest if seen.status is ProfileStatus.IMPORTED else None,
+                    seen.failed_digest):
+                report.unchanged += 1
+                continue
+            yield profile
+
+    def _send_all(self, profiles: Sequence[Profile], report: ProfilesReport) -> None:
+        batch: list[Profile] = []
+        size = BODY_OVERHEAD
+        for profile in profiles:
+            if (len(batch) >= self.config.batch_max_profiles
+                    or size + len(profile.item) + 1 > self.config.batch_max_bytes):
+                self._post(batch, report, None)
+                batch, size = [], BODY_OVERHEAD
+            batch.append(profile)
+            size += len(profile.item) + 1
+        if batch:
+            self._post(batch, report, None)
+
+    def _post(self, batch: Sequence[Profile], report: ProfilesReport,
+              watermark: str | None) -> None:
+        """One import job for ``batch``; a 400 takes the request apart (see the module)."""
+        entries = list(batch)
+        oversized = [p for p in entries if len(p.item) > MAX_PROFILE_BYTES]
+        entries = [p for p in entries if len(p.item) <= MAX_PROFILE_BYTES]
+        if self.dry_run:
+            if entries:
+                self.api.create_job(bulk_import_body([p.item for p in entries]), len(entries))
+                report.requests += 1
+                report.sent += len(entries)
+            return
+        now = utcnow()
+        row_id = self.store.open_job([(p.customer_id, p.digest) for p in entries], now,
+                                     watermark)
+        if oversized:
+            failures = {p.customer_id: (p.digest, f"profile of {len(p.item)} bytes: Klaviyo "
+                                        f"accepts at most {MAX_PROFILE_BYTES}")
+                        for p in oversized}
+            self.store.refused(row_id, [(p.customer_id, p.digest) for p in entries],
+                               failures, now)
+            self._count_refused(failures, report)
+        while entries:
+            try:
+                report.requests += 1
+                job_id = self.api.create_job(bulk_import_body([p.item for p in entries]),
+                                             len(entries))
+            except RejectedSendError as exc:
+                bad = self._offenders(exc, len(entries))
+                if not bad and len(entries) > 1:
+                    # No pointer to go by: halve the request until the offender is alone.
+                    self.store.abandon(row_id)
+                    half = len(entries) // 2
+                    self._post(entries[:half], report, None)
+                    self._post(entries[half:], report, None)
+                    return
+                bad = bad or {0: str(exc)}
+                failures = {entries[i].customer_id: (entries[i].digest, detail)
+                            for i, detail in bad.items()}
+                entries = [p for i, p in enumerate(entries) if i not in bad]
+                self.store.refused(row_id, [(p.customer_id, p.digest) for p in entries],
+                                   failures, utcnow())
+                self._count_refused(failures, report)
+                continue
+            self.store.job_sent(row_id, job_id, utcnow())
+            # Only the ids: the read-back loads the customers from the job's row, so an
+            # initial sync of a million customers does not hold them all until its end.
+            self._sent.append(ProfileJob(row_id, job_id, JobState.SENT, ()))
+            report.jobs += 1
+            report.sent += len(entries)
+            log.info("profile_job_sent", job_id=job_id, profiles=len(entries))
+            return
+        self.store.abandon(row_id)
+
+    @staticmethod
+    def _offenders(exc: RejectedSendError, count: int) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for error in exc.errors:
+            index = pointer_index((error.get("source") or {}).get("pointer"))
+            if index is not None and index < count:
+                found.setdefault(index, f"{error.get('code') or 'invalid'}: "
+                                        f"{error.get('detail') or error.get('title') or ''}")
+        return found
+
+    @staticmethod
+    def _count_refused(failures: dict[str, tuple[str, str]], report: ProfilesReport) -> None:
+        report.refused += len(failures)
+        report.failed += len(failures)
+        for cid, (_digest, detail) in failures.items():
+            if len(report.errors) < 20:
+                report.errors[cid] = detail
+            log.warning("profile_refused", customer_id=cid, error=detail[:300])
+
+    # --- reading back -------------------------------------------------------------------
+
+    def _resume(self, report: ProfilesReport, stop: threading.Event | None) -> None:
+        """Requests a crash left behind: re-post the unposted, read back the rest, before
+        anything else (so the customers in them are not taken for unsent)."""
+        for job in self.store.unfinished():
+            if job.state is JobState.POSTING:
+                # Klaviyo may or may not have it: post the customers again (an upsert).
+                self.store.abandon(job.id)
+                rows = self.reader.read_ids([cid for cid, _ in job.customers])
+                self._send_all([self.builder.build(r) for r in rows], report)
+            else:
+                self._sent.append(job)
+            report.jobs_resumed += 1
+        if report.jobs_resumed:
+            log.info("profile_jobs_resumed", jobs=report.jobs_resumed)
+            self._read_back(self._sent, report, stop)
+            self._sent = []
+
+    def _read_back(self, jobs: Sequence[ProfileJob], report: ProfilesReport,
+                   stop: threading.Event | None) -> None:
+        pending = list(jobs)
+        delay = self.config.readback_poll_s
+        deadline = self._clock() + self.config.readback_timeout_s
+        while pending:
+            waiting = []
+            for job in pending:
+                assert job.job_id is not None
+                status = self.api.get_job(job.job_id)
+                if not status.finished:
+                    waiting.append(job)
+                    continue
+                if not job.customers:
+                    job = self.store.job(job.id)
+                errors = self._errors(job, status.status) if (
+                    status.failed or status.status != "complete") else {}
+                self.store.finish_job(job, errors, utcnow())
+                report.failed += len(errors)
+                report.imported += len(job.customers) - len(errors)
+                for cid, detail in list(errors.items())[:20 - len(report.errors)]:
+                    report.errors[cid] = detail
+                log.info("profile_job_read", job_id=job.job_id, imported=len(job.customers)
+                         - len(errors), failed=len(errors))
+            pending = waiting
+            if not pending:
+                break
+            if self._clock() + delay > deadline or (stop is not None and stop.is_set()):
+                log.warning("profile_jobs_not_complete", jobs=len(pending),
+                            hint="the next profiles pass reads them back")
+                break
+            self._sleep(delay)
+            delay = min(delay * 2, MAX_POLL_S)
+        report.unread_jobs += len(pending)
+
+    def _errors(self, job: ProfileJob, status: str) -> dict[str, str]:
+        """Customer id -> Klaviyo's error, for each profile the job did not import."""
+        assert job.job_id is not None
+        by_external: dict[str | None, str] = {cid: cid for cid, _ in job.customers}
+        found: dict[str, str] = {}
+        failure: ImportFailure
+        for failure in self.api.import_errors(job.job_id):
+            index = pointer_index(failure.pointer)
+            cid = job.customers[index][0] if index is not None and index < len(
+                job.customers) else by_external.get(_external_id(failure.original_payload))
+            if cid is None:
+                log.warning("profile_import_error_unmatched", job_id=job.job_id,
+                            pointer=failure.pointer, error=failure.describe()[:300])
+                continue
+            found.setdefault(cid, failure.describe())
+        if status != "complete":  # cancelled: nothing in it counts as imported
+            for cid, _digest in job.customers:
+                found.setdefault(cid, f"job {job.job_id} was {status}")
+        return found
+
+    # --- the watermark ---------------------------------------------------------------------
+
+    def _load_watermark(self) -> Any:
+        text = meta.get(self.store.engine, meta.PROFILES_WATERMARK)
+        return raw_time_from_text(text, self._text_times) if text else None
+
+    @staticmethod
+    def _text(watermark: Any) -> str | None:
+        return raw_time_to_text(watermark) if watermark is not None else None
+
+    @staticmethod
+    def _later(watermark: Any, candidate: Any) -> Any:
+        # The overlap re-reads older rows: the watermark never moves back.
+        if watermark is None or parse_raw_time(candidate) > parse_raw_time(watermark):
+            return candidate
+        return watermark
+
+
+class _Poster:
+    """Posts batches in one thread of its own while the pass reads and builds the next:
+    the initial sync then waits for Klaviyo's answers only at the end. Batches go in
+    order (one thread), so each one's watermark covers only what went before it; at most
+    two are in hand at a time, so memory stays bounded."""
+
+    IN_FLIGHT = 2
+
+    def __init__(self, post: Callable[[Sequence[Profile], ProfilesReport, str | None], None],
+                 report: ProfilesReport) -> None:
+        self._post = post
+        self._report = report
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="profile-post")
+        self._pending: deque[Future[None]] = deque()
+
+    def submit(self, batch: Sequence[Profile], watermark: str | None) -> None:
+        while len(self._pending) >= self.IN_FLIGHT:
+            self._pending.popleft().result()  # a failed post stops the pass here
+        self._pending.append(self._pool.submit(self._post, batch, self._report, watermark))
+
+    def __enter__(self) -> _Poster:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            failure = None
+            while self._pending:
+                try:
+                    self._pending.popleft().result()
+                except Exception as error:  # keep the first; wait for the rest
+                    failure = failure or error
+            if failure is not None and exc is None:
+                raise failure
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _external_id(payload: Any) -> str | None:
+    if not isinstance(payload, dict):
+        return None
+    attributes = payload.get("attributes", payload)
+    value = attributes.get("external_id") if isinstance(attributes, dict) else None
+    return str(value) if value is not None else None
+
+
+def build_profile_sync(settings: Settings, state_engine: Engine, business_engine: Engine,
+                       sender: Any, dry_run: bool = False,
+                       tombstones: Callable[[], Tombstones] = lambda: NO_TOMBSTONES,
+                       forget: Callable[[str, str], Any] | None = None) -> ProfileSync:
+    """The profiles pass over these parts (the wiring opens the engines and the sender).
+
+    ``sender`` is what ``App.sender`` built: the Klaviyo client, or the dry-run
+    sender whose outbox gets the job bodies. ``dry_run`` writes bodies and records nothing.
+    """
+    from klaviyo_sync.senders.client import KlaviyoClient
+    from klaviyo_sync.senders.dryrun import DryRunSender
+    from klaviyo_sync.senders.profiles import DryRunProfileJobs, KlaviyoProfileJobs
+
+    api: ProfileJobsApi
+    if isinstance(sender, DryRunSender):
+        api = DryRunProfileJobs(sender)
+    elif isinstance(sender, KlaviyoClient):
+        api = KlaviyoProfileJobs(sender)
+    else:
+        raise ConfigError(f"the profiles pass cannot send through {type(sender).__name__}")
+    reader = SqlCustomerReader(business_engine, settings.business,
+                               tuple(settings.profiles.extra_properties))
+    try:
+        ProfileBuilder(settings.klaviyo.profile_properties, settings.profiles.extra_properties,
+                       reader.extra_columns)
+    except ValueError as exc:
+        raise ConfigError(f"[klaviyo.profile_properties] / [profiles.extra_properties]: "
+                          f"{exc}") from None
+    return ProfileSync(settings, ProfileStore(state_engine), reader, api,
+                       text_times=business_engine.dialect.name == "sqlite", dry_run=dry_run,
+                       tombstones=tombstones, forget=None if dry_run else forget)

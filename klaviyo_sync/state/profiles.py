@@ -1,0 +1,245 @@
+"""The profiles pass's memory: per customer what Klaviyo imported, per request its job.
+
+A request's row is written BEFORE the POST (``posting``, with its customers and digests
+in body order) and gets Klaviyo's job id in its own transaction right after the 202
+(``sent``). A crash between the two leaves a ``posting`` row: its customers are sent
+again (an import is an upsert, so a second copy changes nothing). A ``sent`` row is read
+back by the next pass. A customer counts as imported only when :meth:`finish_job` records
+a complete job without an error for them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from klaviyo_sync.state import meta
+from klaviyo_sync.state.schema import profile_jobs, profile_sync
+
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+#: customer ids per IN query (under SQLite's bound-parameter limit).
+_CHUNK = 5000
+
+
+class ProfileStatus(enum.StrEnum):
+    IMPORTED = "imported"
+    FAILED = "failed"
+
+
+class JobState(enum.StrEnum):
+    POSTING = "posting"  # written before the POST: Klaviyo may or may not have it
+    SENT = "sent"  # Klaviyo answered 202 with this job id: to be read back
+    DONE = "done"  # read back, every customer's outcome recorded
+    ABANDONED = "abandoned"  # a posting row whose customers went into another request
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the store knows of one customer's profile."""
+
+    digest: str | None
+    status: ProfileStatus
+    failed_digest: str | None
+
+
+@dataclass(frozen=True)
+class ProfileRecord:
+    """A profile_sync row, as `profiles failed` shows it."""
+
+    customer_id: str
+    status: ProfileStatus
+    job_id: str | None
+    last_error: str | None
+    imported_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> ProfileRecord:
+        m = row._mapping
+        return cls(m["customer_id"], ProfileStatus(m["status"]), m["job_id"], m["last_error"],
+                   m["imported_at"], m["updated_at"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"customer_id": self.customer_id, "status": self.status.value,
+                "job_id": self.job_id, "error": self.last_error,
+                "imported_at": self.imported_at.isoformat() if self.imported_at else None,
+                "updated_at": self.updated_at.isoformat()}
+
+
+@dataclass(frozen=True)
+class ProfileJob:
+    """A profile_jobs row: one import request and the customers in it, in body order."""
+
+    id: int
+    job_id: str | None
+    state: JobState
+    customers: tuple[tuple[str, str], ...]  # (customer id, digest)
+
+    @classmethod
+    def from_row(cls, row: Any) -> ProfileJob:
+        m = row._mapping
+        return cls(m["id"], m["job_id"], JobState(m["status"]),
+                   tuple((str(c), str(d)) for c, d in m["customers"]))
+
+
+class ProfileStore:
+    """Reads and writes profile_sync and profile_jobs (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def known(self, customer_ids: Sequence[str]) -> dict[str, Known]:
+        found: dict[str, Known] = {}
+        c = profile_sync.c
+        # One expanding parameter: in_(list) would make and coerce a parameter per id.
+        stmt = sa.select(c.customer_id, c.digest, c.status, c.failed_digest).where(
+            c.customer_id.in_(sa.bindparam("ids", expanding=True)))
+        with self.engine.connect() as conn:
+            for start in range(0, len(customer_ids), _CHUNK):
+                chunk = list(customer_ids[start:start + _CHUNK])
+                for cid, digest, status, failed in conn.execute(stmt, {"ids": chunk}):
+                    found[cid] = Known(digest, ProfileStatus(status), failed)
+        return found
+
+    def open_job(self, customers: Sequence[tuple[str, str]], now: datetime,
+                 watermark: str | None = None) -> int:
+        """Record a request about to be posted (and the watermark it lets move on)."""
+        with self._write() as conn:
+            row_id = conn.execute(profile_jobs.insert().values(
+                status=JobState.POSTING.value, customers=[list(c) for c in customers],
+                total=len(customers), created_at=now)).inserted_primary_key[0]
+            if watermark is not None:
+                meta.put(conn, meta.PROFILES_WATERMARK, watermark, now)
+        return int(row_id)
+
+    def job_sent(self, row_id: int, job_id: str, now: datetime) -> None:
+        with self._write() as conn:
+            conn.execute(profile_jobs.update().where(profile_jobs.c.id == row_id).values(
+                job_id=job_id, status=JobState.SENT.value, sent_at=now))
+
+    def refused(self, row_id: int, remaining: Sequence[tuple[str, str]],
+                failures: Mapping[str, tuple[str, str]], now: datetime) -> None:
+        """A 400 refused the request: ``failures`` (customer -> (digest, error)) fail
+        alone, the request row keeps the ``remaining`` customers to post again."""
+        with self._write() as conn:
+            self._record(conn, failures, "refused", now)
+            conn.execute(profile_jobs.update().where(profile_jobs.c.id == row_id).values(
+                customers=[list(c) for c in remaining], total=len(remaining)))
+
+    def abandon(self, row_id: int) -> None:
+        with self._write() as conn:
+            conn.execute(profile_jobs.update().where(profile_jobs.c.id == row_id)
+                         .values(status=JobState.ABANDONED.value))
+
+    def unfinished(self) -> list[ProfileJob]:
+        """Requests not yet read back (``sent``) or perhaps never posted (``posting``)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(profile_jobs).where(profile_jobs.c.status.in_(
+                (JobState.POSTING.value, JobState.SENT.value))).order_by(profile_jobs.c.id))
+            return [ProfileJob.from_row(r) for r in rows]
+
+    def job(self, row_id: int) -> ProfileJob:
+        """One request's row, its customers included."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(profile_jobs).where(profile_jobs.c.id == row_id)).one()
+        return ProfileJob.from_row(row)
+
+    def finish_job(self, job: ProfileJob, errors: Mapping[str, str], now: datetime) -> None:
+        """Job complete: customers with an error failed with it, the others imported."""
+        failures = {cid: (digest, errors[cid]) for cid, digest in job.customers
+                    if cid in errors}
+        imported = [{"customer_id": cid, "digest": digest, "status": ProfileStatus.IMPORTED.value,
+                     "job_id": job.job_id, "failed_digest": None, "last_error": None,
+                     "imported_at": now, "updated_at": now}
+                    for cid, digest in job.customers if cid not in errors]
+        with self._write() as conn:
+            self._upsert(conn, imported, ("digest", "status", "job_id", "failed_digest",
+                                          "last_error", "imported_at", "updated_at"))
+            self._record(conn, failures, job.job_id, now)
+            conn.execute(profile_jobs.update().where(profile_jobs.c.id == job.id).values(
+                status=JobState.DONE.value, failed=len(failures), read_at=now))
+
+    def imported_ids(self) -> list[str]:
+        """Every customer id the profiles pass ever recorded."""
+        with self.engine.connect() as conn:
+            return [str(c) for c in conn.execute(sa.select(profile_sync.c.customer_id)
+                                                 .order_by(profile_sync.c.customer_id))
+                    .scalars()]
+
+    def failed(self, limit: int | None = None) -> list[ProfileRecord]:
+        stmt = (sa.select(profile_sync)
+                .where(profile_sync.c.status == ProfileStatus.FAILED.value)
+                .order_by(profile_sync.c.updated_at.desc(), profile_sync.c.customer_id))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            return [ProfileRecord.from_row(r) for r in conn.execute(stmt)]
+
+    def counts(self) -> dict[str, int]:
+        """Customers per status, and requests still to read back (``unread_jobs``)."""
+        with self.engine.connect() as conn:
+            found = {str(status): int(n) for status, n in conn.execute(
+                sa.select(profile_sync.c.status, sa.func.count())
+                .group_by(profile_sync.c.status))}
+            found["unread_jobs"] = int(conn.execute(
+                sa.select(sa.func.count()).select_from(profile_jobs).where(
+                    profile_jobs.c.status.in_((JobState.POSTING.value,
+                                               JobState.SENT.value)))).scalar() or 0)
+        return found
+
+    # --- writing -------------------------------------------------------------------------
+
+    def _record(self, conn: Connection, failures: Mapping[str, tuple[str, str]],
+                job_id: str | None, now: datetime) -> None:
+        # A failure keeps the digest of the last profile that WAS imported.
+        rows = [{"customer_id": cid, "digest": None, "status": ProfileStatus.FAILED.value,
+                 "job_id": job_id, "failed_digest": digest, "last_error": error[:4000],
+                 "imported_at": None, "updated_at": now}
+                for cid, (digest, error) in failures.items()]
+        self._upsert(conn, rows, ("status", "job_id", "failed_digest", "last_error",
+                                  "updated_at"))
+
+    @staticmethod
+    def _upsert(conn: Connection, rows: Iterable[dict[str, Any]],
+                update: Sequence[str]) -> None:
+        """INSERT ... ON CONFLICT DO UPDATE, through the driver's executemany: a finished
+        job writes 10,000 rows, and SQLAlchemy's per-row parameter processing cost more
+        than the database's work."""
+        rows = list(rows)
+        if not rows:
+            return
+        columns = [c.name for c in profile_sync.columns]
+        sqlite_style = conn.dialect.name == "sqlite"
+        marks = ", ".join("?" if sqlite_style else f"%({name})s" for name in columns)
+        sets = ", ".join(f"{name} = excluded.{name}" for name in update)
+        sql = (f"INSERT INTO profile_sync ({', '.join(columns)}) VALUES ({marks}) "
+               f"ON CONFLICT (customer_id) DO UPDATE SET {sets}")
+        if sqlite_style:
+            # SQLAlchemy's own text form of DateTime on SQLite, so reads parse it back; the
+            # rows of one write share their times, so each is formatted once.
+            texts: dict[datetime, str] = {}
+
+            def cell(value: Any) -> Any:
+                if value.__class__ is not datetime:
+                    return value
+                text = texts.get(value)
+                if text is None:
+                    text = texts[value] = value.strftime(_SQLITE_TIME)
+                return text
+
+            conn.exec_driver_sql(sql, [tuple([cell(r[name]) for name in columns])
+                                       for r in rows])
+        else:
+            conn.exec_driver_sql(sql, rows)
+
+    def _write(self) -> Any:
+        # BEGIN IMMEDIATE on SQLite: take the write lock first, like the queue.
+        if self.engine.dialect.name == "sqlite":
+            return self.engine.execution_options(sqlite_begin="IMMEDIATE").begin()
+        return self.engine.begin()

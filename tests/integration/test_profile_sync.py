@@ -1,0 +1,160 @@
+"""The profiles pass over a real state database, the stand-in and the real client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from klaviyo_sync import config
+from klaviyo_sync.app import App
+from klaviyo_sync.exceptions import ConfigError
+from klaviyo_sync.profile_sync import ProfileSync
+from klaviyo_sync.state.profiles import JobState, ProfileStore
+from klaviyo_sync.state.schema import profile_jobs
+from tests.acceptance.profiles_shop import API_KEY, Customers
+from tests.klaviyo_standin import KlaviyoStandIn
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[Customers]:
+    customers = Customers(f"sqlite:///{tmp_path / 'business.db'}")
+    customers.generate(30)
+    yield customers
+    customers.close()
+
+
+def settings_for(base_url: str, shop: Customers, tmp_path: Path, **profiles: object
+                 ) -> config.Settings:
+    return config.from_mapping({
+        "business": {"url": shop.url},
+        "klaviyo": {"base_url": base_url, "respect_published_limits": False},
+        "sender": {"outbox": str(tmp_path / "outbox.jsonl")},
+        "profiles": {"readback_poll_s": 0.01, **profiles},
+    })
+
+
+def make_sync(settings: config.Settings, state_engine: sa.Engine, dry_run: bool = False
+              ) -> tuple[ProfileSync, list]:
+    app = App(settings, state_engine=state_engine, worker_id="test")
+    sync = app.profile_sync(dry_run=dry_run)
+    assert sync is not None
+    return sync, [app.close]
+
+
+@pytest.fixture
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLAVIYO_API_KEY", API_KEY)
+
+
+def test_job_not_complete_in_time_is_read_back_by_the_next_pass(
+        klaviyo: KlaviyoStandIn, state_engine: sa.Engine, shop: Customers, tmp_path: Path,
+        api_key: None) -> None:
+    klaviyo.profile_jobs.polls_to_complete = 10_000
+    settings = settings_for(klaviyo.base_url, shop, tmp_path, readback_timeout_s=0.05)
+    sync, closers = make_sync(settings, state_engine)
+    first = sync.run_once(all_customers=True)
+    assert first.sent == 30 and first.imported == 0 and first.unread_jobs == 1
+    assert ProfileStore(state_engine).counts() == {"unread_jobs": 1}
+    klaviyo.profile_jobs.polls_to_complete = 1
+    second = sync.run_once()
+    assert second.jobs_resumed == 1 and second.imported == 30 and second.sent == 0
+    assert ProfileStore(state_engine).counts() == {"imported": 30, "unread_jobs": 0}
+    for close in closers:
+        close()
+
+
+def test_a_request_left_posting_is_sent_again(klaviyo: KlaviyoStandIn,
+                                              state_engine: sa.Engine, shop: Customers,
+                                              tmp_path: Path, api_key: None) -> None:
+    settings = settings_for(klaviyo.base_url, shop, tmp_path)
+    sync, closers = make_sync(settings, state_engine)
+    assert sync.run_once(all_customers=True).imported == 30
+    # As if a pass died between writing its request row and Klaviyo's answer.
+    shop.update(4, box="Veggie Box")
+    ProfileStore(state_engine).open_job([("4", "stale-digest")], datetime(2026, 12, 1))
+    report = sync.run_once()
+    assert report.jobs_resumed == 1 and report.imported == 1
+    assert klaviyo.profiles["customer4@example.com"]["properties"]["Box"] == "Veggie Box"
+    with state_engine.connect() as conn:
+        states = [s for (s,) in conn.execute(sa.select(profile_jobs.c.status))]
+    assert JobState.POSTING not in states and JobState.ABANDONED in states
+    for close in closers:
+        close()
+
+
+def test_dry_run_writes_the_bodies_and_records_nothing(state_engine: sa.Engine,
+                                                       shop: Customers, tmp_path: Path) -> None:
+    settings = settings_for("https://a.klaviyo.com", shop, tmp_path, batch_max_profiles=20)
+    sync, closers = make_sync(settings, state_engine, dry_run=True)
+    report = sync.run_once(all_customers=True)
+    assert report.sent == 30 and report.requests == 2 and report.dry_run
+    lines = [json.loads(line) for line in (tmp_path / "outbox.jsonl").read_text().splitlines()]
+    assert [r["items"] for r in lines] == [20, 10]
+    assert {r["path"] for r in lines} == {"/api/profile-bulk-import-jobs"}
+    assert ProfileStore(state_engine).counts() == {"unread_jobs": 0}
+    # Nothing recorded: the next dry run would send the same again.
+    assert sync.run_once().sent == 30
+    for close in closers:
+        close()
+
+
+def test_extra_columns_and_renamed_properties_reach_the_profile(
+        klaviyo: KlaviyoStandIn, state_engine: sa.Engine, tmp_path: Path,
+        api_key: None) -> None:
+    url = f"sqlite:///{tmp_path / 'extra.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT, first_name TEXT, "
+            "last_name TEXT, status TEXT, schedule TEXT, box TEXT, signup_date DATE, "
+            "email_opt_in BOOLEAN, updated_at DATETIME, referral_code TEXT)"))
+        conn.execute(sa.text(
+            "INSERT INTO customers VALUES (1, 'a@example.com', 'Ann', NULL, 'Active', "
+            "'Weekly', 'Organic Box', '2025-02-03', 1, '2026-11-01 08:00:00', 'ANN10')"))
+    engine.dispose()
+    settings = config.from_mapping({
+        "business": {"url": url},
+        "klaviyo": {"base_url": klaviyo.base_url, "respect_published_limits": False,
+                    "profile_properties": {"box": "BoxType"}},
+        "profiles": {"readback_poll_s": 0.01,
+                     "extra_properties": {"referral_code": "ReferralCode"}},
+    })
+    sync, closers = make_sync(settings, state_engine)
+    assert sync.run_once(all_customers=True).imported == 1
+    assert klaviyo.profiles["a@example.com"]["properties"] == {
+        "Schedule": "Weekly", "Status": "Active", "BoxType": "Organic Box",
+        "SignUpDate": "2025-02-03", "ReferralCode": "ANN10"}
+    for close in closers:
+        close()
+
+
+def test_the_app_builds_the_pass_only_when_it_can_run(state_engine: sa.Engine,
+                                                      shop: Customers, tmp_path: Path,
+                                                      api_key: None) -> None:
+    without = config.from_mapping({})
+    with App(without, state_engine=state_engine) as app:
+        assert app.profile_sync() is None
+    off = settings_for("https://a.klaviyo.com", shop, tmp_path, enabled=False)
+    with App(off, state_engine=state_engine) as app:
+        assert app.profile_sync() is None
+    on = settings_for("https://a.klaviyo.com", shop, tmp_path)
+    with App(on, state_engine=state_engine) as app:
+        assert app.profile_sync() is app.profile_sync()
+        assert app.profile_sync(dry_run=True) is not app.profile_sync()
+
+
+def test_repeated_property_names_are_a_config_error(state_engine: sa.Engine,
+                                                    shop: Customers, tmp_path: Path,
+                                                    api_key: None) -> None:
+    settings = config.from_mapping({
+        "business": {"url": shop.url},
+        "klaviyo": {"profile_properties": {"box": "Status"}},
+    })
+    with App(settings, state_engine=state_engine) as app, \
+            pytest.raises(ConfigError, match="repeat"):
+        app.profile_sync()
