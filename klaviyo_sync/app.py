@@ -339,10 +339,14 @@ class App:
 
         s = self.settings
         reader = ConsentReader(business, s.business, s.consent)
+        from klaviyo_sync.privacy.tombstones import tombstone_source
+
         return ConsentSync(s, self.state_engine, reader, self._consent_api(),
                            OptoutRecorder(s.consent.custom_source, reader.by_email),
                            observer=self.suppression,
-                           text_times=business.dialect.name == "sqlite")
+                           text_times=business.dialect.name == "sqlite",
+                           tombstones=tombstone_source(self.state_engine,
+                                                       s.privacy.key_file))
 
     def _build_optouts(self) -> OptoutsPass:
         from klaviyo_sync.business.consent_source import ConsentReader

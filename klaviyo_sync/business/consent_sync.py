@@ -39,6 +39,7 @@ from klaviyo_sync.business.orders import (
 )
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
+from klaviyo_sync.privacy.tombstones import NO_TOMBSTONES, Tombstones
 from klaviyo_sync.state import meta
 
 log = structlog.get_logger(__name__)
@@ -58,9 +59,14 @@ class ConsentSync:
     def __init__(self, settings: Settings, state_engine: Engine, reader: ConsentReader,
                  api: ConsentApi, recorder: OptoutRecorder,
                  observer: CustomerObserver | None = None, text_times: bool = False,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None,
+                 tombstones: Callable[[], Tombstones] = lambda: NO_TOMBSTONES) -> None:
         self.settings = settings
         self.engine = state_engine
+        #: People who asked to be forgotten: never subscribed (that would re-create the
+        #: profile Klaviyo deleted). Read fresh at each pass.
+        self._tombstone_source = tombstones
+        self._tombstones = NO_TOMBSTONES
         self.reader = reader
         self.api = api
         self.recorder = recorder
@@ -76,6 +82,7 @@ class ConsentSync:
         """Plan what changed since the watermark, then send every pending subscription."""
         now = now or utcnow()
         report = ConsentReport()
+        self._tombstones = self._tombstone_source()
         self.subscriber.resolve_in_flight(report)
         text = meta.get(self.engine, CONSENT_WATERMARK)
         watermark = raw_time_from_text(text, self._text_times) if text else None
@@ -111,6 +118,10 @@ class ConsentSync:
         known = store.known(self.engine, [c.id for c in page])
         rows, turned_off = [], []
         for customer in page:
+            if self._tombstones and self._tombstones.match(
+                    customer.customer.email, customer.id) is not None:
+                report.counts["erased_skipped"] += 1
+                continue
             row = self.plan(customer, known.get(customer.id), now)
             if row is None:
                 continue

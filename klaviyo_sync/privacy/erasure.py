@@ -14,6 +14,8 @@ What is personal here, and what becomes of it:
   tracker does not turn those orders into events again;
 - ``profile_sync``: their row (digest of the profile last imported) is deleted; the
   tombstone keeps the profiles pass from importing them again;
+- ``consent_sync`` and ``optouts``: their consent record and the opt-outs read back from
+  Klaviyo are deleted (Klaviyo deletes its own copy with the profile);
 - the outbox of the dry-run sender: request bodies that name them lose the items that do
   (a body of one event is dropped whole).
 
@@ -36,7 +38,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from klaviyo_sync.queue import QueueStore
-from klaviyo_sync.state.schema import order_sync, profile_sync, rejects, suppressions
+from klaviyo_sync.state.schema import (
+    consent_sync,
+    optouts,
+    order_sync,
+    profile_sync,
+    rejects,
+    suppressions,
+)
 
 ERASED_RAW = b"[erased at the person's request]"
 
@@ -79,9 +88,11 @@ def count_local(conn: Connection, store: QueueStore, person: Person) -> dict[str
         "events_sent": events.get("sent", 0),
         "events_dead": events.get("dead", 0),
         "rejects": len(_reject_ids(conn, person)),
-        "suppressions": _count(conn, suppressions, _suppression_where(person)),
+        "suppressions": _count(conn, suppressions, _by_person(suppressions, person)),
         "order_sync": _count(conn, order_sync, _order_where(person)),
         "profile_sync": _count(conn, profile_sync, _profile_where(person)),
+        "consent_sync": _count(conn, consent_sync, _by_person(consent_sync, person)),
+        "optouts": _count(conn, optouts, _by_person(optouts, person)),
     }
 
 
@@ -95,9 +106,11 @@ def erase_local(conn: Connection, store: QueueStore, person: Person) -> dict[str
         conn.execute(rejects.update().where(rejects.c.id.in_(reject_ids)).values(
             raw=ERASED_RAW, truncated=False,
             reason="erased at the person's request (klaviyo-sync forget)"))
-    conn.execute(suppressions.delete().where(_suppression_where(person)))
+    conn.execute(suppressions.delete().where(_by_person(suppressions, person)))
     conn.execute(order_sync.update().where(_order_where(person)).values(customer_id=None))
     conn.execute(profile_sync.delete().where(_profile_where(person)))
+    conn.execute(consent_sync.delete().where(_by_person(consent_sync, person)))
+    conn.execute(optouts.delete().where(_by_person(optouts, person)))
     return counts
 
 
@@ -106,19 +119,20 @@ def _count(conn: Connection, table: sa.Table, where: Any) -> int:
                .scalar() or 0)
 
 
-def _suppression_where(person: Person) -> Any:
-    clauses = []
-    if person.emails:
-        clauses.append(sa.func.lower(suppressions.c.email).in_(sorted(person.emails)))
-    if person.customer_ids:
-        clauses.append(suppressions.c.customer_id.in_(sorted(person.customer_ids)))
-    return sa.or_(*clauses) if clauses else sa.false()
-
-
 def _order_where(person: Person) -> Any:
     if not person.customer_ids:
         return sa.false()
     return order_sync.c.customer_id.in_(sorted(person.customer_ids))
+
+
+def _by_person(table: sa.Table, person: Person) -> Any:
+    """Rows of a table with ``email`` and ``customer_id`` columns that are this person's."""
+    clauses = []
+    if person.emails:
+        clauses.append(sa.func.lower(table.c.email).in_(sorted(person.emails)))
+    if person.customer_ids:
+        clauses.append(table.c.customer_id.in_(sorted(person.customer_ids)))
+    return sa.or_(*clauses) if clauses else sa.false()
 
 
 def _profile_where(person: Person) -> Any:

@@ -268,3 +268,30 @@ def test_sigkill_during_forget_then_forget_again_ends_like_a_clean_run(
         proc.wait(timeout=30)
         ok(cli(config, "forget", "--email", EMAIL))
         assert end_state(url, standin) == expected, f"trial {trial}"
+
+
+@pytest.mark.slow
+def test_a_forgotten_person_is_never_subscribed_and_loses_consent_records(
+        tmp_path: Path, state_url: str, standin: KlaviyoStandIn) -> None:
+    config = world(tmp_path, state_url, standin)
+    config.write_text(config.read_text(encoding="utf-8").replace(
+        "[logging]", "[consent]\nenabled = true\n[logging]"), encoding="utf-8")
+
+    def business_shows_her_active(at: str) -> None:
+        with sqlite3.connect(tmp_path / "shop.db") as db:
+            db.execute(f"UPDATE customers SET status = 'Active', updated_at = '{at}' "
+                       f"WHERE id = {TARGET}")
+
+    business_shows_her_active("2026-11-30 09:00:00")
+    ok(cli(config, "consent"))
+    subscribed = [s.email for s in standin.subscriptions]
+    assert subscribed.count(EMAIL) == 1 and len(subscribed) == len(OTHERS) + 1
+    done = json.loads(ok(cli(config, "forget", "--email", EMAIL, "--json")))
+    assert done["removed"]["consent_sync"] == 1
+    # The business touches her row again (still opted in): the consent pass leaves her out,
+    # or it would re-create the profile Klaviyo just deleted.
+    business_shows_her_active("2026-12-01 09:00:00")
+    report = ok(cli(config, "consent", "--json"))
+    assert [s.email for s in standin.subscriptions].count(EMAIL) == 1
+    assert '"erased_skipped": 1' in report
+    assert EMAIL.encode() not in state_bytes(state_url)
