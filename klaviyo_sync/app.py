@@ -230,8 +230,12 @@ class App:
         return self._once("ingestor", self._build_ingestor)
 
     def forgetter(self, ask_klaviyo: bool = True) -> Forgetter:
-        """What `klaviyo-sync forget` runs (privacy/forget.py); without ``ask_klaviyo``
-        (a dry run) no sender is built at all."""
+        """What `klaviyo-sync forget` runs (privacy/forget.py), built once; without
+        ``ask_klaviyo`` (a dry run) no sender is built at all."""
+        return self._once(f"forgetter_{ask_klaviyo}",
+                          lambda: self._build_forgetter(ask_klaviyo))
+
+    def _build_forgetter(self, ask_klaviyo: bool) -> Forgetter:
         from klaviyo_sync.business.customers import Customer, SqlCustomerReader
         from klaviyo_sync.privacy.forget import Forgetter
         from klaviyo_sync.privacy.tombstones import Hasher, load_key
