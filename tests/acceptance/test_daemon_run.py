@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.queue import QueueStore
 from klaviyo_sync.state.db import open_state
+from tests.acceptance.shop_schema import SHOP_DDL
 from tests.klaviyo_standin import KlaviyoStandIn
 from tests.klaviyo_standin.fixtures import API_KEY
 
@@ -61,16 +62,7 @@ def append(path: Path, lines: list[str]) -> None:
 
 def create_business_db(path: Path) -> None:
     with sqlite3.connect(path) as db:
-        db.executescript("""
-            CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT, first_name TEXT,
-                last_name TEXT, status TEXT, schedule TEXT, box TEXT, signup_date TEXT,
-                email_opt_in INTEGER, updated_at TEXT);
-            CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, status TEXT,
-                total REAL, currency TEXT, created_at TEXT, updated_at TEXT);
-            CREATE TABLE order_items (order_id INTEGER, product_id INTEGER, sku TEXT,
-                name TEXT, quantity INTEGER, price REAL, category TEXT);
-            CREATE INDEX ix_orders_updated ON orders (updated_at, id);
-        """)
+        db.executescript(SHOP_DDL)
         db.execute("INSERT INTO customers VALUES (77, 'ord@example.com', 'Ord', 'Er', "
                    "'Active', 'weekly', 'Classic', '2026-01-02', 1, '2026-01-02 10:00:00')")
 

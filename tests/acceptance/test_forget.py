@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from klaviyo_sync.state.db import open_state
 from klaviyo_sync.state.schema import events, order_sync, rejects, suppressions
+from tests.acceptance.shop_schema import SHOP_DDL
 from tests.klaviyo_standin import KlaviyoStandIn
 from tests.klaviyo_standin.fixtures import API_KEY
 
@@ -47,15 +48,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 def make_business(path: Path) -> None:
     with sqlite3.connect(path) as db:
-        db.executescript("""
-            CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT, first_name TEXT,
-                last_name TEXT, status TEXT, schedule TEXT, box TEXT, signup_date TEXT,
-                email_opt_in INTEGER, updated_at TEXT);
-            CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, status TEXT,
-                total REAL, currency TEXT, created_at TEXT, updated_at TEXT);
-            CREATE TABLE order_items (order_id INTEGER, product_id INTEGER, sku TEXT,
-                name TEXT, quantity INTEGER, price REAL, category TEXT);
-        """)
+        db.executescript(SHOP_DDL)
         for cid in [TARGET, *OTHERS]:
             target = cid == TARGET
             db.execute("INSERT INTO customers VALUES (?,?,?,?,?,?,?,?,?,?)", (
