@@ -27,8 +27,7 @@ if TYPE_CHECKING:
     from tests.klaviyo_standin.privacy import DeletionRequest
 
 _ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-_ULID_CHARS = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_IDENTIFIERS = ("id", "email", "phone_number", "external_id")
+_OTHER_IDENTIFIERS = ("phone_number", "external_id")
 
 
 @dataclass(frozen=True)
@@ -107,12 +106,20 @@ class Refusal:
 
 
 def _identifiers(profile: dict[str, Any]) -> list[tuple[str, str]]:
-    found = []
-    for kind in _IDENTIFIERS:
-        value = profile.get(kind)
-        if value:
-            found.append((kind, value.lower() if kind == "email" else value))
+    email = profile.get("email")
+    found = [("email", email.lower())] if email else []
+    found += [(kind, profile[kind]) for kind in _OTHER_IDENTIFIERS if profile.get(kind)]
+    if profile.get("id"):
+        found.insert(0, ("id", profile["id"]))
     return found
+
+
+def _merge(state: dict[str, Any], profile: dict[str, Any]) -> None:
+    """Attributes of ``profile`` over ``state``; its properties merged into state's."""
+    properties = state["properties"]
+    state.update(profile)
+    state["properties"] = properties
+    properties.update(profile.get("properties") or {})
 
 
 @dataclass
@@ -140,6 +147,7 @@ class Account:
         self._profile_ids: dict[tuple[str, str], str] = {}
         self._seen: set[tuple[str, str, str]] = set()
         self._event_serial = self._rng.randrange(16**9)
+        self._profile_serial = self._rng.randrange(32**20)
 
     # -- ids -------------------------------------------------------------------------------
 
@@ -153,7 +161,11 @@ class Account:
         return f"{self._event_serial:011x}"
 
     def _new_profile_id(self) -> str:
-        return "01" + "".join(self._rng.choices(_ULID_CHARS, k=24))
+        # ULID-shaped (26 characters of Crockford's base32: hex digits are among them),
+        # sequential from a seeded start: a million-profile import drew 24 random
+        # characters per profile, a quarter of the stand-in's time.
+        self._profile_serial += 1
+        return f"01{self._profile_serial:024X}"
 
     # -- metrics and profiles (callers hold the lock) --------------------------------------
 
@@ -172,16 +184,23 @@ class Account:
 
     def upsert_profile(self, profile: dict[str, Any]) -> str:
         """The id of the profile these identifiers name (created if new); merges attributes."""
-        profile_id = self._known_profile(profile) or self._new_profile_id()
-        for key in _identifiers(profile):
-            self._profile_ids.setdefault(key, profile_id)
-        state = self.profile_state.setdefault(profile_id, {"properties": {}})
-        for name, value in profile.items():
-            if name == "properties":
-                state["properties"].update(value or {})
-            elif name != "id":
-                state[name] = value
-        return profile_id
+        return self._upsert(profile)[1]
+
+    def _upsert(self, profile: dict[str, Any]) -> tuple[bool, str]:
+        keys = _identifiers(profile)
+        ids = self._profile_ids
+        profile_id = next((ids[k] for k in keys if k in ids), None)
+        created = profile_id is None
+        if profile_id is None:
+            profile_id = self._new_profile_id()
+        for key in keys:
+            ids.setdefault(key, profile_id)
+        state = self.profile_state.get(profile_id)
+        if state is None:
+            state = self.profile_state[profile_id] = {"properties": {}}
+        _merge(state, profile)
+        state.pop("id", None)
+        return created, profile_id
 
     # -- events ----------------------------------------------------------------------------
 
@@ -271,15 +290,48 @@ class Account:
         """Create or update a profile from profile-import: (created?, profile id)."""
         key = profile.get("email") or profile.get("external_id") or profile.get("phone_number") \
             or profile.get("id")
-        created = self._known_profile(profile) is None
-        profile_id = self.upsert_profile(profile)
-        stored = self.profiles.setdefault(str(key), {"properties": {}})
-        for name, value in profile.items():
-            if name == "properties":
-                stored["properties"].update(value or {})
-            else:
-                stored[name] = value
+        created, profile_id = self._upsert(profile)
+        stored = self.profiles.get(str(key))
+        if stored is None:
+            stored = self.profiles[str(key)] = {"properties": {}}
+        _merge(stored, profile)
         return created, profile_id
+
+    def import_profiles(self, profiles: Sequence[dict[str, Any]]) -> None:
+        """:meth:`import_profile` for each of ``profiles`` (a bulk import job's), in one
+        loop: a million-profile import spent more here than in parsing its requests."""
+        ids = self._profile_ids
+        states = self.profile_state
+        stored_by_key = self.profiles
+        for profile in profiles:
+            get = profile.get
+            email, phone, external, given = (get("email"), get("phone_number"),
+                                             get("external_id"), get("id"))
+            keys = []
+            if given:
+                keys.append(("id", given))
+            if email:
+                keys.append(("email", email.lower()))
+            if phone:
+                keys.append(("phone_number", phone))
+            if external:
+                keys.append(("external_id", external))
+            profile_id = next((ids[k] for k in keys if k in ids), None)
+            if profile_id is None:
+                profile_id = self._new_profile_id()
+            for key in keys:
+                ids.setdefault(key, profile_id)
+            properties = get("properties") or {}
+            for book, name in ((states, profile_id),
+                               (stored_by_key, str(email or external or phone or given))):
+                state = book.get(name)
+                if state is None:
+                    state = book[name] = {"properties": {}}
+                kept = state["properties"]
+                state.update(profile)
+                state["properties"] = kept
+                kept.update(properties)
+            states[profile_id].pop("id", None)
 
     def add_job(self, job_type: str, total: int, now: datetime) -> Job:
         job = Job(self.new_id(12), job_type, total, now)

@@ -147,20 +147,30 @@ def create_job(call: Call) -> Reply:
     return Reply(202, _document(call, job, "queued"), items=len(items))
 
 
+#: Profiles imported per hold of the account's lock: other requests (the next job's POST
+#: among them) are answered between two chunks instead of after the whole job.
+_IMPORT_CHUNK = 500
+
+
 def _import(call: Call, job: ImportJob, items: list[Any], failing: dict[str, str]) -> None:
     account = call.standin.account
     try:
-        with account.lock:
-            for index, item in enumerate(items):
+        for start in range(0, len(items), _IMPORT_CHUNK):
+            profiles = []
+            for index in range(start, min(start + _IMPORT_CHUNK, len(items))):
+                item = items[index]
                 attributes = item["attributes"]
-                detail = failing.get(str(attributes.get("email") or "").lower())
-                if detail is not None:
-                    job.failures.append((index, detail, attributes))
-                    continue
+                if failing:
+                    detail = failing.get(str(attributes.get("email") or "").lower())
+                    if detail is not None:
+                        job.failures.append((index, detail, attributes))
+                        continue
                 profile = {k: v for k, v in attributes.items() if v is not None}
                 if item.get("id"):
                     profile["id"] = item["id"]
-                account.import_profile(profile)
+                profiles.append(profile)
+            with account.lock:
+                account.import_profiles(profiles)
     finally:
         job.imported.set()
 
