@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from klaviyo_sync.business.customers import CustomerRow, SqlCustomerReader
+from klaviyo_sync.business.customers import UPDATED_AT, SqlCustomerReader
 from klaviyo_sync.business.orders import (
     parse_raw_time,
     raw_time_from_text,
@@ -42,12 +42,19 @@ from klaviyo_sync.privacy.tombstones import NO_TOMBSTONES, Tombstones
 from klaviyo_sync.senders.profiles import (
     BODY_OVERHEAD,
     ImportFailure,
+    JobStatus,
     ProfileJobsApi,
     bulk_import_body,
     pointer_index,
 )
 from klaviyo_sync.state import meta
-from klaviyo_sync.state.profiles import JobState, ProfileJob, ProfileStatus, ProfileStore
+from klaviyo_sync.state.profiles import (
+    JobState,
+    Known,
+    ProfileJob,
+    ProfileStatus,
+    ProfileStore,
+)
 
 log = get_logger(__name__)
 
@@ -121,7 +128,9 @@ class ProfileSync:
         self._text_times = text_times
         self._sleep = sleep
         self._clock = clock
-        self._sent: list[ProfileJob] = []
+        # Jobs sent and not read back yet, oldest first (the posting thread appends).
+        self._sent: deque[ProfileJob] = deque()
+        self._lookup = True
 
     # --- the pass ------------------------------------------------------------------------
 
@@ -130,7 +139,7 @@ class ProfileSync:
         """Resume unread jobs, send the changed customers (every customer with
         ``all_customers``), read every job back."""
         report = ProfilesReport(dry_run=self.dry_run)
-        self._sent = []
+        self._sent = deque()
         self._tombstones = self._tombstone_source()
         seen: set[str] | None = set() if all_customers and self._forget is not None \
             and self.settings.privacy.erase_vanished else None
@@ -143,17 +152,20 @@ class ProfileSync:
         batch: list[Profile] = []
         size = BODY_OVERHEAD
         after: tuple[Any, Any] | None = None
+        # Nothing recorded yet (the initial sync): no customer of this pass can be known,
+        # so the per-page look-up of their digests is skipped.
+        self._lookup = self.store.any_recorded()
         with _Poster(self._post, report) as poster:
             while True:
                 if stop is not None and stop.is_set():
                     report.interrupted = True
                     break
-                page = self.reader.read_changed(after, since, self.config.page_size)
+                page = self.reader.read_changed_raw(after, since, self.config.page_size)
                 if not page:
                     break
                 report.customers_read += len(page)
                 if seen is not None:
-                    seen.update(row.customer.id for row in page)
+                    seen.update(str(row[0]) for row in page)
                 for profile in self._changed(self._not_erased(page, report), report):
                     if (len(batch) >= self.config.batch_max_profiles
                             or size + len(profile.item) + 1 > self.config.batch_max_bytes):
@@ -161,9 +173,11 @@ class ProfileSync:
                         batch, size = [], BODY_OVERHEAD
                     batch.append(profile)
                     size += len(profile.item) + 1
+                if not self.dry_run:
+                    self._read_ready(report)
                 last = page[-1]
-                after = (last.raw_updated_at, last.raw_id)
-                watermark = self._later(watermark, last.raw_updated_at)
+                after = (last[UPDATED_AT], last[0])
+                watermark = self._later(watermark, last[UPDATED_AT])
                 if len(page) < self.config.page_size:
                     break
             if batch:
@@ -174,7 +188,7 @@ class ProfileSync:
             if not report.interrupted and watermark is not None:
                 meta.put(self.store.engine, meta.PROFILES_WATERMARK,
                          raw_time_to_text(watermark))
-            self._read_back(self._sent, report, stop)
+            self._read_back(list(self._sent), report, stop)
             meta.put(self.store.engine, meta.LAST_PROFILES_PASS_AT, (now or utcnow()).isoformat())
         report.watermark = self._text(watermark)
         emit = log.info if report.sent or report.failed or report.jobs_resumed else log.debug
@@ -186,7 +200,7 @@ class ProfileSync:
     def retry(self, stop: threading.Event | None = None) -> ProfilesReport:
         """Send every failed customer again, as the business database shows them now."""
         report = ProfilesReport(dry_run=self.dry_run)
-        self._sent = []
+        self._sent = deque()
         if not self.dry_run:
             self._resume(report, stop)
         ids = [r.customer_id for r in self.store.failed()]
@@ -197,7 +211,7 @@ class ProfileSync:
             log.warning("profiles_retry_customers_gone", customers=missing)
         self._send_all([self.builder.build(r) for r in rows], report)
         if not self.dry_run:
-            self._read_back(self._sent, report, stop)
+            self._read_back(list(self._sent), report, stop)
         return report
 
     def close(self) -> None:
@@ -205,18 +219,23 @@ class ProfileSync:
 
     # --- erasure ------------------------------------------------------------------------
 
-    def _not_erased(self, page: Sequence[CustomerRow], report: ProfilesReport
-                    ) -> list[CustomerRow]:
+    def _not_erased(self, page: Sequence[Sequence[Any]], report: ProfilesReport
+                    ) -> Sequence[Sequence[Any]]:
         """The rows to send: not those of people who asked to be forgotten (sending would
         re-create their profile), and not those whose status asks for erasure (they are
         forgotten now)."""
+        tombstones = self._tombstones
+        statuses = self._erase_statuses if self._forget is not None else frozenset()
+        if not tombstones and not statuses:
+            return page
         keep = []
         for row in page:
-            customer = row.customer
-            if self._tombstones.match(customer.email, customer.id) is not None:
+            customer_id, email, status = str(row[0]), row[1] or None, row[4]
+            if tombstones.match(email, customer_id) is not None:
                 report.erased_skipped += 1
-            elif self._forget is not None and customer.status in self._erase_statuses:
-                self._forget("status", customer.id)
+            elif status in statuses:
+                assert self._forget is not None
+                self._forget("status", customer_id)
                 report.forgotten += 1
             else:
                 keep.append(row)
@@ -232,10 +251,17 @@ class ProfileSync:
 
     # --- choosing and posting ---------------------------------------------------------------
 
-    def _changed(self, page: Sequence[CustomerRow], report: ProfilesReport
+    def _changed(self, page: Sequence[Sequence[Any]], report: ProfilesReport
                  ) -> Iterable[Profile]:
-        profiles = [self.builder.build(row) for row in page]
-        known = self.store.known([p.customer_id for p in profiles])
+        profiles = self.builder.build_raw(page)
+        if not self._lookup:
+            return profiles
+        return self._unseen(profiles, self.store.known([p.customer_id for p in profiles]),
+                            report)
+
+    @staticmethod
+    def _unseen(profiles: Sequence[Profile], known: dict[str, Known],
+                report: ProfilesReport) -> Iterable[Profile]:
         for profile in profiles:
             seen = known.get(profile.customer_id)
             # Unchanged since imported, or the very profile Klaviyo refused (that one
@@ -305,9 +331,9 @@ class ProfileSync:
                 self._count_refused(failures, report)
                 continue
             self.store.job_sent(row_id, job_id, utcnow())
-            # Only the ids: the read-back loads the customers from the job's row, so an
+            # Only the ids: the read-back finds the customers in the job's row, so an
             # initial sync of a million customers does not hold them all until its end.
-            self._sent.append(ProfileJob(row_id, job_id, JobState.SENT, ()))
+            self._sent.append(ProfileJob(row_id, job_id, JobState.SENT, (), len(entries)))
             report.jobs += 1
             report.sent += len(entries)
             log.info("profile_job_sent", job_id=job_id, profiles=len(entries))
@@ -349,8 +375,20 @@ class ProfileSync:
             report.jobs_resumed += 1
         if report.jobs_resumed:
             log.info("profile_jobs_resumed", jobs=report.jobs_resumed)
-            self._read_back(self._sent, report, stop)
-            self._sent = []
+            self._read_back(list(self._sent), report, stop)
+            self._sent = deque()
+
+    def _read_ready(self, report: ProfilesReport) -> None:
+        """Read back the oldest job sent, once, while the pass goes on: jobs finish in the
+        order they were sent, so the pass's end waits only for the last few."""
+        if len(self._sent) < 2:
+            return
+        job = self._sent[0]
+        assert job.job_id is not None
+        status = self.api.get_job(job.job_id)
+        if status.finished:
+            self._finish(job, status, report)
+            self._sent.popleft()
 
     def _read_back(self, jobs: Sequence[ProfileJob], report: ProfilesReport,
                    stop: threading.Event | None) -> None:
@@ -362,20 +400,10 @@ class ProfileSync:
             for job in pending:
                 assert job.job_id is not None
                 status = self.api.get_job(job.job_id)
-                if not status.finished:
+                if status.finished:
+                    self._finish(job, status, report)
+                else:
                     waiting.append(job)
-                    continue
-                if not job.customers:
-                    job = self.store.job(job.id)
-                errors = self._errors(job, status.status) if (
-                    status.failed or status.status != "complete") else {}
-                self.store.finish_job(job, errors, utcnow())
-                report.failed += len(errors)
-                report.imported += len(job.customers) - len(errors)
-                for cid, detail in list(errors.items())[:20 - len(report.errors)]:
-                    report.errors[cid] = detail
-                log.info("profile_job_read", job_id=job.job_id, imported=len(job.customers)
-                         - len(errors), failed=len(errors))
             pending = waiting
             if not pending:
                 break
@@ -386,6 +414,22 @@ class ProfileSync:
             self._sleep(delay)
             delay = min(delay * 2, MAX_POLL_S)
         report.unread_jobs += len(pending)
+
+    def _finish(self, job: ProfileJob, status: JobStatus, report: ProfilesReport) -> None:
+        """Record a finished job's outcome: its import errors mapped to their customers."""
+        errors: dict[str, str] = {}
+        if status.failed or status.status != "complete":
+            if not job.customers:
+                job = self.store.job(job.id)
+            errors = self._errors(job, status.status)
+        self.store.finish_job(job, errors, utcnow())
+        total = job.total or len(job.customers)
+        report.failed += len(errors)
+        report.imported += total - len(errors)
+        for cid, detail in list(errors.items())[:20 - len(report.errors)]:
+            report.errors[cid] = detail
+        log.info("profile_job_read", job_id=job.job_id, imported=total - len(errors),
+                 failed=len(errors))
 
     def _errors(self, job: ProfileJob, status: str) -> dict[str, str]:
         """Customer id -> Klaviyo's error, for each profile the job did not import."""

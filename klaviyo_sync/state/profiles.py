@@ -11,6 +11,7 @@ a complete job without an error for them.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,9 @@ from klaviyo_sync.state import meta
 from klaviyo_sync.state.schema import profile_jobs, profile_sync
 
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+#: What an import changes in a customer's row.
+_IMPORTED_UPDATES = ("digest", "status", "job_id", "failed_digest", "last_error",
+                     "imported_at", "updated_at")
 #: customer ids per IN query (under SQLite's bound-parameter limit).
 _CHUNK = 5000
 
@@ -79,13 +83,14 @@ class ProfileJob:
     id: int
     job_id: str | None
     state: JobState
-    customers: tuple[tuple[str, str], ...]  # (customer id, digest)
+    customers: tuple[tuple[str, str], ...]  # (customer id, digest); () when not loaded
+    total: int = 0  # customers in the request
 
     @classmethod
     def from_row(cls, row: Any) -> ProfileJob:
         m = row._mapping
         return cls(m["id"], m["job_id"], JobState(m["status"]),
-                   tuple((str(c), str(d)) for c, d in m["customers"]))
+                   tuple((str(c), str(d)) for c, d in m["customers"]), int(m["total"]))
 
 
 class ProfileStore:
@@ -93,6 +98,12 @@ class ProfileStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    def any_recorded(self) -> bool:
+        """Whether any customer's profile was ever recorded (not: the initial sync)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(profile_sync.c.customer_id).limit(1)).first() \
+                is not None
 
     def known(self, customer_ids: Sequence[str]) -> dict[str, Known]:
         found: dict[str, Known] = {}
@@ -151,19 +162,45 @@ class ProfileStore:
         return ProfileJob.from_row(row)
 
     def finish_job(self, job: ProfileJob, errors: Mapping[str, str], now: datetime) -> None:
-        """Job complete: customers with an error failed with it, the others imported."""
+        """Job complete: customers with an error failed with it, the others imported.
+
+        ``job.customers`` are needed only when there are errors (their digests): the
+        imported ones are written from the job's own row inside the database, a statement
+        for the 10,000 customers of a request rather than 10,000 rows through Python.
+        """
+        assert job.job_id is not None
         failures = {cid: (digest, errors[cid]) for cid, digest in job.customers
                     if cid in errors}
-        imported = [{"customer_id": cid, "digest": digest, "status": ProfileStatus.IMPORTED.value,
-                     "job_id": job.job_id, "failed_digest": None, "last_error": None,
-                     "imported_at": now, "updated_at": now}
-                    for cid, digest in job.customers if cid not in errors]
         with self._write() as conn:
-            self._upsert(conn, imported, ("digest", "status", "job_id", "failed_digest",
-                                          "last_error", "imported_at", "updated_at"))
+            conn.execute(self._import_statement(conn.dialect.name), {
+                "row_id": job.id, "job_id": job.job_id, "now": now,
+                "failed": json.dumps(sorted(errors))})
             self._record(conn, failures, job.job_id, now)
             conn.execute(profile_jobs.update().where(profile_jobs.c.id == job.id).values(
                 status=JobState.DONE.value, failed=len(failures), read_at=now))
+
+    @staticmethod
+    def _import_statement(dialect: str) -> sa.TextClause:
+        """Every customer of the request's row, but the failed ones (a JSON list),
+        recorded as imported with the digest the row keeps for them."""
+        if dialect == "sqlite":
+            element = "json_extract(e.value, '$[{}]')"
+            source = "profile_jobs AS j, json_each(j.customers) AS e"
+            failed = "SELECT value FROM json_each(:failed)"
+        else:
+            element = "(e.value ->> {})"
+            source = "profile_jobs AS j, json_array_elements(j.customers) AS e(value)"
+            failed = "SELECT json_array_elements_text(CAST(:failed AS json))"
+        customer, digest = element.format(0), element.format(1)
+        sets = ", ".join(f"{name} = excluded.{name}" for name in _IMPORTED_UPDATES)
+        return sa.text(
+            "INSERT INTO profile_sync (customer_id, digest, status, job_id, failed_digest, "
+            "last_error, imported_at, updated_at) "
+            f"SELECT {customer}, {digest}, '{ProfileStatus.IMPORTED.value}', :job_id, NULL, "
+            f"NULL, :now, :now FROM {source} "
+            f"WHERE j.id = :row_id AND {customer} NOT IN ({failed}) "
+            f"ON CONFLICT (customer_id) DO UPDATE SET {sets}"
+        ).bindparams(sa.bindparam("now", type_=sa.DateTime()))
 
     def imported_ids(self) -> list[str]:
         """Every customer id the profiles pass ever recorded."""

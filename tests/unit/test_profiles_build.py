@@ -125,3 +125,39 @@ def test_built_item_is_byte_for_byte_the_generic_encoding(changes: dict) -> None
 def test_repeated_property_names_are_refused() -> None:
     with pytest.raises(ValueError, match="repeat"):
         ProfileBuilder(ProfileProperties(), {"box2": "Box"}, ("box2",))
+
+
+RAW_ROWS = [
+    # id, email, first, last, status, schedule, box, signup_date, opt_in, updated_at, extras
+    (42, " ann@example.com", "Ann", None, "Active", "Weekly", "Organic Box", "2025-03-01",
+     1, "2026-11-01 08:00:00", Decimal("12.50"), datetime(2026, 1, 2, 3, 4)),
+    ("43", "bo@example.com", "Bo", "Lee", "Paused", "", None, date(2025, 3, 1), 0,
+     "2026-11-01 08:00:00", None, None),
+    (44, None, None, None, None, None, "Family Box", datetime(2025, 3, 1, 9, 30), 1,
+     "2026-11-01 08:00:00", 1, "x"),
+    (45, "   ", 'Zoë "Q"', "\\", "Active", 1, True, "2025-03-01T10:00:00", 1,
+     "2026-11-01 08:00:00", True, 1.0),
+    # equal to 45's values, each of another class: must not share 45's encoding
+    (46, "cy@example.com", "Cy", None, "Active", True, 1, "2025-03-01T10:00:00", 1,
+     "2026-11-01 08:00:00", 1.0, True),
+    (47, "di@example.com", "Di", None, "Active", "Weekly", "", "", 1,
+     "2026-11-01 08:00:00", None, None),
+]
+
+
+@pytest.mark.parametrize("repeat", [1, 2])
+def test_raw_rows_build_the_very_bytes_of_customer_rows(repeat: int) -> None:
+    """build_raw (the pass's path) and build (retries) agree byte for byte, also when the
+    property cache meets equal values of other classes (1, True, 1.0)."""
+    made = builder()
+    for _ in range(repeat):  # the second round is served from the cache
+        raw = made.build_raw(RAW_ROWS)
+        assert raw == [builder().build(CustomerRow.from_row(r)) for r in RAW_ROWS]
+    assert [p.customer_id for p in raw] == ["42", "43", "44", "45", "46", "47"]
+
+
+def test_raw_rows_without_extra_columns_match_too() -> None:
+    plain = ProfileBuilder(ProfileProperties(), {}, ())
+    rows = [r[:10] for r in RAW_ROWS]
+    assert plain.build_raw(rows + rows) == [plain.build(CustomerRow.from_row(r))
+                                            for r in rows + rows]
