@@ -9,7 +9,9 @@ its limits off, and runs the profiles pass with the published limits off. Prints
 profiles/s, the import requests used against the minimum (one per 10,000 profiles), the
 time of a plain read of the same customers table in the same run divided by the pass's
 (target >= 0.3) and the pass's peak RSS (target <= 200 MB). Each phase runs in a process
-of its own, so a phase's peak RSS is its own.
+of its own, so a phase's peak RSS is its own. The pass runs with the collector tuned as
+the console script tunes it (klaviyo_sync.gctune); BENCH_DEFAULT_GC=1 leaves CPython's
+defaults, to compare.
 """
 
 from __future__ import annotations
@@ -100,9 +102,12 @@ def phase_plain(business_url: str, page: int) -> dict:
 
 def phase_sync(business_url: str, state_url: str, base_url: str) -> dict:
     from klaviyo_sync.app import App
+    from klaviyo_sync.gctune import tune_collector
     from klaviyo_sync.logconfig import configure
 
     configure("warning")
+    if not os.environ.get("BENCH_DEFAULT_GC"):
+        tune_collector()  # as the console script does before any command
     os.environ["KLAVIYO_API_KEY"] = API_KEY
     settings = _settings(business_url, base_url, state_url)
     with App(settings, worker_id="bench") as app:

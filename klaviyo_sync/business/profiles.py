@@ -89,7 +89,7 @@ class ProfileBuilder:
         cache = self._cache
         extras = self._extras
         text, blake2b, new = _text, _blake2b, tuple.__new__
-        out = []
+        out: list[Profile] = []
         append = out.append
         for row in rows:
             # status, schedule, box, sign-up date, then the extra columns

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from klaviyo_sync import __version__, config, logconfig
 from klaviyo_sync.app import App
 from klaviyo_sync.exceptions import KlaviyoSyncError
+from klaviyo_sync.gctune import tune_collector
 
 
 @dataclass
@@ -85,6 +86,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    tune_collector()
     verbose = any(a in ("-v", "-vv", "--verbose") for a in sys.argv[1:])
     try:
         cli.main(standalone_mode=False)
