@@ -155,7 +155,7 @@ class ProfileSync:
         # Nothing recorded yet (the initial sync): no customer of this pass can be known,
         # so the per-page look-up of their digests is skipped.
         self._lookup = self.store.any_recorded()
-        with _Poster(self._post, report) as poster:
+        with _Poster(self._post_then_read, report) as poster:
             while True:
                 if stop is not None and stop.is_set():
                     report.interrupted = True
@@ -173,8 +173,6 @@ class ProfileSync:
                         batch, size = [], BODY_OVERHEAD
                     batch.append(profile)
                     size += len(profile.item) + 1
-                if not self.dry_run:
-                    self._read_ready(report)
                 last = page[-1]
                 after = (last[UPDATED_AT], last[0])
                 watermark = self._later(watermark, last[UPDATED_AT])
@@ -286,6 +284,15 @@ class ProfileSync:
         if batch:
             self._post(batch, report, None)
 
+    def _post_then_read(self, batch: Sequence[Profile], report: ProfilesReport,
+                        watermark: str | None) -> None:
+        """The posting thread's turn: post ``batch``, then read back the oldest job if it
+        is done, so recording it (database work, which lets go of the GIL) overlaps the
+        pass reading and building the next pages."""
+        self._post(batch, report, watermark)
+        if not self.dry_run:
+            self._read_ready(report)
+
     def _post(self, batch: Sequence[Profile], report: ProfilesReport,
               watermark: str | None) -> None:
         """One import job for ``batch``; a 400 takes the request apart (see the module)."""
@@ -379,8 +386,9 @@ class ProfileSync:
             self._sent = deque()
 
     def _read_ready(self, report: ProfilesReport) -> None:
-        """Read back the oldest job sent, once, while the pass goes on: jobs finish in the
-        order they were sent, so the pass's end waits only for the last few."""
+        """Read back the oldest job sent, once, while the pass goes on (in the posting
+        thread: the one that appends to ``_sent``): jobs finish in the order they were
+        sent, so the pass's end waits only for the last few."""
         if len(self._sent) < 2:
             return
         job = self._sent[0]
