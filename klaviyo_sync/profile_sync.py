@@ -36,7 +36,7 @@ from klaviyo_sync.business.orders import (
 from klaviyo_sync.business.profiles import Profile, ProfileBuilder
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
-from klaviyo_sync.exceptions import ConfigError, RejectedSendError
+from klaviyo_sync.exceptions import ConfigError, RejectedSendError, RetryableSendError
 from klaviyo_sync.logconfig import get_logger
 from klaviyo_sync.privacy.tombstones import NO_TOMBSTONES, Tombstones
 from klaviyo_sync.senders.profiles import (
@@ -393,7 +393,11 @@ class ProfileSync:
             return
         job = self._sent[0]
         assert job.job_id is not None
-        status = self.api.get_job(job.job_id)
+        try:
+            status = self.api.get_job(job.job_id)
+        except RetryableSendError as exc:  # the read-back at the end asks again
+            log.info("profile_job_read_later", job_id=job.job_id, error=str(exc)[:200])
+            return
         if status.finished:
             self._finish(job, status, report)
             self._sent.popleft()

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from klaviyo_sync import config
 from klaviyo_sync.app import App
-from klaviyo_sync.exceptions import ConfigError
+from klaviyo_sync.exceptions import ConfigError, RetryableSendError
 from klaviyo_sync.profile_sync import ProfileSync
 from klaviyo_sync.state.profiles import JobState, ProfileStore
 from klaviyo_sync.state.schema import profile_jobs
@@ -158,3 +158,28 @@ def test_repeated_property_names_are_a_config_error(state_engine: sa.Engine,
     with App(settings, state_engine=state_engine) as app, \
             pytest.raises(ConfigError, match="repeat"):
         app.profile_sync()
+
+
+def test_a_failed_read_back_during_the_pass_is_asked_again_at_its_end(
+        klaviyo: KlaviyoStandIn, state_engine: sa.Engine, shop: Customers, tmp_path: Path,
+        api_key: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The posting thread reads the oldest job back between POSTs; a transient failure
+    there leaves the job to the read-back at the end rather than stopping the pass."""
+    settings = settings_for(klaviyo.base_url, shop, tmp_path, batch_max_profiles=5,
+                            page_size=5)
+    sync, closers = make_sync(settings, state_engine)
+    real, calls = sync.api.get_job, []
+
+    def flaky(job_id: str) -> object:
+        calls.append(job_id)
+        if len(calls) == 1:
+            raise RetryableSendError("503 from Klaviyo, retries used up")
+        return real(job_id)
+
+    monkeypatch.setattr(sync.api, "get_job", flaky)
+    report = sync.run_once(all_customers=True)
+    assert report.jobs == 6 and report.imported == 30 and report.unread_jobs == 0
+    assert calls.count(calls[0]) >= 2  # the failed one was asked again
+    assert ProfileStore(state_engine).counts() == {"imported": 30, "unread_jobs": 0}
+    for close in closers:
+        close()
