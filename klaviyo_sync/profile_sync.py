@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from klaviyo_sync.business.customers import UPDATED_AT, SqlCustomerReader
+from klaviyo_sync.business.customers import CUSTOMER_FIELDS, UPDATED_AT, SqlCustomerReader
 from klaviyo_sync.business.orders import (
     parse_raw_time,
     raw_time_from_text,
@@ -58,6 +58,8 @@ from klaviyo_sync.state.profiles import (
 
 log = get_logger(__name__)
 
+#: Where the pass finds these in the reader's raw rows.
+_ID, _EMAIL, _STATUS = (CUSTOMER_FIELDS.index(name) for name in ("id", "email", "status"))
 #: Klaviyo's cap on one profile in a bulk import.
 MAX_PROFILE_BYTES = 100 * 1024
 #: The longest wait between two read-backs of a job.
@@ -165,7 +167,7 @@ class ProfileSync:
                     break
                 report.customers_read += len(page)
                 if seen is not None:
-                    seen.update(str(row[0]) for row in page)
+                    seen.update(str(row[_ID]) for row in page)
                 for profile in self._changed(self._not_erased(page, report), report):
                     if (len(batch) >= self.config.batch_max_profiles
                             or size + len(profile.item) + 1 > self.config.batch_max_bytes):
@@ -174,7 +176,7 @@ class ProfileSync:
                     batch.append(profile)
                     size += len(profile.item) + 1
                 last = page[-1]
-                after = (last[UPDATED_AT], last[0])
+                after = (last[UPDATED_AT], last[_ID])
                 watermark = self._later(watermark, last[UPDATED_AT])
                 if len(page) < self.config.page_size:
                     break
@@ -228,7 +230,7 @@ class ProfileSync:
             return page
         keep = []
         for row in page:
-            customer_id, email, status = str(row[0]), row[1] or None, row[4]
+            customer_id, email, status = str(row[_ID]), row[_EMAIL] or None, row[_STATUS]
             if tombstones.match(email, customer_id) is not None:
                 report.erased_skipped += 1
             elif status in statuses:
