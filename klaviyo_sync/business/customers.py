@@ -49,6 +49,7 @@ class Customer:
 
 
 def date_of(value: Any) -> date | None:
+    """A sign-up date as the database gave it (a date, a datetime, or text: SQLite)."""
     if isinstance(value, datetime):
         return value.date()
     if isinstance(value, str) and value:
@@ -63,6 +64,7 @@ def _flag(value: Any) -> bool:
 
 
 def text_or_none(value: Any) -> str | None:
+    """A text column's value, None for NULL or empty."""
     return None if value is None or value == "" else str(value)
 
 
