@@ -76,16 +76,21 @@ class ProfileBuilder:
         self._cache: dict[Sequence[Any], str] = {}
 
     def build(self, row: CustomerRow) -> Profile:
+        """The profile of one customer already read into a :class:`CustomerRow` (retries,
+        resumed requests): its values laid out as a raw row, the conversions of which
+        leave them as they are."""
         c = row.customer
-        return self._profile(c.id, c.email, c.first_name, c.last_name, self._properties(
-            [c.schedule, c.status, c.box,
-             c.signup_date.isoformat() if c.signup_date else None, *row.extras]))
+        return self.build_raw([(c.id, c.email, c.first_name, c.last_name, c.status,
+                                c.schedule, c.box, c.signup_date, c.email_opt_in,
+                                row.raw_updated_at, *row.extras)])[0]
 
     def build_raw(self, rows: Iterable[Sequence[Any]]) -> list[Profile]:
         """Profiles of :meth:`SqlCustomerReader.read_changed_raw` rows: the same bytes as
-        :meth:`build` of the same rows made into :class:`CustomerRow`. It is
-        :meth:`_profile` written out in the loop, with the properties object encoded once
-        per combination of values: at a million customers every step per row counts."""
+        :meth:`build` of the same rows made into :class:`CustomerRow`. One loop with its
+        names bound locally and the properties object encoded once per combination of
+        values: at a million customers every step per row counts. Attributes without a
+        value are left out rather than sent as null: a bulk import's null does not
+        clear a field everywhere."""
         cache = self._cache
         extras = self._extras
         text, blake2b, new = _text, _blake2b, tuple.__new__
@@ -139,18 +144,3 @@ class ProfileBuilder:
         return "{" + ",".join(
             keys[i] + ("null" if values[i] is None else _value(values[i]))
             for i in self._order) + "}"
-
-    @staticmethod
-    def _profile(customer_id: str, email: str | None, first_name: Any, last_name: Any,
-                 properties: str) -> Profile:
-        # Absent rather than null: a bulk import's null is not "clear it" everywhere.
-        head = '{"attributes":{'
-        if email and email.strip():
-            head += '"email":' + _text(email.strip()) + ","
-        head += '"external_id":' + _text(customer_id)
-        if first_name:
-            head += ',"first_name":' + _text(first_name)
-        if last_name:
-            head += ',"last_name":' + _text(last_name)
-        item = (head + ',"properties":' + properties + '},"type":"profile"}').encode()
-        return Profile(customer_id, item, _blake2b(item, digest_size=16).hexdigest())
