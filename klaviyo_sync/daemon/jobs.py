@@ -59,28 +59,42 @@ class JobRecord:
     #: mistake a forward step of the wall clock for a run that lasted hours).
     running_since_s: float | None = None
     runs: int = 0
+    #: The last failure on the monotonic clock: the back-off is counted from it, so a
+    #: step of the wall clock neither lengthens nor cuts it (None: not recorded so).
+    last_failed_s: float | None = None
 
     def retry_at(self, interval_s: float, max_s: float) -> datetime | None:
-        """When a failing job may run again (None when it is not backing off)."""
+        """When a failing job may run again, on the wall clock, as `status` shows it
+        (None when it is not backing off)."""
         if self.last_failed_at is None or self.failures <= 1:
             return None
         return self.last_failed_at + timedelta(seconds=backoff_s(interval_s, self.failures, max_s))
 
 
-def should_run(record: JobRecord, now: datetime, interval_s: float, max_s: float) -> bool:
-    """Whether the job runs at ``now``: not while backing off after repeated failures."""
+def should_run(record: JobRecord, now: datetime, interval_s: float, max_s: float,
+               now_s: float | None = None) -> bool:
+    """Whether the job runs at ``now``: not while backing off after repeated failures.
+
+    With ``now_s`` (the monotonic clock) and a failure recorded on it, the back-off is
+    measured on that clock; otherwise on the wall clock."""
+    if now_s is not None and record.last_failed_s is not None:
+        if record.failures <= 1:
+            return True
+        return now_s >= record.last_failed_s + backoff_s(interval_s, record.failures, max_s)
     retry_at = record.retry_at(interval_s, max_s)
     return retry_at is None or now >= retry_at
 
 
 def record_success(record: JobRecord, now: datetime) -> JobRecord:
     return replace(record, failures=0, last_error=None, last_ok_at=now, running_since=None,
-                   running_since_s=None, runs=record.runs + 1)
+                   running_since_s=None, runs=record.runs + 1, last_failed_s=None)
 
 
-def record_failure(record: JobRecord, now: datetime, error: str) -> JobRecord:
+def record_failure(record: JobRecord, now: datetime, error: str,
+                   now_s: float | None = None) -> JobRecord:
     return replace(record, failures=record.failures + 1, last_error=error, last_failed_at=now,
-                   running_since=None, running_since_s=None, runs=record.runs + 1)
+                   last_failed_s=now_s, running_since=None, running_since_s=None,
+                   runs=record.runs + 1)
 
 
 def stalled_for(job: Job, now_mono: float, min_s: float = 60.0) -> float | None:
@@ -134,7 +148,8 @@ class Job:
         with self._lock:
             if self.stop.is_set() or self.running:
                 return
-            if not should_run(self.record, now, self.interval_s, self.backoff_max_s):
+            if not should_run(self.record, now, self.interval_s, self.backoff_max_s,
+                              monotonic()):
                 return
             self.record = replace(self.record, running_since=now, running_since_s=monotonic())
             self._idle.clear()
@@ -152,7 +167,8 @@ class Job:
 
     def _failed(self, exc: Exception, duration_s: float) -> None:
         with self._lock:
-            self.record = record_failure(self.record, utcnow(), f"{type(exc).__name__}: {exc}")
+            self.record = record_failure(self.record, utcnow(), f"{type(exc).__name__}: {exc}",
+                                         monotonic())
             record = self.record
         wait = backoff_s(self.interval_s, record.failures, self.backoff_max_s)
         # SQLAlchemy's messages run to several lines (statement, parameters, a URL).

@@ -176,3 +176,17 @@ def test_a_failing_result_hook_does_not_fail_the_pass() -> None:
         job()
     assert job.record.failures == 0
     assert any(e["event"] == "job_result_hook_failed" for e in logs)
+
+
+def test_the_back_off_runs_on_the_monotonic_clock_whatever_the_wall_clock_does() -> None:
+    record = JobRecord()
+    for _ in range(3):  # 3 failures at a 2 s interval: 8 s of back-off
+        record = record_failure(record, T0, "boom", now_s=1000.0)
+    # The wall clock stepped back an hour: the back-off still ends 8 s after the failure.
+    back = T0 - timedelta(hours=1)
+    assert not should_run(record, back, 2.0, 300.0, now_s=1007.9)
+    assert should_run(record, back, 2.0, 300.0, now_s=1008.0)
+    # Stepped forward an hour: the back-off is not cut short either.
+    ahead = T0 + timedelta(hours=1)
+    assert not should_run(record, ahead, 2.0, 300.0, now_s=1001.0)
+    assert should_run(record_success(record, ahead), ahead, 2.0, 300.0, now_s=1001.0)
