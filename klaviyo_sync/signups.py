@@ -16,9 +16,11 @@ from klaviyo_sync.business.missed_signups import (
     window,
     write_profile_flags,
 )
-from klaviyo_sync.exceptions import ConfigError
+from klaviyo_sync.exceptions import ConfigError, StateMissingError
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from klaviyo_sync.app import App
 
 
@@ -41,7 +43,13 @@ def run_ruleset(app: App, since: date | None = None, until: date | None = None,
         start, end = window(since, until)
         checkouts = list(iter_checkouts(sender, settings.missed_signups.klaviyo_checkout_metric,
                                         start, end))
-    outcome = evaluate_signups(app.state_engine, business, settings, since, until, checkouts)
+    try:
+        state: Engine | None = app.state_engine
+    except StateMissingError:
+        if not app.read_only:
+            raise
+        state = None  # nothing has run yet: no attempt is recorded, and none is created
+    outcome = evaluate_signups(state, business, settings, since, until, checkouts)
     if sender is not None and write_flags:
         write_profile_flags(sender, outcome, settings.klaviyo.profile_properties.missed_signup)
     return outcome

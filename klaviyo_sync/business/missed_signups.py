@@ -89,6 +89,8 @@ class SignupOutcome:
     missed: list[MissedSignup]
     #: Attempters who are signed-up customers now (MissedSignup = false on their profile).
     completed: list[Customer]
+    #: False when there was no state database to read the log's attempts from.
+    log_read: bool = True
 
 
 def history_starts(settings: Settings, now: datetime | None = None) -> datetime:
@@ -105,11 +107,14 @@ def window(since: date | datetime | None, until: date | datetime | None
     return start, end  # type: ignore[return-value]
 
 
-def evaluate_signups(state_engine: Engine, business_engine: Engine, settings: Settings,
+def evaluate_signups(state_engine: Engine | None, business_engine: Engine, settings: Settings,
                      since: date | datetime | None = None, until: date | datetime | None = None,
                      klaviyo_events: Iterable[CheckoutAttempt] = (),
                      now: datetime | None = None) -> SignupOutcome:
-    """Apply the ruleset to every attempt in the window (see :func:`find_missed_signups`)."""
+    """Apply the ruleset to every attempt in the window (see :func:`find_missed_signups`).
+
+    ``state_engine`` None: no state database exists yet, so the log has no attempts
+    recorded; only ``klaviyo_events`` count."""
     now = now or utcnow()
     start, end = window(since, until)
     people = _log_attempts(state_engine, settings.missed_signups.signup_metric, start, end)
@@ -141,7 +146,7 @@ def evaluate_signups(state_engine: Engine, business_engine: Engine, settings: Se
         missed.append(_row(person, customer, names.get(person.customer_id or ""), now))
     missed.sort(key=lambda m: (m.last_attempt_at, m.customer_id or "", m.email or ""),
                 reverse=True)
-    return SignupOutcome(missed=missed, completed=completed)
+    return SignupOutcome(missed=missed, completed=completed, log_read=state_engine is not None)
 
 
 def find_missed_signups(state_engine: Engine, business_engine: Engine, settings: Settings,
@@ -203,9 +208,11 @@ def _merge(people: dict[str, _Attempts], key: str, customer_id: str | None, emai
         people[key] = _Attempts(customer_id, email, first, last, count, {source})
 
 
-def _log_attempts(engine: Engine, metric: str, start: datetime | None, end: datetime | None
-                  ) -> dict[str, _Attempts]:
+def _log_attempts(engine: Engine | None, metric: str, start: datetime | None,
+                  end: datetime | None) -> dict[str, _Attempts]:
     people: dict[str, _Attempts] = {}
+    if engine is None:
+        return people
     for found in QueueStore(engine).signup_attempts(metric, start, end):
         key = found.customer_id or f"email:{(found.email or '').lower()}"
         if key != "email:":
@@ -214,10 +221,12 @@ def _log_attempts(engine: Engine, metric: str, start: datetime | None, end: date
     return people
 
 
-def _logged_names(engine: Engine, metric: str, customer_ids: list[str]
+def _logged_names(engine: Engine | None, metric: str, customer_ids: list[str]
                   ) -> dict[str, tuple[str | None, str | None]]:
     """First/last names the log lines carried, for attempters the business DB lacks."""
     names: dict[str, tuple[str | None, str | None]] = {}
+    if engine is None:
+        return names
     for customer_id, profile in QueueStore(engine).logged_profiles(metric, customer_ids):
         if profile and (profile.get("first_name") or profile.get("last_name")):
             names[customer_id] = (profile.get("first_name"), profile.get("last_name"))

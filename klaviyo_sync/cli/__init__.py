@@ -54,6 +54,14 @@ class AppContext:
         self.state_engine(read_only=True)
         return self.parts
 
+    def reading_lazily(self) -> App:
+        """The parts for a command that reads when the state database exists and creates
+        nothing when it does not (the parts' ``state_engine`` then raises
+        StateMissingError, which the command may take as "nothing recorded yet")."""
+        if self._parts is None:
+            self._parts = App(self.settings, read_only=True)
+        return self._parts
+
     def state_engine(self, read_only: bool = False) -> Engine:
         """The state database, refused if its schema is outdated or not ours. Created on
         first use, except by a ``read_only`` command, which creates nothing: a missing

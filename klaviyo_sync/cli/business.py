@@ -94,10 +94,17 @@ def missed_signups(app: AppContext, since: datetime | None, until: datetime | No
     if since and until and until < since:
         raise click.BadParameter("--until is before --since", param_hint="--until")
     settings = app.settings
-    outcome = app.parts.missed_signups(since.date() if since else None,
-                                       until.date() if until else None, include_klaviyo)
+    # Only reading (no Klaviyo call, no profile flag written): a missing state database is
+    # "no attempt recorded yet", and nothing is created.
+    reads_only = not include_klaviyo and not settings.missed_signups.write_profile_flag
+    parts = app.reading_lazily() if reads_only else app.parts
+    outcome = parts.missed_signups(since.date() if since else None,
+                                   until.date() if until else None, include_klaviyo)
     complete_from = history_starts(settings)
-    if since is None or since < complete_from:
+    if not outcome.log_read:
+        click.echo(f"note: no state database yet ({settings.state.url}): no attempt from the "
+                   "log is recorded; run `klaviyo-sync replay` or the daemon first", err=True)
+    elif since is None or since < complete_from:
         click.echo(f"note: delivered attempts are kept {settings.sender.sent_retention} "
                    f"(sender.sent_retention): the log's attempts are complete from "
                    f"{complete_from:%Y-%m-%d %H:%M} UTC", err=True)

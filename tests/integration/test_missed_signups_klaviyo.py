@@ -104,11 +104,36 @@ def test_an_older_since_than_the_history_is_flagged(tmp_path: Path) -> None:
     writer = sa.create_engine(business_url)
     create_schema(writer, BusinessSettings(url=business_url))
     writer.dispose()
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    open_state(state_url).dispose()  # something has run: the state database exists
     config = tmp_path / "settings.toml"
-    config.write_text(f'[state]\nurl = "sqlite:///{tmp_path / "state.db"}"\n'
+    config.write_text(f'[state]\nurl = "{state_url}"\n'
                       f'[business]\nurl = "{business_url}"\n', encoding="utf-8")
     recent = (datetime.now() - timedelta(days=2)).strftime("%Y-%m-%d")
     quiet = CliRunner().invoke(cli, ["--config", str(config), "missed-signups",
                                      "--since", recent, "--format", "csv"])
     assert quiet.exit_code == 0 and "note:" not in quiet.output
     assert quiet.stdout.splitlines()[0].startswith("customer_id,email,name")
+    flagged = CliRunner().invoke(cli, ["--config", str(config), "missed-signups",
+                                       "--since", "2000-01-01", "--format", "csv"])
+    assert flagged.exit_code == 0 and "sender.sent_retention" in flagged.stderr
+
+
+def test_missed_signups_before_anything_ran_answers_and_creates_nothing(
+        tmp_path: Path) -> None:
+    """An analyst on a fresh setup: no attempt is recorded yet, the answer says so, and
+    the state database is not created by asking."""
+    business_url = f"sqlite:///{tmp_path / 'business.db'}"
+    writer = sa.create_engine(business_url)
+    create_schema(writer, BusinessSettings(url=business_url))
+    writer.dispose()
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[state]\nurl = "sqlite:///{tmp_path / "var" / "state.db"}"\n'
+                      f'[business]\nurl = "{business_url}"\n', encoding="utf-8")
+    before = set(tmp_path.rglob("*"))
+    result = CliRunner().invoke(cli, ["--config", str(config), "missed-signups",
+                                      "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [result.stdout.splitlines()[0]]  # the header alone
+    assert "no state database yet" in result.stderr
+    assert set(tmp_path.rglob("*")) == before
