@@ -437,12 +437,11 @@ class ProfileSync:
                 job = self.store.job(job.id)
             errors = self._errors(job, status.status)
         self.store.finish_job(job, errors, utcnow())
-        total = job.total or len(job.customers)
         report.failed += len(errors)
-        report.imported += total - len(errors)
+        report.imported += job.total - len(errors)
         for cid, detail in list(errors.items())[:20 - len(report.errors)]:
             report.errors[cid] = detail
-        log.info("profile_job_read", job_id=job.job_id, imported=total - len(errors),
+        log.info("profile_job_read", job_id=job.job_id, imported=job.total - len(errors),
                  failed=len(errors))
 
     def _errors(self, job: ProfileJob, status: str) -> dict[str, str]:

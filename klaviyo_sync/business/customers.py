@@ -130,7 +130,7 @@ class SqlCustomerReader:
     """Reads customers from the business database: one query per batch of ids.
 
     ``extra_columns`` are selected after the standard ones (the profiles pass sends them
-    as properties); :meth:`read_changed` pages through customers by ``updated_at``.
+    as properties); :meth:`read_changed_raw` pages through customers by ``updated_at``.
     """
 
     def __init__(self, engine: Engine, settings: BusinessSettings,
@@ -149,17 +149,13 @@ class SqlCustomerReader:
         self.queries = 0
         self._id_kind: str | None = None  # "int" | "text" | "cast", see _id_matcher
 
-    def read_changed(self, after: tuple[Any, Any] | None, since: Any, limit: int
-                     ) -> list[CustomerRow]:
-        """Up to ``limit`` customers after the raw (updated_at, id) ``after``, with
-        updated_at >= ``since`` (raw values; None: from the start), in that order."""
-        return [CustomerRow.from_row(row) for row in self.read_changed_raw(after, since, limit)]
-
     def read_changed_raw(self, after: tuple[Any, Any] | None, since: Any, limit: int
                          ) -> Sequence[Sequence[Any]]:
-        """:meth:`read_changed`'s rows as the database gives them: :data:`CUSTOMER_FIELDS`,
-        updated_at, then the extra columns. The profiles pass builds profiles straight
-        from these: making a Customer of each row cost more than reading it."""
+        """Up to ``limit`` customers after the raw (updated_at, id) ``after``, with
+        updated_at >= ``since`` (raw values; None: from the start), in that order, as the
+        database gives them: :data:`CUSTOMER_FIELDS`, updated_at, then the extra columns.
+        The profiles pass builds profiles straight from these: making a Customer of each
+        row cost more than reading it."""
         stmt = (self._full.where(self._updated.is_not(None))
                 .order_by(self._updated, self._id).limit(limit))
         if since is not None:
@@ -176,7 +172,7 @@ class SqlCustomerReader:
             raise self._error(exc) from exc
 
     def read_ids(self, ids: Iterable[str]) -> list[CustomerRow]:
-        """The customers with these ids, as :meth:`read_changed` returns them."""
+        """The customers with these ids, with their extra columns and keyset position."""
         wanted = sorted({str(i) for i in ids if i})
         found: list[CustomerRow] = []
         try:

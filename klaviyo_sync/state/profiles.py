@@ -87,7 +87,7 @@ class ProfileJob:
     job_id: str | None
     state: JobState
     customers: tuple[tuple[str, str], ...]  # (customer id, digest); () when not loaded
-    total: int = 0  # customers in the request
+    total: int  # customers in the request
 
     @classmethod
     def from_row(cls, row: Any) -> ProfileJob:
@@ -251,9 +251,9 @@ class ProfileStore:
     @staticmethod
     def _upsert(conn: Connection, rows: Iterable[dict[str, Any]],
                 update: Sequence[str]) -> None:
-        """INSERT ... ON CONFLICT DO UPDATE, through the driver's executemany: a finished
-        job writes 10,000 rows, and SQLAlchemy's per-row parameter processing cost more
-        than the database's work."""
+        """INSERT ... ON CONFLICT DO UPDATE, through the driver's executemany (the failed
+        customers of a request: SQLAlchemy's per-row parameter processing cost more than
+        the database's work)."""
         rows = list(rows)
         if not rows:
             return
