@@ -3,8 +3,8 @@
 - ``POST /api/profile-bulk-import-jobs``: up to 10,000 profiles. Validation is all or
   nothing, as Klaviyo's: one malformed email refuses the whole request with a 400 whose
   pointer names it (``/data/attributes/profiles/data/17/attributes/email``). The answer
-  is 202 with a ``queued`` job; its profiles are merged into the account's profile store
-  (``standin.profiles``) just after, in a thread (reads of the job wait for that).
+  is 202 with a ``queued`` job; its profiles are in the account from then on (the account
+  applies them before its next read or change of a profile).
 - ``GET /api/profile-bulk-import-jobs/<id>``: the job's status moves one step per read,
   ``queued`` -> ``processing`` -> ``complete`` (``polls_to_complete`` reads; 1 completes
   on the first read), with total, completed and failed counts.
@@ -47,9 +47,6 @@ class ImportJob:
     total: int
     failures: list[tuple[int, str, dict[str, Any]]]  # (index in body, detail, attributes)
     reads: int = 0
-    #: Set once its profiles are in the account: the import runs after the 202, as
-    #: Klaviyo's does, and a read waits for it rather than reporting a job never done.
-    imported: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -144,46 +141,31 @@ def create_job(call: Call) -> Reply:
     if problems:  # all or nothing: nothing of the request is imported
         return errors(400, problems, items=len(items))
     book: ProfileJobBook = call.standin.profile_jobs
+    with book.lock:
+        failing = dict(book.failing)
+    failures, kept = _injected_failures(items, failing) if failing else ([], items)
     account = call.standin.account
     with account.lock:
-        job = ImportJob(account.add_job(JOB_TYPE, len(items), call.now).id, len(items), [])
+        job = ImportJob(account.add_job(JOB_TYPE, len(items), call.now).id, len(items),
+                        failures)
+        account.import_profiles(kept)
     with book.lock:
         book.jobs[job.id] = job
-        failing = dict(book.failing)
-    threading.Thread(target=_import, args=(call, job, items, failing), daemon=True,
-                     name=f"profile-import-{job.id}").start()
     return Reply(202, _document(call, job, "queued"), items=len(items))
 
 
-#: Profiles imported per hold of the account's lock: other requests (the next job's POST
-#: among them) are answered between two chunks instead of after the whole job.
-_IMPORT_CHUNK = 500
-
-
-def _import(call: Call, job: ImportJob, items: list[Any], failing: dict[str, str]) -> None:
-    account = call.standin.account
-    try:
-        for start in range(0, len(items), _IMPORT_CHUNK):
-            profiles = []
-            for index in range(start, min(start + _IMPORT_CHUNK, len(items))):
-                item = items[index]
-                attributes = item["attributes"]
-                if failing:
-                    detail = failing.get(str(attributes.get("email") or "").lower())
-                    if detail is not None:
-                        job.failures.append((index, detail, attributes))
-                        continue
-                # The document's own dict when it holds no null (ours never do): the
-                # request is not kept, so nothing else sees it.
-                profile = attributes if None not in attributes.values() else {
-                    k: v for k, v in attributes.items() if v is not None}
-                if item.get("id"):
-                    profile = {**profile, "id": item["id"]}
-                profiles.append(profile)
-            with account.lock:
-                account.import_profiles(profiles)
-    finally:
-        job.imported.set()
+def _injected_failures(items: list[Any], failing: dict[str, str]
+                       ) -> tuple[list[tuple[int, str, dict[str, Any]]], list[Any]]:
+    """The profiles tests made fail (index, detail, attributes), and the others."""
+    failures, kept = [], []
+    for index, item in enumerate(items):
+        attributes = item["attributes"]
+        detail = failing.get(str(attributes.get("email") or "").lower())
+        if detail is None:
+            kept.append(item)
+        else:
+            failures.append((index, detail, attributes))
+    return failures, kept
 
 
 def get_job(call: Call) -> Reply:
@@ -193,7 +175,6 @@ def get_job(call: Call) -> Reply:
         job = book.jobs.get(call.path_args[0])
     if job is None:
         return error(404, f"No {JOB_TYPE} with id {call.path_args[0]!r}.")
-    job.imported.wait(timeout=60)
     with book.lock:
         job.reads += 1
         status = book.status_of(job)
@@ -207,7 +188,6 @@ def get_errors(call: Call) -> Reply:
         job = book.jobs.get(call.path_args[0])
     if job is None:
         return error(404, f"No {JOB_TYPE} with id {call.path_args[0]!r}.")
-    job.imported.wait(timeout=60)
     try:
         size = int(call.param("page[size]") or 20)
         start = int(call.param("page[cursor]") or 0)
