@@ -167,8 +167,14 @@ class SqlCustomerReader:
         try:
             with self.engine.connect() as conn:
                 self.queries += 1
-                return conn.execute(stmt).fetchall()
-        except sa.exc.SQLAlchemyError as exc:
+                result = conn.execute(stmt)
+                # The driver's own rows: the columns carry no SQL type, so SQLAlchemy's
+                # Row objects would only wrap the same values (a sixth of the read).
+                rows: Sequence[Sequence[Any]] = result.cursor.fetchall()
+                result.close()
+                return rows
+        except (sa.exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as exc:
+            # (the driver's fetch raises the driver's own errors)
             raise self._error(exc) from exc
 
     def read_ids(self, ids: Iterable[str]) -> list[CustomerRow]:
@@ -187,7 +193,7 @@ class SqlCustomerReader:
             raise self._error(exc) from exc
         return found
 
-    def _error(self, exc: sa.exc.SQLAlchemyError) -> BusinessDataError:
+    def _error(self, exc: Exception) -> BusinessDataError:
         return BusinessDataError(
             f"cannot read {self.settings.customers_table} from the business database: "
             f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}")
