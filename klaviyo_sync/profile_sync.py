@@ -9,6 +9,9 @@ posted again. Every job is read back until complete; its import errors are mappe
 their customers through the pointer (body order is kept with the job's row). Only then
 is a customer imported. A crash between a POST and its read-back resumes the read-back.
 
+The pass's thread reads and builds; a posting thread, a read-back thread and one thread
+for every state write (:class:`_Writer`) overlap the rest with it (see those classes).
+
 It lives beside app.py rather than in business/: it drives both the business reader and
 the Klaviyo jobs API, and business/ never imports senders/.
 """
@@ -18,11 +21,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -57,9 +61,12 @@ from klaviyo_sync.state.profiles import (
 )
 
 log = get_logger(__name__)
+_T = TypeVar("_T")
 
 #: Where the pass finds these in the reader's raw rows.
 _ID, _EMAIL, _STATUS = (CUSTOMER_FIELDS.index(name) for name in ("id", "email", "status"))
+#: A profile's encoded resource, and its (customer id, digest) pair.
+_ITEM, _PAIR = itemgetter(1), itemgetter(0, 2)
 #: Klaviyo's cap on one profile in a bulk import.
 MAX_PROFILE_BYTES = 100 * 1024
 #: The longest wait between two read-backs of a job.
@@ -133,6 +140,8 @@ class ProfileSync:
         # Jobs sent and not read back yet, oldest first (the posting thread appends).
         self._sent: deque[ProfileJob] = deque()
         self._lookup = True
+        # During a pass, the thread every state write goes through (see _Writer).
+        self._writer: _Writer | None = None
 
     # --- the pass ------------------------------------------------------------------------
 
@@ -153,35 +162,35 @@ class ProfileSync:
             since = shift_raw_time(watermark, -self.config.overlap_s)
         batch: list[Profile] = []
         size = BODY_OVERHEAD
-        after: tuple[Any, Any] | None = None
         # Nothing recorded yet (the initial sync): no customer of this pass can be known,
         # so the per-page look-up of their digests is skipped.
         self._lookup = self.store.any_recorded()
-        with _Poster(self._post_then_read, report) as poster:
-            while True:
-                if stop is not None and stop.is_set():
-                    report.interrupted = True
-                    break
-                page = self.reader.read_changed_raw(after, since, self.config.page_size)
-                if not page:
-                    break
-                report.customers_read += len(page)
-                if seen is not None:
-                    seen.update(str(row[_ID]) for row in page)
-                for profile in self._changed(self._not_erased(page, report), report):
-                    if (len(batch) >= self.config.batch_max_profiles
-                            or size + len(profile.item) + 1 > self.config.batch_max_bytes):
-                        poster.submit(batch, self._text(watermark))
-                        batch, size = [], BODY_OVERHEAD
-                    batch.append(profile)
-                    size += len(profile.item) + 1
-                last = page[-1]
-                after = (last[UPDATED_AT], last[_ID])
-                watermark = self._later(watermark, last[UPDATED_AT])
-                if len(page) < self.config.page_size:
-                    break
-            if batch:
-                poster.submit(batch, self._text(watermark))
+        writer = _Writer()
+        reader = _Reader(self, report, stop, self.config.readback_poll_s,
+                         enabled=not self.dry_run)
+        self._writer = writer
+        try:
+            with writer, reader, _Poster(self, writer, report, reader.wake) as poster:
+                for page in self._pages(since):
+                    if stop is not None and stop.is_set():
+                        report.interrupted = True
+                        break
+                    report.customers_read += len(page)
+                    if seen is not None:
+                        seen.update(str(row[_ID]) for row in page)
+                    for profile in self._changed(self._not_erased(page, report), report):
+                        if (len(batch) >= self.config.batch_max_profiles
+                                or size + len(profile.item) + 1 > self.config.batch_max_bytes):
+                            poster.submit(batch, self._text(watermark))
+                            batch, size = [], BODY_OVERHEAD
+                        batch.append(profile)
+                        size += len(profile.item) + 1
+                    watermark = self._later(watermark, page[-1][UPDATED_AT])
+                    reader.check()
+                if batch:
+                    poster.submit(batch, self._text(watermark))
+        finally:
+            self._writer = None
         if seen is not None and not report.interrupted:
             self._forget_vanished(seen, report)
         if not self.dry_run:
@@ -196,6 +205,21 @@ class ProfileSync:
              requests=report.requests, imported=report.imported, failed=report.failed,
              unread_jobs=report.unread_jobs, dry_run=self.dry_run)
         return report
+
+    def _pages(self, since: Any) -> Iterator[Sequence[Sequence[Any]]]:
+        """Customers with updated_at >= ``since`` (all: None), page by page, in keyset
+        order. Read in the pass's own thread, between building pages: the SQLite driver
+        lets go of the GIL for each row it steps, and a reading thread of its own then
+        waited behind the building thread for almost every row."""
+        after: tuple[Any, Any] | None = None
+        while True:
+            page = self.reader.read_changed_raw(after, since, self.config.page_size)
+            if page:
+                yield page
+            if len(page) < self.config.page_size:
+                return
+            last = page[-1]
+            after = (last[UPDATED_AT], last[_ID])
 
     def retry(self, stop: threading.Event | None = None) -> ProfilesReport:
         """Send every failed customer again, as the business database shows them now."""
@@ -286,47 +310,53 @@ class ProfileSync:
         if batch:
             self._post(batch, report, None)
 
-    def _post_then_read(self, batch: Sequence[Profile], report: ProfilesReport,
-                        watermark: str | None) -> None:
-        """The posting thread's turn: post ``batch``, then read back the oldest job if it
-        is done, so recording it (database work, which lets go of the GIL) overlaps the
-        pass reading and building the next pages."""
-        self._post(batch, report, watermark)
-        if not self.dry_run:
-            self._read_ready(report)
-
     def _post(self, batch: Sequence[Profile], report: ProfilesReport,
               watermark: str | None) -> None:
         """One import job for ``batch``; a 400 takes the request apart (see the module)."""
+        self._send(self._write(self._open, batch, watermark), report)
+
+    def _open(self, batch: Sequence[Profile], watermark: str | None) -> _Opened:
+        """A request about to be posted: its row written (before the POST), the profiles
+        over Klaviyo's size cap failed at once, its body. State writes only (the pass
+        runs it on its writer thread)."""
+        # map() with itemgetter loops in C: these run for every profile of the pass.
         entries = list(batch)
-        oversized = [p for p in entries if len(p.item) > MAX_PROFILE_BYTES]
-        entries = [p for p in entries if len(p.item) <= MAX_PROFILE_BYTES]
+        if entries and max(map(len, map(_ITEM, entries))) > MAX_PROFILE_BYTES:
+            entries = [p for p in batch if len(p.item) <= MAX_PROFILE_BYTES]
+        body = bulk_import_body(list(map(_ITEM, entries))) if entries else b""
         if self.dry_run:
+            return _Opened(None, entries, {}, body)
+        now = utcnow()
+        pairs = list(map(_PAIR, entries))
+        row_id = self.store.open_job(pairs, now, watermark)
+        failures = {p.customer_id: (p.digest, f"profile of {len(p.item)} bytes: Klaviyo "
+                                    f"accepts at most {MAX_PROFILE_BYTES}")
+                    for p in batch if len(p.item) > MAX_PROFILE_BYTES} \
+            if len(entries) < len(batch) else {}
+        if failures:
+            self.store.refused(row_id, pairs, failures, now)
+        return _Opened(row_id, entries, failures, body)
+
+    def _send(self, opened: _Opened, report: ProfilesReport) -> None:
+        """POST an opened request until Klaviyo takes it (or nothing of it is left)."""
+        row_id, entries, body = opened.row_id, opened.entries, opened.body
+        if opened.refused:
+            self._count_refused(opened.refused, report)
+        if row_id is None:  # a dry run: the body goes to the outbox
             if entries:
-                self.api.create_job(bulk_import_body([p.item for p in entries]), len(entries))
+                self.api.create_job(body, len(entries))
                 report.requests += 1
                 report.sent += len(entries)
             return
-        now = utcnow()
-        row_id = self.store.open_job([(p.customer_id, p.digest) for p in entries], now,
-                                     watermark)
-        if oversized:
-            failures = {p.customer_id: (p.digest, f"profile of {len(p.item)} bytes: Klaviyo "
-                                        f"accepts at most {MAX_PROFILE_BYTES}")
-                        for p in oversized}
-            self.store.refused(row_id, [(p.customer_id, p.digest) for p in entries],
-                               failures, now)
-            self._count_refused(failures, report)
         while entries:
             try:
                 report.requests += 1
-                job_id = self.api.create_job(bulk_import_body([p.item for p in entries]),
-                                             len(entries))
+                job_id = self.api.create_job(body, len(entries))
             except RejectedSendError as exc:
                 bad = self._offenders(exc, len(entries))
                 if not bad and len(entries) > 1:
                     # No pointer to go by: halve the request until the offender is alone.
-                    self.store.abandon(row_id)
+                    self._write(self.store.abandon, row_id)
                     half = len(entries) // 2
                     self._post(entries[:half], report, None)
                     self._post(entries[half:], report, None)
@@ -335,11 +365,14 @@ class ProfileSync:
                 failures = {entries[i].customer_id: (entries[i].digest, detail)
                             for i, detail in bad.items()}
                 entries = [p for i, p in enumerate(entries) if i not in bad]
-                self.store.refused(row_id, [(p.customer_id, p.digest) for p in entries],
-                                   failures, utcnow())
+                self._write(self.store.refused, row_id,
+                            [(p.customer_id, p.digest) for p in entries], failures, utcnow())
                 self._count_refused(failures, report)
+                body = bulk_import_body([p.item for p in entries])
                 continue
-            self.store.job_sent(row_id, job_id, utcnow())
+            # Queued behind nothing the read-back of this job could overtake: it is
+            # appended to _sent only after this write is on the writer's queue.
+            self._write_soon(self.store.job_sent, row_id, job_id, utcnow())
             # Only the ids: the read-back finds the customers in the job's row, so an
             # initial sync of a million customers does not hold them all until its end.
             self._sent.append(ProfileJob(row_id, job_id, JobState.SENT, (), len(entries)))
@@ -347,7 +380,20 @@ class ProfileSync:
             report.sent += len(entries)
             log.info("profile_job_sent", job_id=job_id, profiles=len(entries))
             return
-        self.store.abandon(row_id)
+        self._write(self.store.abandon, row_id)
+
+    def _write(self, write: Callable[..., _T], *args: Any) -> _T:
+        """Run a state write: on the pass's writer thread during a pass, and wait for it."""
+        writer = self._writer
+        return write(*args) if writer is None else writer.run(write, *args)
+
+    def _write_soon(self, write: Callable[..., Any], *args: Any) -> None:
+        """Queue a state write without waiting (its failure is raised at the pass's end)."""
+        writer = self._writer
+        if writer is None:
+            write(*args)
+        else:
+            writer.later(write, *args)
 
     @staticmethod
     def _offenders(exc: RejectedSendError, count: int) -> dict[int, str]:
@@ -387,22 +433,13 @@ class ProfileSync:
             self._read_back(list(self._sent), report, stop)
             self._sent = deque()
 
-    def _read_ready(self, report: ProfilesReport) -> None:
-        """Read back the oldest job sent, once, while the pass goes on (in the posting
-        thread: the one that appends to ``_sent``): jobs finish in the order they were
-        sent, so the pass's end waits only for the last few."""
-        if len(self._sent) < 2:
-            return
-        job = self._sent[0]
+    def _read_if_finished(self, job: ProfileJob, report: ProfilesReport) -> bool:
+        """Read ``job`` back once; record its outcome if it is finished."""
         assert job.job_id is not None
-        try:
-            status = self.api.get_job(job.job_id)
-        except RetryableSendError as exc:  # the read-back at the end asks again
-            log.info("profile_job_read_later", job_id=job.job_id, error=str(exc)[:200])
-            return
+        status = self.api.get_job(job.job_id)
         if status.finished:
             self._finish(job, status, report)
-            self._sent.popleft()
+        return status.finished
 
     def _read_back(self, jobs: Sequence[ProfileJob], report: ProfilesReport,
                    stop: threading.Event | None) -> None:
@@ -412,11 +449,7 @@ class ProfileSync:
         while pending:
             waiting = []
             for job in pending:
-                assert job.job_id is not None
-                status = self.api.get_job(job.job_id)
-                if status.finished:
-                    self._finish(job, status, report)
-                else:
+                if not self._read_if_finished(job, report):
                     waiting.append(job)
             pending = waiting
             if not pending:
@@ -436,7 +469,7 @@ class ProfileSync:
             if not job.customers:
                 job = self.store.job(job.id)
             errors = self._errors(job, status.status)
-        self.store.finish_job(job, errors, utcnow())
+        self._write(self.store.finish_job, job, errors, utcnow())
         report.failed += len(errors)
         report.imported += job.total - len(errors)
         for cid, detail in list(errors.items())[:20 - len(report.errors)]:
@@ -482,25 +515,175 @@ class ProfileSync:
         return watermark
 
 
+class _Reader:
+    """Reads back the jobs the pass has sent, oldest first, in a thread of its own while
+    the pass reads, builds and posts the next ones: recording a job's 10,000 outcomes is
+    database work that would otherwise hold up the next POST, and an initial sync's end
+    then waits only for its last jobs. What is left when the pass has posted everything
+    (or is stopped) goes to the pass's own read-back, which has the deadline.
+
+    A round that finished no job waits ``poll_s`` seconds, doubling to
+    :data:`MAX_POLL_S` while none finishes (see :meth:`_round`). A transient failure of
+    a read waits and asks again; any other failure ends the thread and stops the pass
+    (:meth:`check`, and on leaving the ``with`` block). The outcomes are counted in a
+    report of its own, added to the pass's on leaving (two threads never count into one).
+    """
+
+    def __init__(self, sync: ProfileSync, into: ProfilesReport, stop: threading.Event | None,
+                 poll_s: float, enabled: bool = True) -> None:
+        self._sync = sync
+        self._into = into
+        self._stop = stop
+        self._poll_s = poll_s
+        self._enabled = enabled
+        self._report = ProfilesReport()
+        self._wake = threading.Event()  # a job was sent, or the end came
+        self._ending = threading.Event()
+        self._failure: BaseException | None = None
+        self._asked: set[int] = set()  # rows of the jobs asked at least once
+        self._thread = threading.Thread(target=self._run, name="profile-read", daemon=True)
+
+    def wake(self) -> None:
+        """A job was sent."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        sent = self._sync._sent
+        delay = self._poll_s
+        try:
+            while not self._ending.is_set() and not (self._stop and self._stop.is_set()):
+                if not sent:
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+                if self._round(list(sent)):
+                    delay = self._poll_s
+                    continue
+                self._ending.wait(delay)
+                delay = min(delay * 2, MAX_POLL_S)
+        except BaseException as error:  # raised in the pass's thread on leaving
+            self._failure = error
+
+    def _round(self, jobs: list[ProfileJob]) -> bool:
+        """Ask ``jobs`` oldest first, up to the first one still unfinished that was
+        asked before (Klaviyo works through jobs in order: those after it are asked
+        only once each until it is done). Whether any job was finished."""
+        sent = self._sync._sent
+        finished = False
+        for job in jobs:
+            if self._ending.is_set():
+                break
+            try:
+                if self._sync._read_if_finished(job, self._report):
+                    sent.remove(job)  # the poster only appends
+                    self._asked.discard(job.id)
+                    finished = True
+                    continue
+            except RetryableSendError as exc:  # ask again; the pass's end does too
+                log.info("profile_job_read_later", job_id=job.job_id, error=str(exc)[:200])
+            if job.id in self._asked:
+                break
+            self._asked.add(job.id)
+        return finished
+
+    def check(self) -> None:
+        """Raise the thread's failure now, if it has one (the pass stops on it)."""
+        if self._failure is not None:
+            raise self._failure
+
+    def __enter__(self) -> _Reader:
+        if self._enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not self._enabled:
+            return
+        self._ending.set()
+        self._wake.set()
+        self._thread.join()
+        report, mine = self._into, self._report
+        report.imported += mine.imported
+        report.failed += mine.failed
+        for cid, detail in mine.errors.items():
+            if len(report.errors) < 20:
+                report.errors[cid] = detail
+        if self._failure is not None and exc is None:
+            raise self._failure
+
+
+class _Opened(NamedTuple):
+    """A request recorded and ready to post (``row_id`` None: a dry run)."""
+
+    row_id: int | None
+    entries: list[Profile]
+    refused: dict[str, tuple[str, str]]  # customer id -> (digest, why), failed at once
+    body: bytes
+
+
+class _Writer:
+    """The one thread a pass's state writes go through, in the order they are asked for.
+
+    Recording a request before its POST, its job id after the 202 and its outcomes after
+    the read-back are writes of three threads; on SQLite each would wait for the others'
+    write lock, and the POST thread would wait with them. Queued here, the next request
+    is recorded while the current one is in flight, and a job's id is always written
+    before its outcome (the id's write is queued before the job can be read back).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="profile-write")
+        self._later: list[Future[Any]] = []
+
+    def submit(self, write: Callable[..., _T], *args: Any) -> Future[_T]:
+        return self._pool.submit(write, *args)
+
+    def run(self, write: Callable[..., _T], *args: Any) -> _T:
+        return self._pool.submit(write, *args).result()
+
+    def later(self, write: Callable[..., Any], *args: Any) -> None:
+        self._later = [f for f in self._later if not f.done() or f.exception() is not None]
+        self._later.append(self._pool.submit(write, *args))
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._pool.shutdown(wait=True)
+        failure = next((f.exception() for f in self._later if f.exception() is not None),
+                       None)
+        if failure is not None and exc is None:
+            raise failure
+
+
 class _Poster:
-    """Posts batches in one thread of its own while the pass reads and builds the next:
-    the initial sync then waits for Klaviyo's answers only at the end. Batches go in
-    order (one thread), so each one's watermark covers only what went before it; at most
-    two are in hand at a time, so memory stays bounded."""
+    """Posts batches in one thread of its own while the pass reads and builds the next,
+    each recorded first by the writer (which does so while the one before is in
+    flight): the initial sync then waits for Klaviyo's answers only at the end. Batches
+    go in order (one thread each), so each one's watermark covers only what went before
+    it; at most two are in hand at a time, so memory stays bounded. ``sent`` is told
+    after each."""
 
     IN_FLIGHT = 2
 
-    def __init__(self, post: Callable[[Sequence[Profile], ProfilesReport, str | None], None],
-                 report: ProfilesReport) -> None:
-        self._post = post
+    def __init__(self, sync: ProfileSync, writer: _Writer, report: ProfilesReport,
+                 sent: Callable[[], None]) -> None:
+        self._sync = sync
+        self._writer = writer
         self._report = report
+        self._sent = sent
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="profile-post")
         self._pending: deque[Future[None]] = deque()
+
+    def _post_one(self, opened: Future[_Opened]) -> None:
+        self._sync._send(opened.result(), self._report)
+        self._sent()
 
     def submit(self, batch: Sequence[Profile], watermark: str | None) -> None:
         while len(self._pending) >= self.IN_FLIGHT:
             self._pending.popleft().result()  # a failed post stops the pass here
-        self._pending.append(self._pool.submit(self._post, batch, self._report, watermark))
+        opened = self._writer.submit(self._sync._open, batch, watermark)
+        self._pending.append(self._pool.submit(self._post_one, opened))
 
     def __enter__(self) -> _Poster:
         return self

@@ -36,8 +36,14 @@ def profile_item(attributes: dict[str, Any]) -> bytes:
 
 
 def bulk_import_body(items: Sequence[bytes]) -> bytes:
-    """POST /api/profile-bulk-import-jobs for already encoded profile items."""
-    return _HEAD + b",".join(items) + _TAIL
+    """POST /api/profile-bulk-import-jobs for already encoded profile items, joined
+    once: a body of several MB is not copied again to put its head and tail on."""
+    if not items:
+        return _HEAD + _TAIL
+    parts = list(items)
+    parts[0] = _HEAD + parts[0]
+    parts[-1] = parts[-1] + _TAIL
+    return b",".join(parts)
 
 
 def pointer_index(pointer: str | None) -> int | None:

@@ -126,7 +126,8 @@ class ProfileStore:
         """Record a request about to be posted (and the watermark it lets move on)."""
         with self._write() as conn:
             row_id = conn.execute(profile_jobs.insert().values(
-                status=JobState.POSTING.value, customers=[list(c) for c in customers],
+                # (pairs are JSON arrays as tuples or as lists)
+                status=JobState.POSTING.value, customers=list(customers),
                 total=len(customers), created_at=now)).inserted_primary_key[0]
             if watermark is not None:
                 meta.put(conn, meta.PROFILES_WATERMARK, watermark, now)

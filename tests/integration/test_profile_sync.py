@@ -183,3 +183,94 @@ def test_a_failed_read_back_during_the_pass_is_asked_again_at_its_end(
     assert ProfileStore(state_engine).counts() == {"imported": 30, "unread_jobs": 0}
     for close in closers:
         close()
+
+
+def test_each_job_id_is_written_before_its_outcome(
+        klaviyo: KlaviyoStandIn, state_engine: sa.Engine, shop: Customers, tmp_path: Path,
+        api_key: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three threads write during a pass (the request row, the job id after the 202, the
+    outcomes after the read-back); the writer keeps them in that order for each job, so
+    a job read back at once is never marked sent again after it was done."""
+    klaviyo.profile_jobs.polls_to_complete = 1
+    settings = settings_for(klaviyo.base_url, shop, tmp_path, batch_max_profiles=3,
+                            page_size=3)
+    sync, closers = make_sync(settings, state_engine)
+    order: list[tuple[str, int]] = []
+    for name in ("open_job", "job_sent", "finish_job"):
+        real = getattr(sync.store, name)
+
+        def traced(*args: object, _real: object = real, _name: str = name) -> object:
+            result = _real(*args)  # type: ignore[operator]
+            row = result if _name == "open_job" else (
+                args[0] if _name == "job_sent" else args[0].id)  # type: ignore[attr-defined]
+            order.append((_name, int(row)))  # type: ignore[call-overload]
+            return result
+
+        monkeypatch.setattr(sync.store, name, traced)
+    report = sync.run_once(all_customers=True)
+    assert report.jobs == 10 and report.imported == 30 and report.unread_jobs == 0
+    for row in {row for _name, row in order}:
+        assert [n for n, r in order if r == row] == ["open_job", "job_sent", "finish_job"]
+    with state_engine.connect() as conn:
+        assert {s for (s,) in conn.execute(sa.select(profile_jobs.c.status))} == {"done"}
+    for close in closers:
+        close()
+
+
+def test_a_read_back_that_fails_for_good_fails_the_pass_and_the_next_one_resumes(
+        klaviyo: KlaviyoStandIn, state_engine: sa.Engine, shop: Customers, tmp_path: Path,
+        api_key: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure that is not transient in the read-back thread (here a 401) ends the
+    pass with that error (the pass checks after each page); what was sent is read back by
+    the next pass, and every customer is imported once."""
+    from klaviyo_sync.exceptions import AuthError
+
+    settings = settings_for(klaviyo.base_url, shop, tmp_path, batch_max_profiles=5,
+                            page_size=5)
+    sync, closers = make_sync(settings, state_engine)
+    real = sync.api.get_job
+
+    def refused(job_id: str) -> object:
+        raise AuthError("401 from Klaviyo: the key was revoked")
+
+    monkeypatch.setattr(sync.api, "get_job", refused)
+    with pytest.raises(AuthError, match="revoked"):
+        sync.run_once(all_customers=True)
+    assert ProfileStore(state_engine).counts().get("imported", 0) == 0
+    monkeypatch.setattr(sync.api, "get_job", real)
+    report = sync.run_once()
+    assert report.jobs_resumed >= 1 and report.unread_jobs == 0
+    assert ProfileStore(state_engine).counts() == {"imported": 30, "unread_jobs": 0}
+    assert len(klaviyo.profiles) == 30
+    for close in closers:
+        close()
+
+
+def test_a_job_id_that_could_not_be_written_fails_the_pass_and_is_posted_again(
+        klaviyo: KlaviyoStandIn, state_engine: sa.Engine, shop: Customers, tmp_path: Path,
+        api_key: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job id is written after the 202 without the POST thread waiting for it; if
+    that write fails, the pass still fails with it, and the request, left ``posting``,
+    is posted again by the next pass (an import is an upsert)."""
+    settings = settings_for(klaviyo.base_url, shop, tmp_path, batch_max_profiles=10,
+                            page_size=10)
+    sync, closers = make_sync(settings, state_engine)
+    real = sync.store.job_sent
+    calls: list[int] = []
+
+    def flaky(row_id: int, job_id: str, now: datetime) -> None:
+        calls.append(row_id)
+        if len(calls) == 2:
+            raise sa.exc.OperationalError("UPDATE profile_jobs", {}, Exception("disk I/O error"))
+        real(row_id, job_id, now)
+
+    monkeypatch.setattr(sync.store, "job_sent", flaky)
+    with pytest.raises(sa.exc.OperationalError, match="disk I/O error"):
+        sync.run_once(all_customers=True)
+    monkeypatch.setattr(sync.store, "job_sent", real)
+    report = sync.run_once()
+    assert report.jobs_resumed >= 1 and report.unread_jobs == 0
+    assert ProfileStore(state_engine).counts() == {"imported": 30, "unread_jobs": 0}
+    assert len(klaviyo.profiles) == 30
+    for close in closers:
+        close()
