@@ -179,8 +179,8 @@ def main() -> None:
           f"stand-in holds {stats.get('profiles', 0):,})")
     print(f"pass time            {sync['seconds']:>12.1f} s  "
           f"({sync['cpu_seconds']:.1f} s of CPU in the pass's process)")
-    print(f"stand-in CPU         {standin_cpu - idle_cpu:>12.1f} s  (validating and importing "
-          "the jobs, on a core of its own)")
+    print(f"stand-in CPU         {standin_cpu - idle_cpu:>12.1f} s  (parsing and validating "
+          "the jobs; it applies imports when next read)")
     print(f"profiles/s           {sync['sent'] / sync['seconds']:>12,.0f}")
     print(f"import requests      {sync['requests']:>12,}  (minimum {minimum}) "
           f"{'OK' if sync['requests'] <= minimum else 'MORE'}")
