@@ -15,11 +15,13 @@ the start of a new relationship and is sent; the tombstone is then marked lifted
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,7 +54,7 @@ def load_key(key_file: str, engine: Engine, create: bool = True) -> bytes:
     """The HMAC key: from ``key_file`` (created 0600 with 32 random bytes when missing),
     or, when no file is configured, a random key kept in the state database's meta table
     (a dump of the database then holds key and hashes together: set a key file to keep
-    them apart)."""
+    them apart). Two processes creating it at once end with the same key."""
     if key_file:
         path = Path(key_file)
         try:
@@ -60,11 +62,7 @@ def load_key(key_file: str, engine: Engine, create: bool = True) -> bytes:
         except FileNotFoundError:
             if not create:
                 raise ConfigError(f"privacy.key_file: {path} does not exist") from None
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            data = secrets.token_hex(32).encode()
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data + b"\n")
+            data = _create_key_file(path)
         except OSError as exc:
             raise ConfigError(f"privacy.key_file: cannot read {path}: {exc.strerror}") from exc
         if len(data) < 32:
@@ -74,9 +72,44 @@ def load_key(key_file: str, engine: Engine, create: bool = True) -> bytes:
     if stored is None:
         if not create:
             return b""
-        meta.put(engine, KEY_META, secrets.token_hex(32))
-        stored = meta.get(engine, KEY_META)
-    return (stored or "").encode()
+        # Insert-if-absent: a second process creating a key at the same moment must not
+        # replace the one the first has already hashed with.
+        stored = meta.put_if_absent(engine, KEY_META, secrets.token_hex(32))
+    return stored.encode()
+
+
+def _create_key_file(path: Path) -> bytes:
+    """Write a new key beside ``path`` and link it into place: the file appears whole or
+    not at all (a kill while writing left an empty key file before, which every later
+    run refused), and when another process links first, its key is the one used."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = secrets.token_hex(32).encode()
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(data + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return path.read_bytes().strip()
+        _fsync_dir(path.parent)
+        return data
+    except OSError as exc:
+        raise ConfigError(f"privacy.key_file: cannot create {path}: {exc.strerror}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,20 @@ def put(bind: Engine | Connection, name: str, value: str, now: datetime | None =
     )
 
 
+def put_if_absent(bind: Engine | Connection, name: str, value: str) -> str:
+    """Store ``value`` under ``name`` unless a value is there already; the stored one."""
+    if isinstance(bind, Engine):
+        with bind.begin() as conn:
+            return put_if_absent(conn, name, value)
+    insert: Any = (postgresql.insert(meta) if bind.dialect.name == "postgresql"
+                   else sqlite.insert(meta))
+    bind.execute(insert.values(name=name, value=value, updated_at=utcnow())
+                 .on_conflict_do_nothing(index_elements=[meta.c.name]))
+    stored = get(bind, name)
+    assert stored is not None  # just written, or there before
+    return stored
+
+
 def put_json(bind: Engine | Connection, name: str, value: Any) -> None:
     put(bind, name, json.dumps(value, default=str, allow_nan=False))
 
