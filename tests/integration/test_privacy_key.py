@@ -34,7 +34,7 @@ def test_a_creation_that_fails_midway_leaves_no_key_file(
 
     with monkeypatch.context() as patch:
         patch.setattr(os, "fsync", disk_full)
-        with pytest.raises(ConfigError, match="cannot create .*No space left"):
+        with pytest.raises(ConfigError, match=r"cannot create .*No space left"):
             load_key(str(path), state_engine)
     assert not path.exists() and list(path.parent.iterdir()) == []
     assert len(load_key(str(path), state_engine)) == 64
