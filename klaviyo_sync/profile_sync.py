@@ -160,8 +160,6 @@ class ProfileSync:
         since = None
         if watermark is not None and not all_customers:
             since = shift_raw_time(watermark, -self.config.overlap_s)
-        batch: list[Profile] = []
-        size = BODY_OVERHEAD
         # Nothing recorded yet (the initial sync): no customer of this pass can be known,
         # so the per-page look-up of their digests is skipped.
         self._lookup = self.store.any_recorded()
@@ -171,24 +169,8 @@ class ProfileSync:
         self._writer = writer
         try:
             with writer, reader, _Poster(self, writer, report, reader.wake) as poster:
-                for page in self._pages(since):
-                    if stop is not None and stop.is_set():
-                        report.interrupted = True
-                        break
-                    report.customers_read += len(page)
-                    if seen is not None:
-                        seen.update(str(row[_ID]) for row in page)
-                    for profile in self._changed(self._not_erased(page, report), report):
-                        if (len(batch) >= self.config.batch_max_profiles
-                                or size + len(profile.item) + 1 > self.config.batch_max_bytes):
-                            poster.submit(batch, self._text(watermark))
-                            batch, size = [], BODY_OVERHEAD
-                        batch.append(profile)
-                        size += len(profile.item) + 1
-                    watermark = self._later(watermark, page[-1][UPDATED_AT])
-                    reader.check()
-                if batch:
-                    poster.submit(batch, self._text(watermark))
+                watermark = self._post_pages(poster, reader, since, watermark, seen, report,
+                                             stop)
         finally:
             self._writer = None
         if seen is not None and not report.interrupted:
@@ -205,6 +187,33 @@ class ProfileSync:
              requests=report.requests, imported=report.imported, failed=report.failed,
              unread_jobs=report.unread_jobs, dry_run=self.dry_run)
         return report
+
+    def _post_pages(self, poster: _Poster, reader: _Reader, since: Any, watermark: Any,
+                    seen: set[str] | None, report: ProfilesReport,
+                    stop: threading.Event | None) -> Any:
+        """Read and build every page of the pass and hand its changed profiles to
+        ``poster`` in batches; the watermark the pages reached."""
+        batch: list[Profile] = []
+        size = BODY_OVERHEAD
+        for page in self._pages(since):
+            if stop is not None and stop.is_set():
+                report.interrupted = True
+                break
+            report.customers_read += len(page)
+            if seen is not None:
+                seen.update(str(row[_ID]) for row in page)
+            for profile in self._changed(self._not_erased(page, report), report):
+                if (len(batch) >= self.config.batch_max_profiles
+                        or size + len(profile.item) + 1 > self.config.batch_max_bytes):
+                    poster.submit(batch, self._text(watermark))
+                    batch, size = [], BODY_OVERHEAD
+                batch.append(profile)
+                size += len(profile.item) + 1
+            watermark = self._later(watermark, page[-1][UPDATED_AT])
+            reader.check()  # a read-back that failed for good stops the pass here
+        if batch:
+            poster.submit(batch, self._text(watermark))
+        return watermark
 
     def _pages(self, since: Any) -> Iterator[Sequence[Sequence[Any]]]:
         """Customers with updated_at >= ``since`` (all: None), page by page, in keyset
