@@ -190,12 +190,23 @@ class Ingestor:
         # old target is finished after a swap (see plan_follow).
         where = str(source.path.resolve()) if source.path.is_symlink() else str(source.path)
         window = b""  # the last bytes read, for a .gz checkpoint's tail
+        # A live file can be truncated (copytruncate) after the plan and grown again past
+        # the offset: its bytes there would be the new content, misaligned. Each chunk is
+        # kept only if the file still starts as it did; if not, the pass stops here and
+        # the next one finds the old content's copy and reads on from this offset.
+        watch_head = not source.final and not is_gzip(source.path)
+        truncated = False
         with fh:
             if offset:
                 fh.seek(offset)
             chunks = read_chunks(fh, offset, cfg.read_chunk_bytes, cfg.max_line_bytes,
                                  source.final)
             for chunk in _until_damaged(chunks, source, writer):
+                if watch_head and not identity.head_matches(fh):
+                    log.warning("log_truncated_while_reading", path=str(source.path),
+                                offset=offset)
+                    truncated = True
+                    break
                 parsed = self._parse_chunk(chunk, str(source.path), force_backfill)
                 lines_read += parsed.lines
                 if keep_checkpoint:
@@ -217,9 +228,10 @@ class Ingestor:
                     break
                 if limit is not None and offset >= limit:
                     break
-        if keep_checkpoint and offset == source.offset:
+        if keep_checkpoint and offset == source.offset and not truncated:
             # Nothing new, but the checkpoint must still move to this file (after a
-            # rotation) so the next pass does not look for the old one again.
+            # rotation) so the next pass does not look for the old one again. (Not when
+            # it was truncated under us: the checkpoint must keep naming the old content.)
             tail = b"" if is_gzip(source.path) else _bytes_before(source.path, offset)
             writer.submit(_Parsed(path=str(source.path), checkpoint=Checkpoint(
                 str(self.live), where, replace(identity, tail=tail_digest(tail) if tail else ""),

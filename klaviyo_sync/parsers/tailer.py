@@ -70,6 +70,12 @@ class FileIdentity:
         return FileIdentity(self.device, self.inode, hashlib.sha256(head).hexdigest(),
                             len(head))
 
+    def head_matches(self, fh: BinaryIO) -> bool:
+        """Whether the open plain file still starts with the bytes of this fingerprint."""
+        head = os.pread(fh.fileno(), self.fingerprint_len, 0)
+        return len(head) == self.fingerprint_len and \
+            hashlib.sha256(head).hexdigest() == self.fingerprint
+
     def ends_at(self, path: Path, offset: int) -> bool:
         """Whether ``path`` holds, just before ``offset``, the bytes ``tail`` was taken of."""
         if not self.tail or offset <= 0:

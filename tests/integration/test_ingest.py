@@ -679,3 +679,37 @@ def test_a_symlink_swap_reads_the_old_target_to_its_end_first(setup: tuple) -> N
     assert len(queued) == len(set(queued)) and set(queued) == ids1 | late_ids | ids2
     append(second, mixed(301, 3)[0])
     assert ingestor.run_once().lines_read == 3
+
+
+def test_a_copytruncate_after_the_plan_loses_and_repeats_nothing(
+        setup: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """logrotate's copy and truncate strike between a pass's plan and its read, and the
+    business system writes past the planned offset before the read starts: the pass
+    must not read the new content from the old offset (misaligned, and the copy's rest
+    lost). It stops; the next pass reads the copy on from the offset, then the new file."""
+    engine, live = setup
+    old, old_ids = mixed(1, 200)
+    live.write_bytes(old)
+    assert make_ingestor(engine, live).run_once().events_enqueued == len(old_ids)
+    more, more_ids = mixed(201, 100)  # written, then rotated away before it is read
+    append(live, more)
+    new, new_ids = mixed(1001, 400)  # the new content outgrows the old offset
+    real_plan = ingest_module.plan_follow
+
+    def plan_then_rotate(path: Path, last: object) -> object:
+        plan = real_plan(path, last)  # type: ignore[arg-type]
+        shutil.copyfile(live, live.with_name("system.log.1"))
+        with open(live, "r+b") as fh:
+            fh.truncate(0)
+        append(live, new)
+        return plan
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ingest_module, "plan_follow", plan_then_rotate)
+        with capture_logs() as logs:
+            make_ingestor(engine, live).run_once()
+    assert "log_truncated_while_reading" in [e["event"] for e in logs]
+    make_ingestor(engine, live).run_once()
+    queued = queued_ids(engine)
+    assert len(queued) == len(set(queued))
+    assert set(queued) == old_ids | more_ids | new_ids
