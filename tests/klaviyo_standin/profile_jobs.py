@@ -143,29 +143,27 @@ def create_job(call: Call) -> Reply:
     book: ProfileJobBook = call.standin.profile_jobs
     with book.lock:
         failing = dict(book.failing)
-    failures, kept = _injected_failures(items, failing) if failing else ([], items)
+    failures = _injected_failures(items, failing) if failing else []
     account = call.standin.account
     with account.lock:
         job = ImportJob(account.add_job(JOB_TYPE, len(items), call.now).id, len(items),
                         failures)
-        account.import_profiles(kept)
+        account.import_profiles(call.body, frozenset(index for index, _, _ in failures))
     with book.lock:
         book.jobs[job.id] = job
     return Reply(202, _document(call, job, "queued"), items=len(items))
 
 
 def _injected_failures(items: list[Any], failing: dict[str, str]
-                       ) -> tuple[list[tuple[int, str, dict[str, Any]]], list[Any]]:
-    """The profiles tests made fail (index, detail, attributes), and the others."""
-    failures, kept = [], []
+                       ) -> list[tuple[int, str, dict[str, Any]]]:
+    """The profiles tests made fail: (index, detail, attributes)."""
+    failures = []
     for index, item in enumerate(items):
         attributes = item["attributes"]
         detail = failing.get(str(attributes.get("email") or "").lower())
-        if detail is None:
-            kept.append(item)
-        else:
+        if detail is not None:
             failures.append((index, detail, attributes))
-    return failures, kept
+    return failures
 
 
 def get_job(call: Call) -> Reply:
