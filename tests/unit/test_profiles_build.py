@@ -15,7 +15,12 @@ from klaviyo_sync.config import ProfileProperties
 from klaviyo_sync.exceptions import ConfigError
 from klaviyo_sync.parsers.mapping import EventMapping
 from klaviyo_sync.parsers.times import LogTimezone
-from klaviyo_sync.senders.profiles import BODY_OVERHEAD, bulk_import_body, pointer_index
+from klaviyo_sync.senders.profiles import (
+    BODY_OVERHEAD,
+    bulk_import_body,
+    pointer_index,
+    profile_item,
+)
 
 
 def row(**changes: object) -> CustomerRow:
@@ -161,3 +166,30 @@ def test_raw_rows_without_extra_columns_match_too() -> None:
     rows = [r[:10] for r in RAW_ROWS]
     assert plain.build_raw(rows + rows) == [plain.build(CustomerRow.from_row(r))
                                             for r in rows + rows]
+
+
+def test_a_page_mixing_full_rows_and_rows_with_gaps_encodes_each_canonically() -> None:
+    """Rows the one template fits (every attribute present) and rows it does not (no
+    email, spaces around it, a name missing, an empty name) side by side in one page:
+    each item is exactly what profile_item makes of that row's own attributes."""
+    plain = ProfileBuilder(ProfileProperties(), {}, ())
+    full = ("box@example.com", "Al", "Bo")
+    gaps = [(None, "Al", "Bo"), (" box@example.com ", "Al", "Bo"), ("box@example.com", "", "Bo"),
+            ("box@example.com", "Al", None), ("   ", None, None), ("", "Al", "Bo")]
+    shapes = [full, *gaps, full, full]
+    rows = [(n, *shape, "Active", "Weekly", "Organic Box", "2025-03-01", 1,
+             "2026-11-01 08:00:00") for n, shape in enumerate(shapes)]
+    built = plain.build_raw(rows)
+    for n, ((email, first, last), profile) in enumerate(zip(shapes, built, strict=True)):
+        attributes: dict[str, object] = {"external_id": str(n), "properties": {
+            "Box": "Organic Box", "Schedule": "Weekly", "SignUpDate": "2025-03-01",
+            "Status": "Active"}}
+        if email and email.strip():
+            attributes["email"] = email.strip()
+        if first:
+            attributes["first_name"] = first
+        if last:
+            attributes["last_name"] = last
+        assert profile.item == profile_item(attributes), shapes[n]
+        assert profile.customer_id == str(n)
+    assert len({p.digest for p in built}) == len(built)
