@@ -93,7 +93,7 @@ class ProfileJob:
     def from_row(cls, row: Any) -> ProfileJob:
         m = row._mapping
         return cls(m["id"], m["job_id"], JobState(m["status"]),
-                   tuple((str(c), str(d)) for c, d in m["customers"]), int(m["total"]))
+                   tuple((str(c), str(d)) for c, d in m["customers"].items()), int(m["total"]))
 
 
 class ProfileStore:
@@ -123,11 +123,14 @@ class ProfileStore:
 
     def open_job(self, customers: Sequence[tuple[str, str]], now: datetime,
                  watermark: str | None = None) -> int:
-        """Record a request about to be posted (and the watermark it lets move on)."""
+        """Record a request about to be posted (and the watermark it lets move on).
+        A customer appears once in a request: the row maps each to its digest."""
+        by_id = dict(customers)
+        if len(by_id) != len(customers):
+            raise ValueError("a bulk import request names a customer twice")
         with self._write() as conn:
             row_id = conn.execute(profile_jobs.insert().values(
-                # (pairs are JSON arrays as tuples or as lists)
-                status=JobState.POSTING.value, customers=list(customers),
+                status=JobState.POSTING.value, customers=by_id,
                 total=len(customers), created_at=now)).inserted_primary_key[0]
             if watermark is not None:
                 meta.put(conn, meta.PROFILES_WATERMARK, watermark, now)
@@ -145,7 +148,7 @@ class ProfileStore:
         with self._write() as conn:
             self._record(conn, failures, "refused", now)
             conn.execute(profile_jobs.update().where(profile_jobs.c.id == row_id).values(
-                customers=[list(c) for c in remaining], total=len(remaining)))
+                customers=dict(remaining), total=len(remaining)))
 
     def abandon(self, row_id: int) -> None:
         with self._write() as conn:
@@ -176,33 +179,34 @@ class ProfileStore:
         failures = {cid: (digest, errors[cid]) for cid, digest in job.customers
                     if cid in errors}
         with self._write() as conn:
-            conn.execute(self._import_statement(conn.dialect.name), {
-                "row_id": job.id, "job_id": job.job_id, "now": now,
-                "failed": json.dumps(sorted(errors))})
+            values: dict[str, Any] = {"row_id": job.id, "job_id": job.job_id, "now": now}
+            if errors:
+                values["failed"] = json.dumps(sorted(errors))
+            conn.execute(self._import_statement(conn.dialect.name, bool(errors)), values)
             self._record(conn, failures, job.job_id, now)
             conn.execute(profile_jobs.update().where(profile_jobs.c.id == job.id).values(
                 status=JobState.DONE.value, failed=len(failures), read_at=now))
 
     @staticmethod
-    def _import_statement(dialect: str) -> sa.TextClause:
+    def _import_statement(dialect: str, any_failed: bool) -> sa.TextClause:
         """Every customer of the request's row, but the failed ones (a JSON list),
-        recorded as imported with the digest the row keeps for them."""
+        recorded as imported with the digest the row keeps for them. The row's customers
+        are a JSON object, customer id -> digest: its members come out of ``json_each``
+        as (key, value) without a second parse of each pair."""
         if dialect == "sqlite":
-            element = "json_extract(e.value, '$[{}]')"
             source = "profile_jobs AS j, json_each(j.customers) AS e"
             failed = "SELECT value FROM json_each(:failed)"
         else:
-            element = "(e.value ->> {})"
-            source = "profile_jobs AS j, json_array_elements(j.customers) AS e(value)"
+            source = "profile_jobs AS j, json_each_text(j.customers) AS e"
             failed = "SELECT json_array_elements_text(CAST(:failed AS json))"
-        customer, digest = element.format(0), element.format(1)
         sets = ", ".join(f"{name} = excluded.{name}" for name in _IMPORTED_UPDATES)
+        not_failed = f" AND e.key NOT IN ({failed})" if any_failed else ""
         return sa.text(
             "INSERT INTO profile_sync (customer_id, digest, status, job_id, failed_digest, "
             "last_error, imported_at, updated_at) "
-            f"SELECT {customer}, {digest}, '{ProfileStatus.IMPORTED.value}', :job_id, NULL, "
+            f"SELECT e.key, e.value, '{ProfileStatus.IMPORTED.value}', :job_id, NULL, "
             f"NULL, :now, :now FROM {source} "
-            f"WHERE j.id = :row_id AND {customer} NOT IN ({failed}) "
+            f"WHERE j.id = :row_id{not_failed} "
             f"ON CONFLICT (customer_id) DO UPDATE SET {sets}"
         ).bindparams(sa.bindparam("now", type_=sa.DateTime()))
 

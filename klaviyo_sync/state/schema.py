@@ -195,7 +195,8 @@ profile_jobs = Table(
     Column("id", _BigId, primary_key=True, autoincrement=True),
     Column("job_id", String(64), unique=True),
     Column("status", String(16), nullable=False),  # JobState
-    # [[customer id, digest], ...] in body order: an error's pointer index finds its customer.
+    # {customer id: digest, ...} in body order: an error's pointer index finds its customer
+    # (a list of [id, digest] pairs before migration 0009).
     Column("customers", JSON(), nullable=False),
     Column("total", Integer(), nullable=False),
     Column("failed", Integer()),

@@ -76,7 +76,7 @@ def test_sigkill_at_random_moments_then_rerun(state_url: str, tmp_path: Path) ->
             with engine.connect() as conn:
                 done = conn.execute(sa.select(profile_jobs.c.customers).where(
                     profile_jobs.c.status == JobState.DONE.value)).scalars().all()
-            imported_by = [cid for customers in done for cid, _digest in customers]
+            imported_by = [cid for customers in done for cid in customers]
             assert sorted(imported_by, key=int) == [str(n) for n in range(1, TOTAL + 1)]
             engine.dispose()
         finally:
