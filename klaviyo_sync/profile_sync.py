@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from operator import itemgetter
+from itertools import accumulate, count
+from operator import add, itemgetter
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy.engine import Engine
@@ -193,8 +195,8 @@ class ProfileSync:
                     stop: threading.Event | None) -> Any:
         """Read and build every page of the pass and hand its changed profiles to
         ``poster`` in batches; the watermark the pages reached."""
-        batch: list[Profile] = []
-        size = BODY_OVERHEAD
+        batches = _Batches(self.config.batch_max_profiles, self.config.batch_max_bytes,
+                           poster.submit)
         for page in self._pages(since):
             if stop is not None and stop.is_set():
                 report.interrupted = True
@@ -202,17 +204,11 @@ class ProfileSync:
             report.customers_read += len(page)
             if seen is not None:
                 seen.update(str(row[_ID]) for row in page)
-            for profile in self._changed(self._not_erased(page, report), report):
-                if (len(batch) >= self.config.batch_max_profiles
-                        or size + len(profile.item) + 1 > self.config.batch_max_bytes):
-                    poster.submit(batch, self._text(watermark))
-                    batch, size = [], BODY_OVERHEAD
-                batch.append(profile)
-                size += len(profile.item) + 1
+            batches.add(self._changed(self._not_erased(page, report), report),
+                        self._text(watermark))
             watermark = self._later(watermark, page[-1][UPDATED_AT])
             reader.check()  # a read-back that failed for good stops the pass here
-        if batch:
-            poster.submit(batch, self._text(watermark))
+        batches.flush(self._text(watermark))
         return watermark
 
     def _pages(self, since: Any) -> Iterator[Sequence[Sequence[Any]]]:
@@ -285,7 +281,7 @@ class ProfileSync:
     # --- choosing and posting ---------------------------------------------------------------
 
     def _changed(self, page: Sequence[Sequence[Any]], report: ProfilesReport
-                 ) -> Iterable[Profile]:
+                 ) -> Sequence[Profile]:
         profiles = self.builder.build_raw(page)
         if not self._lookup:
             return profiles
@@ -294,7 +290,8 @@ class ProfileSync:
 
     @staticmethod
     def _unseen(profiles: Sequence[Profile], known: dict[str, Known],
-                report: ProfilesReport) -> Iterable[Profile]:
+                report: ProfilesReport) -> list[Profile]:
+        fresh = []
         for profile in profiles:
             seen = known.get(profile.customer_id)
             # Unchanged since imported, or the very profile Klaviyo refused (that one
@@ -304,20 +301,14 @@ class ProfileSync:
                     seen.failed_digest):
                 report.unchanged += 1
                 continue
-            yield profile
+            fresh.append(profile)
+        return fresh
 
     def _send_all(self, profiles: Sequence[Profile], report: ProfilesReport) -> None:
-        batch: list[Profile] = []
-        size = BODY_OVERHEAD
-        for profile in profiles:
-            if (len(batch) >= self.config.batch_max_profiles
-                    or size + len(profile.item) + 1 > self.config.batch_max_bytes):
-                self._post(batch, report, None)
-                batch, size = [], BODY_OVERHEAD
-            batch.append(profile)
-            size += len(profile.item) + 1
-        if batch:
-            self._post(batch, report, None)
+        batches = _Batches(self.config.batch_max_profiles, self.config.batch_max_bytes,
+                           lambda batch, _watermark: self._post(batch, report, None))
+        batches.add(profiles, None)
+        batches.flush(None)
 
     def _post(self, batch: Sequence[Profile], report: ProfilesReport,
               watermark: str | None) -> None:
@@ -619,6 +610,44 @@ class _Reader:
                 report.errors[cid] = detail
         if self._failure is not None and exc is None:
             raise self._failure
+
+
+class _Batches:
+    """Cuts profiles into requests of at most ``max_profiles`` profiles and
+    ``max_bytes`` of body, in order, and hands each full one to ``submit`` with the
+    watermark given with the profiles that overflowed it. A page's sizes are summed
+    and searched in C (``accumulate``, ``bisect``), not profile by profile: an initial
+    sync adds a million."""
+
+    def __init__(self, max_profiles: int, max_bytes: int,
+                 submit: Callable[[list[Profile], str | None], None]) -> None:
+        self._max_profiles = max_profiles
+        self._max_bytes = max_bytes
+        self._submit = submit
+        self._batch: list[Profile] = []
+        self._size = BODY_OVERHEAD
+
+    def add(self, profiles: Sequence[Profile], watermark: str | None) -> None:
+        start = 0
+        while start < len(profiles):
+            chunk = profiles[start:start + self._max_profiles - len(self._batch)]
+            # The body's size after each profile of the chunk: its item and a comma.
+            ends = list(map(add, accumulate(map(len, map(_ITEM, chunk))),
+                            count(self._size + 1)))
+            take = bisect_right(ends, self._max_bytes)
+            if take == 0 and not self._batch:
+                take = 1  # alone over the limit: it goes (and is refused) on its own
+            if take:
+                self._batch.extend(chunk[:take])
+                self._size = ends[take - 1]
+                start += take
+            if start < len(profiles):  # the request is full
+                self.flush(watermark)
+
+    def flush(self, watermark: str | None) -> None:
+        if self._batch:
+            self._submit(self._batch, watermark)
+            self._batch, self._size = [], BODY_OVERHEAD
 
 
 class _Opened(NamedTuple):
