@@ -1,11 +1,11 @@
 """The profiles pass's memory: per customer what Klaviyo imported, per request its job.
 
 A request's row is written BEFORE the POST (``posting``, with its customers and digests
-in body order) and gets Klaviyo's job id in its own transaction right after the 202
-(``sent``). A crash between the two leaves a ``posting`` row: its customers are sent
-again (an import is an upsert, so a second copy changes nothing). A ``sent`` row is read
-back by the next pass. A customer counts as imported only when :meth:`finish_job` records
-a complete job without an error for them.
+in body order, kept until it is ``done`` or ``abandoned``) and gets Klaviyo's job id in
+its own transaction right after the 202 (``sent``). A crash between the two leaves a
+``posting`` row: its customers are sent again (an import is an upsert, so a second copy
+changes nothing). A ``sent`` row is read back by the next pass. A customer counts as
+imported only when :meth:`finish_job` records a complete job without an error for them.
 """
 
 from __future__ import annotations
@@ -151,9 +151,10 @@ class ProfileStore:
                 customers=dict(remaining), total=len(remaining)))
 
     def abandon(self, row_id: int) -> None:
+        """A request whose customers went into others: it keeps none of them."""
         with self._write() as conn:
             conn.execute(profile_jobs.update().where(profile_jobs.c.id == row_id)
-                         .values(status=JobState.ABANDONED.value))
+                         .values(status=JobState.ABANDONED.value, customers={}))
 
     def unfinished(self) -> list[ProfileJob]:
         """Requests not yet read back (``sent``) or perhaps never posted (``posting``)."""
@@ -174,6 +175,9 @@ class ProfileStore:
         ``job.customers`` are needed only when there are errors (their digests): the
         imported ones are written from the job's own row inside the database, a statement
         for the 10,000 customers of a request rather than 10,000 rows through Python.
+        The row then lets go of its customers (their outcomes are in profile_sync): it
+        keeps its counts, the state does not grow by every request's ids and digests,
+        and an erased customer's id does not stay behind in old requests.
         """
         assert job.job_id is not None
         failures = {cid: (digest, errors[cid]) for cid, digest in job.customers
@@ -185,7 +189,8 @@ class ProfileStore:
             conn.execute(self._import_statement(conn.dialect.name, bool(errors)), values)
             self._record(conn, failures, job.job_id, now)
             conn.execute(profile_jobs.update().where(profile_jobs.c.id == job.id).values(
-                status=JobState.DONE.value, failed=len(failures), read_at=now))
+                status=JobState.DONE.value, failed=len(failures), read_at=now,
+                customers={}))
 
     @staticmethod
     def _import_statement(dialect: str, any_failed: bool) -> sa.TextClause:

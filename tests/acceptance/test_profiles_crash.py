@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from klaviyo_sync.state.db import open_state
 from klaviyo_sync.state.profiles import JobState, ProfileStore
-from klaviyo_sync.state.schema import profile_jobs
+from klaviyo_sync.state.schema import profile_jobs, profile_sync
 from tests.acceptance.profiles_shop import (
     API_KEY,
     Customers,
@@ -72,12 +72,19 @@ def test_sigkill_at_random_moments_then_rerun(state_url: str, tmp_path: Path) ->
             assert recorded and all(status == JobState.DONE for _, status in recorded)
             reads = {job_id: job.reads for job_id, job in standin.profile_jobs.jobs.items()}
             assert all(reads[job_id] >= 3 for job_id, _ in recorded)
-            # Each customer was imported by exactly one job we read back.
+            # Each customer was imported by exactly one job we read back: every one is
+            # recorded as imported by a done job, and the done jobs hold no more
+            # customers than that between them (a done row keeps only its counts).
             with engine.connect() as conn:
-                done = conn.execute(sa.select(profile_jobs.c.customers).where(
-                    profile_jobs.c.status == JobState.DONE.value)).scalars().all()
-            imported_by = [cid for customers in done for cid in customers]
-            assert sorted(imported_by, key=int) == [str(n) for n in range(1, TOTAL + 1)]
+                done = conn.execute(sa.select(
+                    profile_jobs.c.job_id, profile_jobs.c.total, profile_jobs.c.customers)
+                    .where(profile_jobs.c.status == JobState.DONE.value)).all()
+                by = dict(conn.execute(sa.select(profile_sync.c.customer_id,
+                                                 profile_sync.c.job_id)).all())
+            assert sorted(by, key=int) == [str(n) for n in range(1, TOTAL + 1)]
+            assert set(by.values()) <= {job_id for job_id, _, _ in done}
+            assert sum(total for _, total, _ in done) == TOTAL
+            assert all(customers == {} for _, _, customers in done)
             engine.dispose()
         finally:
             standin.stop()
