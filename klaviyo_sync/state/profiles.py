@@ -1,11 +1,12 @@
 """The profiles pass's memory: per customer what Klaviyo imported, per request its job.
 
 A request's row is written BEFORE the POST (``posting``, with its customers and digests
-in body order, kept until it is ``done`` or ``abandoned``) and gets Klaviyo's job id in
-its own transaction right after the 202 (``sent``). A crash between the two leaves a
-``posting`` row: its customers are sent again (an import is an upsert, so a second copy
-changes nothing). A ``sent`` row is read back by the next pass. A customer counts as
-imported only when :meth:`finish_job` records a complete job without an error for them.
+in body order, in profile_job_customers until it is ``done`` or ``abandoned``) and gets
+Klaviyo's job id in its own transaction right after the 202 (``sent``). A crash between
+the two leaves a ``posting`` row: its customers are sent again (an import is an upsert,
+so a second copy changes nothing). A ``sent`` row is read back by the next pass. A
+customer counts as imported only when :meth:`finish_job` records a complete job without
+an error for them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from klaviyo_sync.state import meta
-from klaviyo_sync.state.schema import profile_jobs, profile_sync
+from klaviyo_sync.state.schema import profile_job_customers, profile_jobs, profile_sync
 
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 #: The failed rows, written out as the partial index ix_profile_sync_failed is: a bound
@@ -92,8 +93,15 @@ class ProfileJob:
     @classmethod
     def from_row(cls, row: Any) -> ProfileJob:
         m = row._mapping
+        customers = m["customers"] or {}  # none: the request has ended
         return cls(m["id"], m["job_id"], JobState(m["status"]),
-                   tuple((str(c), str(d)) for c, d in m["customers"].items()), int(m["total"]))
+                   tuple((str(c), str(d)) for c, d in customers.items()), int(m["total"]))
+
+
+#: A request's row with its customers (None once it has ended).
+_WITH_CUSTOMERS = sa.select(profile_jobs, profile_job_customers.c.customers).select_from(
+    profile_jobs.outerjoin(profile_job_customers,
+                           profile_job_customers.c.job_row_id == profile_jobs.c.id))
 
 
 class ProfileStore:
@@ -130,8 +138,10 @@ class ProfileStore:
             raise ValueError("a bulk import request names a customer twice")
         with self._write() as conn:
             row_id = conn.execute(profile_jobs.insert().values(
-                status=JobState.POSTING.value, customers=by_id,
-                total=len(customers), created_at=now)).inserted_primary_key[0]
+                status=JobState.POSTING.value, total=len(customers),
+                created_at=now)).inserted_primary_key[0]
+            conn.execute(profile_job_customers.insert().values(job_row_id=row_id,
+                                                               customers=by_id))
             if watermark is not None:
                 meta.put(conn, meta.PROFILES_WATERMARK, watermark, now)
         return int(row_id)
@@ -147,26 +157,30 @@ class ProfileStore:
         alone, the request row keeps the ``remaining`` customers to post again."""
         with self._write() as conn:
             self._record(conn, failures, "refused", now)
+            conn.execute(profile_job_customers.update().where(
+                profile_job_customers.c.job_row_id == row_id).values(
+                customers=dict(remaining)))
             conn.execute(profile_jobs.update().where(profile_jobs.c.id == row_id).values(
-                customers=dict(remaining), total=len(remaining)))
+                total=len(remaining)))
 
     def abandon(self, row_id: int) -> None:
         """A request whose customers went into others: it keeps none of them."""
         with self._write() as conn:
+            self._drop_customers(conn, row_id)
             conn.execute(profile_jobs.update().where(profile_jobs.c.id == row_id)
-                         .values(status=JobState.ABANDONED.value, customers={}))
+                         .values(status=JobState.ABANDONED.value))
 
     def unfinished(self) -> list[ProfileJob]:
         """Requests not yet read back (``sent``) or perhaps never posted (``posting``)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(profile_jobs).where(profile_jobs.c.status.in_(
+            rows = conn.execute(_WITH_CUSTOMERS.where(profile_jobs.c.status.in_(
                 (JobState.POSTING.value, JobState.SENT.value))).order_by(profile_jobs.c.id))
             return [ProfileJob.from_row(r) for r in rows]
 
     def job(self, row_id: int) -> ProfileJob:
         """One request's row, its customers included."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(profile_jobs).where(profile_jobs.c.id == row_id)).one()
+            row = conn.execute(_WITH_CUSTOMERS.where(profile_jobs.c.id == row_id)).one()
         return ProfileJob.from_row(row)
 
     def finish_job(self, job: ProfileJob, errors: Mapping[str, str], now: datetime) -> None:
@@ -175,9 +189,9 @@ class ProfileStore:
         ``job.customers`` are needed only when there are errors (their digests): the
         imported ones are written from the job's own row inside the database, a statement
         for the 10,000 customers of a request rather than 10,000 rows through Python.
-        The row then lets go of its customers (their outcomes are in profile_sync): it
-        keeps its counts, the state does not grow by every request's ids and digests,
-        and an erased customer's id does not stay behind in old requests.
+        The request then lets go of its customers (their outcomes are in profile_sync):
+        its row keeps the counts, the state does not grow by every request's ids and
+        digests, and an erased customer's id does not stay behind in old requests.
         """
         assert job.job_id is not None
         failures = {cid: (digest, errors[cid]) for cid, digest in job.customers
@@ -188,9 +202,9 @@ class ProfileStore:
                 values["failed"] = json.dumps(sorted(errors))
             conn.execute(self._import_statement(conn.dialect.name, bool(errors)), values)
             self._record(conn, failures, job.job_id, now)
+            self._drop_customers(conn, job.id)
             conn.execute(profile_jobs.update().where(profile_jobs.c.id == job.id).values(
-                status=JobState.DONE.value, failed=len(failures), read_at=now,
-                customers={}))
+                status=JobState.DONE.value, failed=len(failures), read_at=now))
 
     @staticmethod
     def _import_statement(dialect: str, any_failed: bool) -> sa.TextClause:
@@ -199,10 +213,10 @@ class ProfileStore:
         are a JSON object, customer id -> digest: its members come out of ``json_each``
         as (key, value) without a second parse of each pair."""
         if dialect == "sqlite":
-            source = "profile_jobs AS j, json_each(j.customers) AS e"
+            source = "profile_job_customers AS j, json_each(j.customers) AS e"
             failed = "SELECT value FROM json_each(:failed)"
         else:
-            source = "profile_jobs AS j, json_each_text(j.customers) AS e"
+            source = "profile_job_customers AS j, json_each_text(j.customers) AS e"
             failed = "SELECT json_array_elements_text(CAST(:failed AS json))"
         sets = ", ".join(f"{name} = excluded.{name}" for name in _IMPORTED_UPDATES)
         not_failed = f" AND e.key NOT IN ({failed})" if any_failed else ""
@@ -211,7 +225,7 @@ class ProfileStore:
             "last_error, imported_at, updated_at) "
             f"SELECT e.key, e.value, '{ProfileStatus.IMPORTED.value}', :job_id, NULL, "
             f"NULL, :now, :now FROM {source} "
-            f"WHERE j.id = :row_id{not_failed} "
+            f"WHERE j.job_row_id = :row_id{not_failed} "
             f"ON CONFLICT (customer_id) DO UPDATE SET {sets}"
         ).bindparams(sa.bindparam("now", type_=sa.DateTime()))
 
@@ -247,6 +261,11 @@ class ProfileStore:
         return found
 
     # --- writing -------------------------------------------------------------------------
+
+    @staticmethod
+    def _drop_customers(conn: Connection, row_id: int) -> None:
+        conn.execute(profile_job_customers.delete().where(
+            profile_job_customers.c.job_row_id == row_id))
 
     def _record(self, conn: Connection, failures: Mapping[str, tuple[str, str]],
                 job_id: str | None, now: datetime) -> None:

@@ -195,15 +195,24 @@ profile_jobs = Table(
     Column("id", _BigId, primary_key=True, autoincrement=True),
     Column("job_id", String(64), unique=True),
     Column("status", String(16), nullable=False),  # JobState
-    # {customer id: digest, ...} in body order: an error's pointer index finds its customer
-    # (a list of [id, digest] pairs before migration 0009).
-    Column("customers", JSON(), nullable=False),
     Column("total", Integer(), nullable=False),
     Column("failed", Integer()),
     Column("created_at", DateTime(), nullable=False),
     Column("sent_at", DateTime()),
     Column("read_at", DateTime()),
     Index("ix_profile_jobs_status", "status"),
+)
+
+#: The customers of a request not finished yet (posting or sent), beside its row rather
+#: than in it: SQLite rewrites a whole row, its 450 KB of customers included, for each
+#: change of status. {customer id: digest, ...} in body order (JSON, not JSONB, on
+#: PostgreSQL: the order is kept), so an import error's pointer index finds its
+#: customer. Deleted when the request is done or abandoned (see migration 0009).
+profile_job_customers = Table(
+    "profile_job_customers",
+    metadata,
+    Column("job_row_id", _BigId, primary_key=True, autoincrement=False),
+    Column("customers", JSON(), nullable=False),
 )
 
 #: One row per request made to Klaviyo.

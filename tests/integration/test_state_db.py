@@ -129,33 +129,36 @@ def test_a_database_made_read_only_then_writable_again_recovers_without_restart(
         admin.dispose()
 
 
-def test_migration_0009_turns_job_customers_into_an_object_in_body_order(
+def test_migration_0009_moves_unfinished_customers_apart_as_an_object_in_body_order(
         state_url: str) -> None:
-    """Rows written as [id, digest] pairs become {id: digest} with their order kept (an
-    import error's pointer finds its customer by position), and back on downgrade;
-    requests already done or abandoned keep no customers."""
+    """Unfinished requests' [id, digest] pairs become {id: digest} in
+    profile_job_customers with their order kept (an import error's pointer finds its
+    customer by position); requests already done or abandoned keep none; a downgrade
+    puts the pairs back."""
     engine = db.create_engine(state_url)
     db.upgrade(engine, "0008")
     pairs = [["9", "d9"], ["10", "d10"], ["2", "d2"], ['q"uote', "dq"]]
-    insert = sa.text("INSERT INTO profile_jobs (status, customers, total, created_at) "
-                     "VALUES (:status, :customers, :total, '2026-12-01 00:00:00')")
+    insert = sa.text("INSERT INTO profile_jobs (id, status, customers, total, created_at) "
+                     "VALUES (:id, :status, :customers, :total, '2026-12-01 00:00:00')")
+    with engine.begin() as conn:
+        conn.execute(insert, {"id": 1, "status": "sent", "customers": json.dumps(pairs),
+                              "total": 4})
+        conn.execute(insert, {"id": 2, "status": "posting", "customers": "[]", "total": 0})
+        for row_id, ended in ((3, "done"), (4, "abandoned")):  # nothing to keep
+            conn.execute(insert, {"id": row_id, "status": ended,
+                                  "customers": json.dumps(pairs), "total": 4})
+    db.upgrade(engine)
     # (as text: PostgreSQL's driver would parse the JSON into a dict, losing nothing
     # but hiding the order under test)
-    read = sa.text("SELECT CAST(customers AS TEXT) FROM profile_jobs ORDER BY id")
-    with engine.begin() as conn:
-        conn.execute(insert, {"status": "sent", "customers": json.dumps(pairs), "total": 4})
-        conn.execute(insert, {"status": "posting", "customers": "[]", "total": 0})
-        for ended in ("done", "abandoned"):  # read back or given up: nothing to keep
-            conn.execute(insert, {"status": ended, "customers": json.dumps(pairs),
-                                  "total": 4})
-    db.upgrade(engine)
     with engine.connect() as conn:
-        texts = [str(value) for value in conn.execute(read).scalars()]
-    assert [list(json.loads(text).items()) for text in texts] == [
-        [tuple(pair) for pair in pairs], [], [], []]
-    assert json.loads(texts[0]) == dict(pairs)
+        moved = conn.execute(sa.text(
+            "SELECT job_row_id, CAST(customers AS TEXT) FROM profile_job_customers "
+            "ORDER BY job_row_id")).all()
+    assert [(row_id, list(json.loads(text).items())) for row_id, text in moved] == [
+        (1, [tuple(pair) for pair in pairs]), (2, [])]
     command.downgrade(db.alembic_config(engine), "0008")
     with engine.connect() as conn:
-        assert [json.loads(str(v)) for v in conn.execute(read).scalars()] == [
-            pairs, [], [], []]
+        back = conn.execute(sa.text(
+            "SELECT CAST(customers AS TEXT) FROM profile_jobs ORDER BY id")).scalars()
+        assert [json.loads(str(text)) for text in back] == [pairs, [], [], []]
     engine.dispose()
