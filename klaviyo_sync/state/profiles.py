@@ -154,7 +154,7 @@ class ProfileStore:
     def refused(self, row_id: int, remaining: Sequence[tuple[str, str]],
                 failures: Mapping[str, tuple[str, str]], now: datetime) -> None:
         """A 400 refused the request: ``failures`` (customer -> (digest, error)) fail
-        alone, the request row keeps the ``remaining`` customers to post again."""
+        alone, the request keeps the ``remaining`` customers to post again."""
         with self._write() as conn:
             self._record(conn, failures, "refused", now)
             conn.execute(profile_job_customers.update().where(
@@ -187,7 +187,7 @@ class ProfileStore:
         """Job complete: customers with an error failed with it, the others imported.
 
         ``job.customers`` are needed only when there are errors (their digests): the
-        imported ones are written from the job's own row inside the database, a statement
+        imported ones are written from the job's customers inside the database, a statement
         for the 10,000 customers of a request rather than 10,000 rows through Python.
         The request then lets go of its customers (their outcomes are in profile_sync):
         its row keeps the counts, the state does not grow by every request's ids and
@@ -208,10 +208,10 @@ class ProfileStore:
 
     @staticmethod
     def _import_statement(dialect: str, any_failed: bool) -> sa.TextClause:
-        """Every customer of the request's row, but the failed ones (a JSON list),
-        recorded as imported with the digest the row keeps for them. The row's customers
-        are a JSON object, customer id -> digest: its members come out of ``json_each``
-        as (key, value) without a second parse of each pair."""
+        """Every customer of the request, but the failed ones (a JSON list), recorded
+        as imported with the digest kept for them. Its profile_job_customers row is a JSON
+        object, customer id -> digest: its members come out of ``json_each`` as (key,
+        value) without a second parse of each pair."""
         if dialect == "sqlite":
             source = "profile_job_customers AS j, json_each(j.customers) AS e"
             failed = "SELECT value FROM json_each(:failed)"
