@@ -104,9 +104,8 @@ class Ingestor:
         with self._writer(tally) as writer:
             for source in plan.sources:
                 lines_before = last.lines_read if last and source.offset else 0
-                self._read(source, tally, writer, force_backfill=False, keep_checkpoint=True,
-                           lines_before=lines_before, stop=stop)
-                if tally.stopped:
+                if not self._read(source, tally, writer, force_backfill=False,
+                                  keep_checkpoint=True, lines_before=lines_before, stop=stop):
                     break
         return self._report(tally, started, missing=plan.missing, rotated=plan.rotated,
                             truncated=plan.truncated)
@@ -131,14 +130,14 @@ class Ingestor:
         done = 0
         with self._writer(tally) as writer:
             for source in sources:
-                self._read(source, tally, writer, force_backfill=backfill,
-                           keep_checkpoint=source.path == self.live, lines_before=0,
-                           stop=stop, progress=progress, progress_base=done,
-                           progress_total=total)
+                going_on = self._read(source, tally, writer, force_backfill=backfill,
+                                      keep_checkpoint=source.path == self.live,
+                                      lines_before=0, stop=stop, progress=progress,
+                                      progress_base=done, progress_total=total)
                 done += source.size
                 if progress is not None:
                     progress(min(done, total), total)
-                if tally.stopped:
+                if not going_on:
                     break
         report = self._report(tally, started, missing=not live_exists)
         log.info("replay_finished", **report.to_json())
@@ -164,7 +163,9 @@ class Ingestor:
               writer: OrderedWriter[_Parsed, None], *, force_backfill: bool,
               keep_checkpoint: bool, lines_before: int, stop: threading.Event | None,
               progress: Progress | None = None, progress_base: int = 0,
-              progress_total: int = 0) -> None:
+              progress_total: int = 0) -> bool:
+        """Read ``source`` from its offset; whether the pass goes on to the next source
+        (not when stopped, nor when the file changed under the pass)."""
         cfg = self.settings.log
         identity = source.identity
         lines_read = lines_before
@@ -178,18 +179,30 @@ class Ingestor:
             fh = open_log(source.path)
         except FileNotFoundError:
             log.warning("log_vanished", path=str(source.path))
-            return
+            return True
         if not identity.same_inode(os.fstat(fh.fileno())):
             # Rotated between planning and opening (the path now names another file):
             # reading it at the planned offset would mix two files. Read nothing; the next
             # pass plans again, sees the rotation, and finishes the old file first.
             fh.close()
             log.info("log_rotated_while_planning", path=str(source.path))
-            return
+            return True
         # Where the checkpoint says it read: a symlinked log by its target, so that the
         # old target is finished after a swap (see plan_follow).
         where = str(source.path.resolve()) if source.path.is_symlink() else str(source.path)
-        window = b""  # the last bytes read, for a .gz checkpoint's tail
+        # The bytes just before where the pass has read to: each checkpoint's tail. Kept
+        # from what was read, never read again: a file truncated and written anew between
+        # a chunk and its checkpoint would give the new content's bytes, and the next pass
+        # would then not know the old content's copy for the file it read. It starts as
+        # the bytes before the offset, which must still be those the plan found there.
+        window = b""
+        if offset and not is_gzip(source.path):
+            width = min(offset, TAIL_BYTES)
+            window = os.pread(fh.fileno(), width, offset - width)
+            if source.tail and (len(window) != width or tail_digest(window) != source.tail):
+                fh.close()
+                log.info("log_changed_while_planning", path=str(source.path), offset=offset)
+                return False  # the next pass plans again from the checkpoint
         # A live file can be truncated (copytruncate) after the plan and grown again past
         # the offset: its bytes there would be the new content, misaligned. Each chunk is
         # kept only if the file still starts as it did; if not, the pass stops here and
@@ -212,7 +225,7 @@ class Ingestor:
                 if keep_checkpoint:
                     if not is_gzip(source.path):  # a .gz is only ever finished, not grown
                         identity = identity.grown(fh, chunk.end)
-                    window = _tail_window(fh, source, chunk, window)
+                    window = _tail_window(chunk, window)
                     parsed.checkpoint = Checkpoint(
                         str(self.live), where, replace(identity, tail=tail_digest(window)
                                                        if window else ""),
@@ -232,10 +245,11 @@ class Ingestor:
             # Nothing new, but the checkpoint must still move to this file (after a
             # rotation) so the next pass does not look for the old one again. (Not when
             # it was truncated under us: the checkpoint must keep naming the old content.)
-            tail = b"" if is_gzip(source.path) else _bytes_before(source.path, offset)
             writer.submit(_Parsed(path=str(source.path), checkpoint=Checkpoint(
-                str(self.live), where, replace(identity, tail=tail_digest(tail) if tail else ""),
+                str(self.live), where, replace(identity, tail=tail_digest(window)
+                                               if window else ""),
                 offset, source.size, lines_read, utcnow())))
+        return not tally.stopped
 
     def _parse_chunk(self, chunk: Chunk, file: str, force_backfill: bool) -> _Parsed:
         now = utcnow()
@@ -422,25 +436,17 @@ def _until_damaged(chunks: Iterator[Chunk], source: Source,
             line_hash=hashlib.sha256(key.encode()).hexdigest())]))
 
 
-def _tail_window(fh: Any, source: Source, chunk: Chunk, window: bytes) -> bytes:
-    """The up to TAIL_BYTES bytes before ``chunk.end`` ("" if they cannot be known)."""
-    if not is_gzip(source.path):
-        start = max(chunk.end - TAIL_BYTES, 0)
-        return os.pread(fh.fileno(), chunk.end - start, start)
-    if chunk.long_line is not None:
-        return b""  # a .gz has no pread, and the line was not kept: unknown
-    joined = (window + chunk.data)[-TAIL_BYTES:]
-    # Known only if nothing before chunk.data is missing from it (a resumed .gz).
+def _tail_window(chunk: Chunk, window: bytes) -> bytes:
+    """The up to TAIL_BYTES bytes before ``chunk.end``, from ``window`` (those before
+    ``chunk.start``) and the chunk's own bytes; "" if they cannot be known (a .gz
+    resumed at an offset, until it has read that many)."""
+    line = chunk.long_line
+    # Of an over-long line only its last bytes were kept (and its newline, unless it is
+    # a finished file's last line).
+    data = chunk.data if line is None else (
+        line.tail + b"\n"[:chunk.end - chunk.start - line.length])
+    joined = (window + data)[-TAIL_BYTES:]
     return joined if len(joined) == min(chunk.end, TAIL_BYTES) else b""
-
-
-def _bytes_before(path: Path, offset: int) -> bytes:
-    start = max(offset - TAIL_BYTES, 0)
-    try:
-        with open(path, "rb") as fh:
-            return os.pread(fh.fileno(), offset - start, start)
-    except OSError:
-        return b""
 
 
 def _raw_position(fh: Any) -> int:

@@ -147,6 +147,9 @@ class Source:
     offset: int
     final: bool
     size: int  # bytes on disk when planned (compressed size for .gz)
+    #: The checkpoint's digest of the bytes before ``offset``, which the plan found
+    #: there ("" when not known); reading checks they are still there.
+    tail: str = ""
 
 
 def stat_or_none(path: Path) -> os.stat_result | None:
@@ -174,7 +177,7 @@ def _require_regular(path: Path, st: os.stat_result) -> None:
     raise LogSourceError(f"cannot read the log file {path}: it is {kind}, not a regular file")
 
 
-def source_for(path: Path, offset: int = 0, final: bool = False) -> Source:
+def source_for(path: Path, offset: int = 0, final: bool = False, tail: str = "") -> Source:
     """A Source for ``path`` as it is now (LogSourceError if it is no regular file)."""
     try:
         _require_regular(path, path.stat())
@@ -182,7 +185,7 @@ def source_for(path: Path, offset: int = 0, final: bool = False) -> Source:
         size = path.stat().st_size
     except PermissionError as exc:
         raise LogSourceError(f"cannot read the log file {path}: permission denied") from exc
-    return Source(path, identity, offset, final, size)
+    return Source(path, identity, offset, final, size, tail)
 
 
 def locate(identity: FileIdentity, offset: int, candidates: list[Path]) -> Path | None:
@@ -233,6 +236,7 @@ class LongLine:
     length: int  # bytes of the line, without its newline
     head: bytes  # at most REJECT_RAW_BYTES of it
     sha256: str  # of the whole line without its newline
+    tail: bytes = b""  # its last TAIL_BYTES (for the checkpoint's tail)
 
 
 def read_chunks(fh: BinaryIO, offset: int, chunk_bytes: int, max_line_bytes: int,
@@ -271,7 +275,8 @@ def read_chunks(fh: BinaryIO, offset: int, chunk_bytes: int, max_line_bytes: int
 
 def _final_line(pos: int, data: bytes, max_line_bytes: int) -> Chunk:
     if len(data) > max_line_bytes:
-        line = LongLine(len(data), data[:REJECT_RAW_BYTES], hashlib.sha256(data).hexdigest())
+        line = LongLine(len(data), data[:REJECT_RAW_BYTES], hashlib.sha256(data).hexdigest(),
+                        data[-TAIL_BYTES:])
         return Chunk(pos, pos + len(data), b"", line)
     return Chunk(pos, pos + len(data), data + b"\n")
 
@@ -280,6 +285,7 @@ def _scan_long_line(fh: BinaryIO, pos: int, buf: bytes, chunk_bytes: int, final:
                     ) -> tuple[Chunk | None, bytes]:
     """Read on to the newline ending an over-long line, keeping only its head and hash."""
     head = buf[:REJECT_RAW_BYTES]
+    tail = buf[-TAIL_BYTES:]
     digest = hashlib.sha256(buf)
     length = len(buf)
     while True:
@@ -287,17 +293,18 @@ def _scan_long_line(fh: BinaryIO, pos: int, buf: bytes, chunk_bytes: int, final:
         if not piece:
             if not final:
                 return None, b""  # still being written: look again next time
-            line = LongLine(length, head, digest.hexdigest())
+            line = LongLine(length, head, digest.hexdigest(), tail)
             return Chunk(pos, pos + length, b"", line), b""
         newline = piece.find(b"\n")
         part = piece if newline < 0 else piece[:newline]
         if len(head) < REJECT_RAW_BYTES:
             head += part[:REJECT_RAW_BYTES - len(head)]
+        tail = (tail + part)[-TAIL_BYTES:]
         digest.update(part)
         length += len(part)
         if newline < 0:
             continue
-        line = LongLine(length, head, digest.hexdigest())
+        line = LongLine(length, head, digest.hexdigest(), tail)
         return Chunk(pos, pos + length + 1, b"", line), piece[newline + 1:]
 
 
@@ -352,14 +359,15 @@ def _plan_follow(live: Path, last: Resumable | None) -> FollowPlan:
     if st is not None and last.identity.same_inode(st):
         if (st.st_size >= last.offset and last.identity.content_matches(live)
                 and last.identity.ends_at(live, last.offset)):
-            resume = source_for(live, last.offset)
+            resume = source_for(live, last.offset, tail=last.identity.tail)
             if not resume.identity.same_inode(st):
                 # Renamed and recreated since the stat above: plan again.
                 raise FileNotFoundError(live)
             return FollowPlan((resume,))
         log.warning("log_truncated", path=str(live), offset=last.offset, size=st.st_size)
         old = locate(last.identity, last.offset, archives(live))
-        sources = [] if old is None else [source_for(old, last.offset, final=True)]
+        sources = [] if old is None else [source_for(old, last.offset, final=True,
+                                                     tail=last.identity.tail)]
         return FollowPlan((*sources, source_for(live)), truncated=True)
     sources = []
     # A symlink swapped to a new target: the old target (where the checkpoint says it
@@ -368,7 +376,7 @@ def _plan_follow(live: Path, last: Resumable | None) -> FollowPlan:
     old = locate(last.identity, last.offset, previous + archives(live))
     if old is not None:
         log.info("log_rotated", path=str(live), previous=str(old), resume_offset=last.offset)
-        sources.append(source_for(old, last.offset, final=True))
+        sources.append(source_for(old, last.offset, final=True, tail=last.identity.tail))
     elif st is not None or last.path != str(live):
         # The previous file went away before it was read to the end (deleted, or
         # compressed under a name we do not know). Whatever it held past the offset is

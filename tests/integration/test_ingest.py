@@ -708,8 +708,79 @@ def test_a_copytruncate_after_the_plan_loses_and_repeats_nothing(
         patch.setattr(ingest_module, "plan_follow", plan_then_rotate)
         with capture_logs() as logs:
             make_ingestor(engine, live).run_once()
-    assert "log_truncated_while_reading" in [e["event"] for e in logs]
+    # The bytes before the offset are no longer those the plan found: nothing is read.
+    assert "log_changed_while_planning" in [e["event"] for e in logs]
     make_ingestor(engine, live).run_once()
     queued = queued_ids(engine)
     assert len(queued) == len(set(queued))
     assert set(queued) == old_ids | more_ids | new_ids
+
+
+@pytest.mark.parametrize("moment", ["before the next chunk", "before the checkpoint"])
+def test_a_copytruncate_while_reading_loses_and_repeats_nothing(
+        setup: tuple, monkeypatch: pytest.MonkeyPatch, moment: str) -> None:
+    """logrotate strikes in the middle of a pass, after a chunk was read, and the business
+    system writes on past where the pass is: the pass keeps what it read, stops, and the
+    next one finds the old content's copy by the bytes before its checkpoint, reads it on,
+    then the new file. Struck before the chunk's checkpoint is made, the checkpoint must
+    still describe the bytes that were read (it once read them again from the file, and
+    got the new content's: the copy was then not recognised and its rest lost)."""
+    engine, live = setup
+    old, old_ids = mixed(1, 300)
+    live.write_bytes(old)
+    new, new_ids = mixed(1001, 400)  # the new content outgrows the first chunk's end
+    real_parse, real_chunks = Ingestor._parse_chunk, ingest_module.read_chunks
+
+    def rotate() -> None:
+        shutil.copyfile(live, live.with_name("system.log.1"))
+        with open(live, "r+b") as fh:
+            fh.truncate(0)
+        append(live, new)
+
+    def parse_then_rotate(self: Ingestor, chunk: object, *args: object) -> object:
+        parsed = real_parse(self, chunk, *args)  # type: ignore[arg-type]
+        if not getattr(parse_then_rotate, "done", False):
+            parse_then_rotate.done = True  # type: ignore[attr-defined]
+            rotate()  # the chunk was read and the head checked; its checkpoint is next
+        return parsed
+
+    def rotate_after_first(*args: object) -> object:
+        chunks = real_chunks(*args)  # type: ignore[arg-type]
+        yield next(chunks)
+        rotate()  # the next chunk is read from the new content, where the old one was
+        yield from chunks
+
+    with monkeypatch.context() as patch:
+        if moment == "before the checkpoint":
+            patch.setattr(Ingestor, "_parse_chunk", parse_then_rotate)
+        else:
+            patch.setattr(ingest_module, "read_chunks", rotate_after_first)
+        with capture_logs() as logs:
+            first = make_ingestor(engine, live).run_once()
+    assert "log_truncated_while_reading" in [e["event"] for e in logs]
+    assert 0 < first.events_enqueued < len(old_ids)
+    with capture_logs() as logs:
+        make_ingestor(engine, live).run_once()
+    assert "log_truncated" in [e["event"] for e in logs]
+    queued = queued_ids(engine)
+    assert len(queued) == len(set(queued))
+    assert set(queued) == old_ids | new_ids
+
+
+@pytest.mark.parametrize("size", ["within one read", "across reads"])
+def test_a_pass_ending_on_an_over_long_line_resumes_after_it(setup: tuple, size: str) -> None:
+    """An over-long line is not kept whole, yet the checkpoint after it must hold the
+    digest of the bytes before its offset, or the next pass takes the file for another
+    one and reads it again from the start."""
+    engine, live = setup
+    first, first_ids = mixed(1, 20)
+    body = "".join(f"{n:08d}" for n in range(700 if size == "within one read" else 1200)).encode()
+    live.write_bytes(first + b"2024-03-01 08:00:00 contact.form note=" + body + b"\n")
+    make_ingestor(engine, live).run_once()
+    more, more_ids = mixed(101, 20)
+    append(live, more)
+    with capture_logs() as logs:
+        report = make_ingestor(engine, live).run_once()
+    assert not {"log_truncated", "log_rotated"} & {e["event"] for e in logs}
+    assert report.events_enqueued == len(more_ids)
+    assert set(queued_ids(engine)) == first_ids | more_ids
