@@ -14,7 +14,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from klaviyo_sync.exceptions import SchemaOutdatedError, StateError
+from klaviyo_sync.exceptions import NotStateDatabaseError, SchemaOutdatedError, StateError
 from klaviyo_sync.state import db
 from klaviyo_sync.state.schema import metadata
 
@@ -24,6 +24,26 @@ def test_migrations_create_exactly_the_declared_schema(state_engine: sa.Engine) 
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
     assert db.schema_status(state_engine).up_to_date
+
+
+def test_the_head_every_command_checks_is_the_migration_scripts_head(
+        state_engine: sa.Engine) -> None:
+    """db.HEAD spares every command importing Alembic and the scripts: it must be theirs,
+    and the revision read without Alembic must be the one Alembic reads."""
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(db.alembic_config()).get_current_head() == db.HEAD
+    with state_engine.connect() as conn:
+        assert db.schema_status(state_engine).current == \
+            MigrationContext.configure(conn).get_current_revision() == db.HEAD
+
+
+def test_a_database_recording_two_schema_versions_is_not_taken_for_ours(
+        state_engine: sa.Engine) -> None:
+    with state_engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO alembic_version (version_num) VALUES ('0001')"))
+    with pytest.raises(NotStateDatabaseError, match="several schema versions: 0001, 0009"):
+        db.schema_status(state_engine)
 
 
 def test_brand_new_sqlite_file_is_created_on_first_use(tmp_path: Path) -> None:
