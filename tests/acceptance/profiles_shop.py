@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,15 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def klaviyo_sync(config: Path, *args: str) -> list[str]:
+    """The command line, run by this interpreter: the tests must not depend on the
+    virtualenv's bin folder being on PATH (the README's test command does not put it
+    there)."""
+    return [sys.executable, "-m", "klaviyo_sync", "--config", str(config), *args]
+
+
 def command(config: Path, *args: str) -> list[str]:
-    return ["klaviyo-sync", "--config", str(config), "profiles", *args]
+    return klaviyo_sync(config, "profiles", *args)
 
 
 def run(config: Path, *args: str) -> dict[str, Any]:

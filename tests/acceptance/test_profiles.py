@@ -19,6 +19,7 @@ from tests.acceptance.profiles_shop import (
     Customers,
     cli_env,
     import_posts,
+    klaviyo_sync,
     run,
     run_text,
     write_settings,
@@ -129,7 +130,7 @@ def test_import_errors_are_listed_and_retried(standin: KlaviyoStandIn, state_url
     assert sorted(int(r["customer_id"]) for r in rows) == failing
     assert {r["error"] for r in rows if r["customer_id"] == "777"} == {
         "invalid: Profile 777 is blocked."}
-    status = subprocess.run(["klaviyo-sync", "--config", str(config), "status", "--json"],
+    status = subprocess.run(klaviyo_sync(config, "status", "--json"),
                             env=cli_env(), capture_output=True, text=True, timeout=60)
     assert json.loads(status.stdout)["profiles"]["failed"] == 7
     assert "7 profile(s) Klaviyo did not import" in " ".join(json.loads(status.stdout)["reasons"])

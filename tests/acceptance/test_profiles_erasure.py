@@ -10,7 +10,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from klaviyo_sync.state.db import open_state
-from tests.acceptance.profiles_shop import Customers, cli_env, run, write_settings
+from tests.acceptance.profiles_shop import Customers, cli_env, klaviyo_sync, run, write_settings
 from tests.klaviyo_standin import KlaviyoStandIn
 
 
@@ -56,9 +56,8 @@ def test_the_profiles_pass_forgets_by_status_and_vanishing_and_skips_the_forgott
     customers.update(7, first_name="Changed", status="Erased")
     again = run(config, "--all")
     assert again["sent"] == 0 and again["erased_skipped"] == 1 and again["forgotten"] == 0
-    listing = subprocess.run(["klaviyo-sync", "--config", str(config), "forget", "--list",
-                              "--json"], env=cli_env(), capture_output=True, text=True,
-                             timeout=60)
+    listing = subprocess.run(klaviyo_sync(config, "forget", "--list", "--json"),
+                             env=cli_env(), capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
     assert sorted(line.split('"asked_by": "')[1].split('"')[0]
                   for line in listing.stdout.splitlines()) == ["status", "vanished"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.profiles_shop import API_KEY, cli_env
+from tests.acceptance.profiles_shop import API_KEY, cli_env, klaviyo_sync
 from tests.klaviyo_standin import KlaviyoStandIn
 
 MOMENT = datetime(2026, 11, 30, 9, 15, 0)
@@ -40,7 +40,7 @@ def settings(tmp_path: Path, base_url: str, template: str | None) -> Path:
 
 def ingest_and_send(config: Path) -> None:
     for step in ("parse", "send"):
-        done = subprocess.run(["klaviyo-sync", "--config", str(config), step], env=cli_env(),
+        done = subprocess.run(klaviyo_sync(config, step), env=cli_env(),
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
 
