@@ -445,6 +445,8 @@ def _tail_window(chunk: Chunk, window: bytes) -> bytes:
     # a finished file's last line).
     data = chunk.data if line is None else (
         line.tail + b"\n"[:chunk.end - chunk.start - line.length])
+    if len(data) >= TAIL_BYTES:  # the usual chunk: its own last bytes (no copy of it)
+        return data[-TAIL_BYTES:]
     joined = (window + data)[-TAIL_BYTES:]
     return joined if len(joined) == min(chunk.end, TAIL_BYTES) else b""
 
