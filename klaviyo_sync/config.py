@@ -352,6 +352,9 @@ class ProfileSyncSettings:
     batch_max_bytes: int = 5_000_000
     readback_poll_s: float = 2.0
     readback_timeout_s: float = 600.0
+    #: Where a pass reads and builds its customers: "full" passes (every customer) in a
+    #: process of their own, "always", or "never" (in the pass's own process).
+    reader_process: str = "full"
     #: Business column -> profile property name, sent along with the standard ones.
     extra_properties: dict[str, str] = field(default_factory=dict)
 
@@ -365,6 +368,7 @@ class ProfileSyncSettings:
             raise ValueError("profiles.batch_max_bytes: must be between 1024 and 5000000 (5 MB)")
         _at_least("profiles.readback_poll_s", self.readback_poll_s, 0.01)
         _at_least("profiles.readback_timeout_s", self.readback_timeout_s, 0)
+        _one_of("profiles.reader_process", self.reader_process, ("full", "always", "never"))
         for column, name in self.extra_properties.items():
             _identifier(f"profiles.extra_properties.{column}", column)
             if not name.strip():

@@ -22,7 +22,7 @@ import threading
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,15 +30,17 @@ from itertools import accumulate, count
 from operator import add, itemgetter
 from typing import Any, NamedTuple, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from klaviyo_sync.business.customers import CUSTOMER_FIELDS, UPDATED_AT, SqlCustomerReader
+from klaviyo_sync.business.customers import SqlCustomerReader
 from klaviyo_sync.business.orders import (
     parse_raw_time,
     raw_time_from_text,
     raw_time_to_text,
     shift_raw_time,
 )
+from klaviyo_sync.business.profile_pages import Page, PageProcess, PageSpec, read_pages
 from klaviyo_sync.business.profiles import Profile, ProfileBuilder
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
@@ -65,8 +67,6 @@ from klaviyo_sync.state.profiles import (
 log = get_logger(__name__)
 _T = TypeVar("_T")
 
-#: Where the pass finds these in the reader's raw rows.
-_ID, _EMAIL, _STATUS = (CUSTOMER_FIELDS.index(name) for name in ("id", "email", "status"))
 #: A profile's encoded resource, and its (customer id, digest) pair.
 _ITEM, _PAIR = itemgetter(1), itemgetter(0, 2)
 #: Klaviyo's cap on one profile in a bulk import.
@@ -197,34 +197,53 @@ class ProfileSync:
         ``poster`` in batches; the watermark the pages reached."""
         batches = _Batches(self.config.batch_max_profiles, self.config.batch_max_bytes,
                            poster.submit)
-        for page in self._pages(since):
-            if stop is not None and stop.is_set():
-                report.interrupted = True
-                break
-            report.customers_read += len(page)
-            if seen is not None:
-                seen.update(str(row[_ID]) for row in page)
-            batches.add(self._changed(self._not_erased(page, report), report),
-                        self._text(watermark))
-            watermark = self._later(watermark, page[-1][UPDATED_AT])
-            reader.check()  # a read-back that failed for good stops the pass here
+        pages = self._pages(since)
+        try:
+            for page in pages:
+                if stop is not None and stop.is_set():
+                    report.interrupted = True
+                    break
+                report.customers_read += len(page.ids)
+                if seen is not None:
+                    seen.update(page.ids)
+                batches.add(self._changed(self._not_erased(page, report), report),
+                            self._text(watermark))
+                watermark = self._later(watermark, page.last[0])
+                reader.check()  # a read-back that failed for good stops the pass here
+        finally:
+            pages.close()  # a page process ends with it
         batches.flush(self._text(watermark))
         return watermark
 
-    def _pages(self, since: Any) -> Iterator[Sequence[Sequence[Any]]]:
+    def _pages(self, since: Any) -> Generator[Page, None, None]:
         """Customers with updated_at >= ``since`` (all: None), page by page, in keyset
-        order. Read in the pass's own thread, between building pages: the SQLite driver
-        lets go of the GIL for each row it steps, and a reading thread of its own then
-        waited behind the building thread for almost every row."""
-        after: tuple[Any, Any] | None = None
-        while True:
-            page = self.reader.read_changed_raw(after, since, self.config.page_size)
-            if page:
-                yield page
-            if len(page) < self.config.page_size:
-                return
-            last = page[-1]
-            after = (last[UPDATED_AT], last[_ID])
+        order, built: by a process of their own when the pass reads every customer (see
+        profile_pages.py; ``[profiles] reader_process``), else here. Here they are read in
+        the pass's own thread, between building pages: the SQLite driver lets go of the
+        lock for each row it steps, and a reading thread of its own then waited behind
+        the building thread for almost every row."""
+        with_keys = bool(self._tombstones) or bool(self._erase_statuses
+                                                    and self._forget is not None)
+        if self._own_process(since):
+            spec = PageSpec(self.settings.business.url, self.settings.business,
+                            self.settings.klaviyo.profile_properties,
+                            dict(self.config.extra_properties), since, self.config.page_size,
+                            with_keys, self.settings.logging)
+            log.debug("profile_pages_process", full=since is None)
+            yield from PageProcess(spec)
+        else:
+            yield from read_pages(self.reader, self.builder, since, self.config.page_size,
+                                  with_keys)
+
+    def _own_process(self, since: Any) -> bool:
+        """Whether this pass's pages are read in a process of their own."""
+        mode = self.config.reader_process
+        if mode == "never" or (mode == "full" and since is not None):
+            return False
+        url = sa.make_url(self.settings.business.url)
+        # An in-memory database is this process's alone.
+        return not (url.get_backend_name() == "sqlite"
+                    and url.database in (None, "", ":memory:"))
 
     def retry(self, stop: threading.Event | None = None) -> ProfilesReport:
         """Send every failed customer again, as the business database shows them now."""
@@ -248,26 +267,27 @@ class ProfileSync:
 
     # --- erasure ------------------------------------------------------------------------
 
-    def _not_erased(self, page: Sequence[Sequence[Any]], report: ProfilesReport
-                    ) -> Sequence[Sequence[Any]]:
-        """The rows to send: not those of people who asked to be forgotten (sending would
-        re-create their profile), and not those whose status asks for erasure (they are
-        forgotten now)."""
+    def _not_erased(self, page: Page, report: ProfilesReport) -> list[Profile]:
+        """The page's profiles to send: not those of people who asked to be forgotten
+        (sending would re-create their profile), and not those whose status asks for
+        erasure (they are forgotten now)."""
+        profiles = page.profiles()
         tombstones = self._tombstones
         statuses = self._erase_statuses if self._forget is not None else frozenset()
         if not tombstones and not statuses:
-            return page
+            return profiles
+        assert page.emails is not None and page.statuses is not None
         keep = []
-        for row in page:
-            customer_id, email, status = str(row[_ID]), row[_EMAIL] or None, row[_STATUS]
-            if tombstones.match(email, customer_id) is not None:
+        for profile, email, status in zip(profiles, page.emails, page.statuses, strict=True):
+            customer_id = profile.customer_id
+            if tombstones.match(email or None, customer_id) is not None:
                 report.erased_skipped += 1
             elif status in statuses:
                 assert self._forget is not None
                 self._forget("status", customer_id)
                 report.forgotten += 1
             else:
-                keep.append(row)
+                keep.append(profile)
         return keep
 
     def _forget_vanished(self, seen: set[str], report: ProfilesReport) -> None:
@@ -280,9 +300,7 @@ class ProfileSync:
 
     # --- choosing and posting ---------------------------------------------------------------
 
-    def _changed(self, page: Sequence[Sequence[Any]], report: ProfilesReport
-                 ) -> Sequence[Profile]:
-        profiles = self.builder.build_raw(page)
+    def _changed(self, profiles: list[Profile], report: ProfilesReport) -> Sequence[Profile]:
         if not self._lookup:
             return profiles
         return self._unseen(profiles, self.store.known([p.customer_id for p in profiles]),

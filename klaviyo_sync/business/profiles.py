@@ -98,8 +98,16 @@ class ProfileBuilder:
                                 row.raw_updated_at, *row.extras)])[0]
 
     def build_raw(self, rows: Iterable[Sequence[Any]]) -> list[Profile]:
-        """Profiles of :meth:`SqlCustomerReader.read_changed_raw` rows: the same bytes as
-        :meth:`build` of the same rows made into :class:`CustomerRow`. Attributes without
+        """The profiles of :meth:`build_columns`, one tuple each."""
+        return list(map(tuple.__new__, repeat(Profile), zip(*self.build_columns(rows),
+                                                            strict=True)))
+
+    def build_columns(self, rows: Iterable[Sequence[Any]]
+                      ) -> tuple[list[str], list[bytes], list[str]]:
+        """The customer ids, encoded resources and digests of the profiles of
+        :meth:`SqlCustomerReader.read_changed_raw` rows, as three lists (a page travels
+        between processes so: see profile_pages.py): the same bytes as :meth:`build` of
+        the same rows made into :class:`CustomerRow`. Attributes without
         a value are left out rather than sent as null: a bulk import's null does not
         clear a field everywhere.
 
@@ -137,8 +145,7 @@ class ProfileBuilder:
             properties, strict=True))))
         for index in odd:
             items[index] = self._item(ids[index], rows[index], properties[index])
-        digests = map(_HEX, map(_DIGEST, items))
-        return list(map(tuple.__new__, repeat(Profile), zip(ids, items, digests, strict=True)))
+        return ids, items, list(map(_HEX, map(_DIGEST, items)))
 
     @staticmethod
     def _item(customer_id: str, row: Sequence[Any], properties: str) -> bytes:

@@ -274,3 +274,81 @@ def test_a_job_id_that_could_not_be_written_fails_the_pass_and_is_posted_again(
     assert len(klaviyo.profiles) == 30
     for close in closers:
         close()
+
+
+@pytest.fixture
+def page_processes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The ``since`` of every page process the passes start."""
+    from klaviyo_sync.business.profile_pages import PageProcess
+
+    started: list[object] = []
+
+    class Counted(PageProcess):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            started.append(self.spec.since)
+            yield from super().__iter__()
+
+    monkeypatch.setattr("klaviyo_sync.profile_sync.PageProcess", Counted)
+    return started
+
+
+def test_the_page_process_and_the_pass_itself_send_the_same_bodies(
+        state_url: str, shop: Customers, tmp_path: Path, page_processes: list[object]
+) -> None:
+    """A pass reading in a process of its own ("always", "full" on --all) and one reading
+    in its own thread ("never") write the same import bodies, byte for byte, for a full
+    pass and for one that reads only what changed."""
+    from klaviyo_sync.state.db import open_state
+
+    shop.update(7, box="Veggie Box", updated_at=datetime(2026, 6, 1))
+    outboxes = {}
+    for mode in ("never", "always"):
+        folder = tmp_path / mode
+        folder.mkdir()
+        settings = settings_for("https://a.klaviyo.com", shop, folder, batch_max_profiles=20,
+                                reader_process=mode, page_size=7)
+        state = open_state(state_url if state_url.startswith("postgresql")
+                           else f"sqlite:///{folder / 'state.db'}")
+        sync, closers = make_sync(settings, state, dry_run=True)
+        full = sync.run_once(all_customers=True)
+        assert (full.customers_read, full.sent, full.requests) == (30, 30, 2)
+        assert page_processes == ([] if mode == "never" else [None])
+        page_processes.clear()
+        closers.append(state.dispose)
+        for close in closers:
+            close()
+        outboxes[mode] = (folder / "outbox.jsonl").read_text()
+    assert outboxes["never"] == outboxes["always"]
+    assert outboxes["never"].count("/api/profile-bulk-import-jobs") == 2
+
+
+def test_an_incremental_pass_reads_in_a_process_of_its_own_when_told(
+        klaviyo: KlaviyoStandIn, state_engine: sa.Engine, shop: Customers, tmp_path: Path,
+        api_key: None, page_processes: list[object]) -> None:
+    settings = settings_for(klaviyo.base_url, shop, tmp_path, reader_process="always",
+                            overlap_s=0, page_size=4)
+    sync, closers = make_sync(settings, state_engine)
+    assert sync.run_once(all_customers=True).imported == 30
+    shop.update(29, box="Veggie Box", updated_at=datetime(2026, 12, 1))
+    report = sync.run_once()
+    # 29, and 30 again (at the watermark itself): unchanged, not sent.
+    assert (report.customers_read, report.unchanged, report.sent, report.imported) == (
+        2, 1, 1, 1)
+    assert len(page_processes) == 2 and page_processes[0] is None
+    assert page_processes[1] is not None
+    assert klaviyo.profiles["customer29@example.com"]["properties"]["Box"] == "Veggie Box"
+    for close in closers:
+        close()
+
+
+def test_by_default_only_a_full_pass_reads_in_a_process_of_its_own(
+        klaviyo: KlaviyoStandIn, state_engine: sa.Engine, shop: Customers, tmp_path: Path,
+        api_key: None, page_processes: list[object]) -> None:
+    sync, closers = make_sync(settings_for(klaviyo.base_url, shop, tmp_path), state_engine)
+    assert sync.run_once().imported == 30  # the first pass: no watermark yet, every customer
+    shop.update(3, box="Veggie Box", updated_at=datetime(2026, 12, 1))
+    assert sync.run_once().imported == 1
+    assert sync.run_once(all_customers=True).sent == 0  # every customer read, none changed
+    assert page_processes == [None, None]
+    for close in closers:
+        close()

@@ -1,0 +1,124 @@
+"""The profiles pass's pages read and built in a process of their own (profile_pages.py):
+the very pages the pass builds itself, on every business database, and its ends told."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from klaviyo_sync.business.customers import SqlCustomerReader
+from klaviyo_sync.business.db import open_business
+from klaviyo_sync.business.profile_pages import Page, PageProcess, PageSpec, read_pages
+from klaviyo_sync.business.profiles import ProfileBuilder
+from klaviyo_sync.config import BusinessSettings, ProfileProperties
+from klaviyo_sync.exceptions import BusinessDataError
+from tests.acceptance.profiles_shop import Customers
+
+EXTRA = {"referral_code": "ReferralCode"}
+
+
+def make_shop(url: str, count: int) -> Customers:
+    """Customers 1..count with an extra column, filled for the first half."""
+    customers = Customers(url)
+    customers.generate(count)
+    with customers.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE customers ADD COLUMN referral_code VARCHAR(32)"))
+        conn.execute(sa.text("UPDATE customers SET referral_code = 'SPRING' WHERE id <= :n"),
+                     {"n": count // 2})
+    return customers
+
+
+@pytest.fixture
+def shop(business_url: str) -> Iterator[Customers]:
+    customers = make_shop(business_url, 120)
+    yield customers
+    customers.close()
+
+
+def spec_for(url: str, page_size: int = 50, **fields: object) -> PageSpec:
+    return PageSpec(url, BusinessSettings(url=url), ProfileProperties(), dict(EXTRA),
+                    page_size=page_size, **fields)  # type: ignore[arg-type]
+
+
+def built_here(url: str, page_size: int = 50, since: object = None,
+               with_keys: bool = False) -> list[Page]:
+    engine = open_business(url)
+    try:
+        reader = SqlCustomerReader(engine, BusinessSettings(url=url), tuple(EXTRA))
+        builder = ProfileBuilder(ProfileProperties(), EXTRA, reader.extra_columns)
+        return list(read_pages(reader, builder, since, page_size, with_keys))
+    finally:
+        engine.dispose()
+
+
+def test_a_page_process_builds_the_pages_the_pass_would_build_itself(shop: Customers) -> None:
+    pages = list(PageProcess(spec_for(shop.url)))
+    assert pages == built_here(shop.url)
+    assert [len(p.ids) for p in pages] == [50, 50, 20]
+    assert sorted(int(i) for p in pages for i in p.ids) == list(range(1, 121))
+    assert all(p.emails is None and p.statuses is None for p in pages)
+    profiles = pages[0].profiles()
+    assert profiles[0].customer_id == pages[0].ids[0]
+    assert profiles[0].item == pages[0].items[0] and b'"ReferralCode"' in profiles[0].item
+
+
+def test_a_page_process_keeps_emails_and_statuses_when_asked(shop: Customers) -> None:
+    pages = list(PageProcess(spec_for(shop.url, with_keys=True)))
+    assert pages == built_here(shop.url, with_keys=True)
+    first = pages[0]
+    assert first.emails is not None and first.statuses is not None
+    assert len(first.emails) == len(first.statuses) == len(first.ids)
+    assert first.emails[0] == f"customer{first.ids[0]}@example.com"
+
+
+def test_a_page_process_reads_from_where_it_is_told(shop: Customers) -> None:
+    everything = built_here(shop.url)
+    since = everything[1].last[0]  # the raw updated_at of the 100th customer
+    pages = list(PageProcess(spec_for(shop.url, since=since)))
+    assert pages == built_here(shop.url, since=since)
+    assert 0 < sum(len(p.ids) for p in pages) < 120
+
+
+def test_leaving_early_ends_the_page_process(tmp_path: Path) -> None:
+    # More pages than the pipe holds: the process waits for us to read.
+    shop = make_shop(f"sqlite:///{tmp_path / 'business.db'}", 40_000)
+    try:
+        source = PageProcess(spec_for(shop.url, page_size=5000))
+        pages = iter(source)
+        first = next(pages)
+        assert len(first.ids) == 5000
+        assert source.process is not None and source.process.poll() is None
+        pages.close()  # type: ignore[attr-defined]
+        assert source.process.returncode is not None
+    finally:
+        shop.close()
+
+
+def test_a_page_process_that_dies_ends_the_pages_with_an_error(tmp_path: Path) -> None:
+    shop = make_shop(f"sqlite:///{tmp_path / 'business.db'}", 40_000)
+    try:
+        source = PageProcess(spec_for(shop.url, page_size=5000))
+        pages = iter(source)
+        next(pages)
+        assert source.process is not None
+        source.process.send_signal(signal.SIGKILL)
+        with pytest.raises(BusinessDataError, match=r"ended unexpectedly \(exit code -9\)"):
+            list(pages)
+    finally:
+        shop.close()
+
+
+def test_a_page_process_that_cannot_read_says_why(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    sa.create_engine(url).connect().close()  # a database without a customers table
+    with pytest.raises(BusinessDataError, match="customers"):
+        list(PageProcess(spec_for(url)))
+
+
+def test_a_page_process_that_cannot_open_its_database_says_why(tmp_path: Path) -> None:
+    with pytest.raises(BusinessDataError):
+        list(PageProcess(spec_for(f"sqlite:///{tmp_path / 'missing' / 'business.db'}")))
