@@ -10,8 +10,9 @@ its limits off, and runs the profiles pass with the published limits off. Prints
 profiles/s, the import requests used against the minimum (one per 10,000 profiles), the
 time of a plain read of the same customers table in the same run divided by the pass's
 (target >= 0.3; the read runs just before and just after the pass and their mean is
-taken) and the pass's peak RSS (target <= 200 MB). Each phase runs in a process
-of its own, so a phase's peak RSS is its own. The pass runs with the collector tuned as
+taken) and the pass's peak RSS (target <= 200 MB: the pass's process and the page
+process it starts to read and build the customers, their peaks added). Each phase runs
+in a process of its own, so a phase's peak RSS is its own. The pass runs with the collector tuned as
 the console script tunes it (klaviyo_sync.gctune); BENCH_DEFAULT_GC=1 leaves CPython's
 defaults, to compare.
 """
@@ -124,9 +125,13 @@ def phase_sync(business_url: str, state_url: str, base_url: str) -> dict:
         started, cpu = time.perf_counter(), time.process_time()
         report = sync.run_once(all_customers=True)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    # The page process (the pass's only child): its CPU and peak RSS, once reaped.
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"seconds": seconds, "cpu_seconds": cpu, "sent": report.sent,
             "imported": report.imported,
-            "failed": report.failed, "requests": report.requests, "rss_mb": _peak_rss_mb()}
+            "failed": report.failed, "requests": report.requests, "rss_mb": _peak_rss_mb(),
+            "child_cpu_seconds": child.ru_utime + child.ru_stime,
+            "child_rss_mb": child.ru_maxrss / 1024}
 
 
 def _run_phase(*args: str) -> dict:
@@ -204,7 +209,8 @@ def main() -> None:
     print(f"profiles imported    {sync['imported']:>12,}  ({sync['failed']} failed; "
           f"stand-in holds {stats.get('profiles', 0):,})")
     print(f"pass time            {sync['seconds']:>12.1f} s  "
-          f"({sync['cpu_seconds']:.1f} s of CPU in the pass's process)")
+          f"({sync['cpu_seconds']:.1f} s of CPU in the pass's process, "
+          f"{sync['child_cpu_seconds']:.1f} s in its page process)")
     print(f"stand-in CPU         {median['standin_cpu']:>12.1f} s  (parsing and validating "
           "the jobs; it applies imports when next read)")
     print(f"profiles/s           {sync['sent'] / sync['seconds']:>12,.0f}")
@@ -215,8 +221,10 @@ def main() -> None:
           f"{median['plain_each'][1]:.1f} s)")
     print(f"ratio plain/pass     {ratio:>12.2f}  (target >= {TARGET_RATIO}) "
           f"{'OK' if ratio >= TARGET_RATIO else 'MISSED'}")
-    print(f"peak RSS (pass)      {sync['rss_mb']:>12.0f} MB  (target <= {TARGET_RSS_MB} MB) "
-          f"{'OK' if sync['rss_mb'] <= TARGET_RSS_MB else 'MISSED'}")
+    rss = sync["rss_mb"] + sync["child_rss_mb"]  # the two peaks, as if at the same moment
+    print(f"peak RSS (pass)      {rss:>12.0f} MB  (target <= {TARGET_RSS_MB} MB) "
+          f"{'OK' if rss <= TARGET_RSS_MB else 'MISSED'}  ({sync['rss_mb']:.0f} MB the "
+          f"pass's process + {sync['child_rss_mb']:.0f} MB its page process)")
 
 
 if __name__ == "__main__":
