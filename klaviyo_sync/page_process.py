@@ -6,8 +6,9 @@ and build its pages (business/profile_pages.py says why, and how they travel).
 It is its own wiring, as app.py is the commands': it opens the business database
 read-only (:func:`open_business`), reads its :class:`PageSpec` (pickled) on stdin and
 sends each page to descriptor N, then the end; an error goes to the pass, which raises
-it. It stops when the pass closes the pipe (its next send fails), and ignores Ctrl-C,
-which a terminal sends to the whole process group: the pass decides.
+it. It stops when the pass closes the pipe (its next send fails, also when the pass was
+killed), and ignores SIGINT and SIGTERM, which a terminal's Ctrl-C and systemd's stop
+send to the whole process group: the pass decides when it ends.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="descriptor to send pages to")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     pages = Connection(args.fd, readable=False)
     try:
         spec = pickle.load(sys.stdin.buffer)

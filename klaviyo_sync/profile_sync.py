@@ -40,7 +40,13 @@ from klaviyo_sync.business.orders import (
     raw_time_to_text,
     shift_raw_time,
 )
-from klaviyo_sync.business.profile_pages import Page, PageProcess, PageSpec, read_pages
+from klaviyo_sync.business.profile_pages import (
+    CannotStart,
+    Page,
+    PageProcess,
+    PageSpec,
+    read_pages,
+)
 from klaviyo_sync.business.profiles import Profile, ProfileBuilder
 from klaviyo_sync.clock import utcnow
 from klaviyo_sync.config import Settings
@@ -229,11 +235,23 @@ class ProfileSync:
                             self.settings.klaviyo.profile_properties,
                             dict(self.config.extra_properties), since, self.config.page_size,
                             with_keys, self.settings.logging)
-            log.debug("profile_pages_process", full=since is None)
-            yield from PageProcess(spec)
-        else:
-            yield from read_pages(self.reader, self.builder, since, self.config.page_size,
-                                  with_keys)
+            pages = iter(PageProcess(spec))
+            try:
+                first = next(pages, None)
+            except CannotStart as exc:  # nothing read yet: read here instead
+                log.warning("profile_pages_in_process", error=str(exc),
+                            hint="the pass reads the customers itself, more slowly")
+            else:
+                log.debug("profile_pages_process", full=since is None)
+                try:
+                    if first is not None:
+                        yield first
+                        yield from pages
+                finally:
+                    pages.close()  # type: ignore[attr-defined]
+                return
+        yield from read_pages(self.reader, self.builder, since, self.config.page_size,
+                              with_keys)
 
     def _own_process(self, since: Any) -> bool:
         """Whether this pass's pages are read in a process of their own."""

@@ -97,6 +97,11 @@ class PageSpec:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
+class CannotStart(BusinessDataError):
+    """The page process could not be started (nothing was read): the pass may read in
+    its own process instead."""
+
+
 class Failed(NamedTuple):
     """The process could not go on: the error, as the pass should raise it."""
 
@@ -129,8 +134,8 @@ class PageProcess:
                 env=env)
         except OSError as exc:
             os.close(read_end)
-            raise BusinessDataError(f"cannot start the process that reads customers: "
-                                    f"{exc}") from exc
+            raise CannotStart(f"cannot start the process that reads customers: "
+                              f"{exc}") from exc
         finally:
             os.close(write_end)
         pages = Connection(read_end, writable=False)

@@ -112,6 +112,25 @@ def test_a_page_process_that_dies_ends_the_pages_with_an_error(tmp_path: Path) -
         shop.close()
 
 
+def test_a_stop_signal_to_the_process_group_leaves_the_ending_to_the_pass(
+        tmp_path: Path) -> None:
+    # systemd's stop and a terminal's Ctrl-C reach the page process too: the pass, which
+    # gets them as well, decides whether to go on (here it does) or to close the pipe.
+    shop = make_shop(f"sqlite:///{tmp_path / 'business.db'}", 40_000)
+    try:
+        source = PageProcess(spec_for(shop.url, page_size=5000))
+        pages = iter(source)
+        first = next(pages)
+        assert source.process is not None
+        source.process.send_signal(signal.SIGTERM)
+        source.process.send_signal(signal.SIGINT)
+        rest = list(pages)
+        assert len(first.ids) + sum(len(p.ids) for p in rest) == 40_000
+        assert source.process.returncode == 0
+    finally:
+        shop.close()
+
+
 def test_a_page_process_that_cannot_read_says_why(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     sa.create_engine(url).connect().close()  # a database without a customers table

@@ -352,3 +352,15 @@ def test_by_default_only_a_full_pass_reads_in_a_process_of_its_own(
     assert page_processes == [None, None]
     for close in closers:
         close()
+
+
+def test_a_pass_whose_page_process_cannot_start_reads_the_customers_itself(
+        klaviyo: KlaviyoStandIn, state_engine: sa.Engine, shop: Customers, tmp_path: Path,
+        api_key: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-such-python"))
+    sync, closers = make_sync(settings_for(klaviyo.base_url, shop, tmp_path), state_engine)
+    report = sync.run_once(all_customers=True)
+    assert (report.customers_read, report.imported) == (30, 30)
+    assert len(klaviyo.profiles) == 30
+    for close in closers:
+        close()
