@@ -34,7 +34,7 @@ def serve(spec: PageSpec, pages: Connection) -> None:
     """Read and build every page ``spec`` asks for and send it, then :data:`END`."""
     log = spec.logging
     configure(log.level, log.format, log.mask_emails)  # to stderr, as the pass logs
-    engine = open_business(spec.url)
+    engine = open_business(spec.business.url)
     try:
         reader = SqlCustomerReader(engine, spec.business, tuple(spec.extra))
         builder = ProfileBuilder(spec.properties, spec.extra, reader.extra_columns)

@@ -231,8 +231,7 @@ class ProfileSync:
         with_keys = bool(self._tombstones) or bool(self._erase_statuses
                                                     and self._forget is not None)
         if self._own_process(since):
-            spec = PageSpec(self.settings.business.url, self.settings.business,
-                            self.settings.klaviyo.profile_properties,
+            spec = PageSpec(self.settings.business, self.settings.klaviyo.profile_properties,
                             dict(self.config.extra_properties), since, self.config.page_size,
                             with_keys, self.settings.logging)
             pages = iter(PageProcess(spec))

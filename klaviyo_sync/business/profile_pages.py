@@ -9,7 +9,8 @@ it to come back, up to the interpreter's switch interval. Measured at a million
 customers, reading took twice as long in the pass as alone, for the same CPU. A process
 of its own (:class:`PageProcess`) reads and builds on a lock of its own and sends each
 page as plain lists (ids, encoded resources, digests), which pickle and unpickle in C.
-The pipe holds it back: it builds at most one page ahead of the pass.
+The pipe holds it back: it builds no further ahead of the pass than the pipe holds (a
+few pages).
 
 The process is ``python -m klaviyo_sync.page_process --fd N`` (its own wiring: see
 there): it reads its :class:`PageSpec` (pickled) on stdin and writes pages to
@@ -85,9 +86,9 @@ def read_pages(reader: SqlCustomerReader, builder: ProfileBuilder, since: Any,
 
 @dataclass(frozen=True)
 class PageSpec:
-    """What a page process reads and how it builds (all of it pickles)."""
+    """What a page process reads (``business.url``) and how it builds (all of it
+    pickles)."""
 
-    url: str
     business: BusinessSettings
     properties: ProfileProperties
     extra: dict[str, str] = field(default_factory=dict)

@@ -40,7 +40,7 @@ def shop(business_url: str) -> Iterator[Customers]:
 
 
 def spec_for(url: str, page_size: int = 50, **fields: object) -> PageSpec:
-    return PageSpec(url, BusinessSettings(url=url), ProfileProperties(), dict(EXTRA),
+    return PageSpec(BusinessSettings(url=url), ProfileProperties(), dict(EXTRA),
                     page_size=page_size, **fields)  # type: ignore[arg-type]
 
 
