@@ -26,13 +26,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import repeat
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from klaviyo_sync.business.customers import CUSTOMER_FIELDS, UPDATED_AT, SqlCustomerReader
-from klaviyo_sync.business.profiles import Profile, ProfileBuilder
+from klaviyo_sync.business.profiles import Profile, ProfileBuilder, profiles_of
 from klaviyo_sync.config import BusinessSettings, LoggingSettings, ProfileProperties
 from klaviyo_sync.exceptions import BusinessDataError
 
@@ -60,8 +59,7 @@ class Page(NamedTuple):
     statuses: list[Any] | None = None
 
     def profiles(self) -> list[Profile]:
-        return list(map(tuple.__new__, repeat(Profile),
-                        zip(self.ids, self.items, self.digests, strict=True)))
+        return profiles_of(self.ids, self.items, self.digests)
 
 
 def read_pages(reader: SqlCustomerReader, builder: ProfileBuilder, since: Any,

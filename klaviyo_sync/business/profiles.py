@@ -39,6 +39,12 @@ class Profile(NamedTuple):
     digest: str  # of ``item``: equal digests, equal profiles
 
 
+def profiles_of(ids: Sequence[str], items: Sequence[bytes], digests: Sequence[str]
+                ) -> list[Profile]:
+    """Profiles from the three lists :meth:`ProfileBuilder.build_columns` gives."""
+    return list(map(tuple.__new__, repeat(Profile), zip(ids, items, digests, strict=True)))
+
+
 def _plain(value: Any) -> Any:
     """A business value as JSON has it (dates as ISO text, decimals as numbers)."""
     if value is None or isinstance(value, str | bool | int | float):
@@ -99,8 +105,7 @@ class ProfileBuilder:
 
     def build_raw(self, rows: Iterable[Sequence[Any]]) -> list[Profile]:
         """The profiles of :meth:`build_columns`, one tuple each."""
-        return list(map(tuple.__new__, repeat(Profile), zip(*self.build_columns(rows),
-                                                            strict=True)))
+        return profiles_of(*self.build_columns(rows))
 
     def build_columns(self, rows: Iterable[Sequence[Any]]
                       ) -> tuple[list[str], list[bytes], list[str]]:
