@@ -230,27 +230,30 @@ class ProfileSync:
         the building thread for almost every row."""
         with_keys = bool(self._tombstones) or bool(self._erase_statuses
                                                     and self._forget is not None)
+        here = read_pages(self.reader, self.builder, since, self.config.page_size, with_keys)
         if self._own_process(since):
             spec = PageSpec(self.settings.business, self.settings.klaviyo.profile_properties,
                             dict(self.config.extra_properties), since, self.config.page_size,
                             with_keys, self.settings.logging)
-            pages = iter(PageProcess(spec))
+            # The first pages are read here while the process starts (see PageProcess).
+            source = PageProcess(spec, head=here)
+            pages = iter(source)
             try:
                 first = next(pages, None)
             except CannotStart as exc:  # nothing read yet: read here instead
                 log.warning("profile_pages_in_process", error=str(exc),
                             hint="the pass reads the customers itself, more slowly")
             else:
-                log.debug("profile_pages_process", full=since is None)
                 try:
                     if first is not None:
                         yield first
                         yield from pages
                 finally:
                     pages.close()  # type: ignore[attr-defined]
+                log.debug("profile_pages_process", full=since is None,
+                          pages_read_here=source.head_pages)
                 return
-        yield from read_pages(self.reader, self.builder, since, self.config.page_size,
-                              with_keys)
+        yield from here
 
     def _own_process(self, since: Any) -> bool:
         """Whether this pass's pages are read in a process of their own."""

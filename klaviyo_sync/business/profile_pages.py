@@ -10,15 +10,19 @@ customers, reading took twice as long in the pass as alone, for the same CPU. A 
 of its own (:class:`PageProcess`) reads and builds on a lock of its own and sends each
 page as plain lists (ids, encoded resources, digests), which pickle and unpickle in C.
 The pipe holds it back: it builds no further ahead of the pass than the pipe holds (a
-few pages).
+few pages). While the process starts, the pass reads the first pages itself (see
+:class:`PageProcess`).
 
 The process is ``python -m klaviyo_sync.page_process --fd N`` (its own wiring: see
-there): it reads its :class:`PageSpec` (pickled) on stdin and writes pages to
-descriptor N.
+there). On stdin it gets two pickled orders: its :class:`PageSpec`, then, once it has
+said :data:`READY` on descriptor N, the keyset position to read after (None: from the
+start); it writes its pages to descriptor N. Stdin's end before the second order means
+nothing is left to read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pickle
@@ -28,20 +32,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from klaviyo_sync.business.customers import CUSTOMER_FIELDS, UPDATED_AT, SqlCustomerReader
 from klaviyo_sync.business.profiles import Profile, ProfileBuilder, profiles_of
 from klaviyo_sync.config import BusinessSettings, LoggingSettings, ProfileProperties
 from klaviyo_sync.exceptions import BusinessDataError
+from klaviyo_sync.logconfig import get_logger
 
 _ID, _EMAIL, _STATUS = (CUSTOMER_FIELDS.index(name) for name in ("id", "email", "status"))
-#: What the process sends after its last page.
+#: What the process sends once it can read (before its first page), and after its last.
+READY = "ready"
 END = "end"
 #: The pipe's size asked for (Linux lets an unprivileged user have 1 MB).
 _PIPE_BYTES = 4 << 20
 #: How long a page process that was told to stop may take to go (seconds).
 _STOP_WAIT_S = 10.0
+
+log = get_logger(__name__)
 
 
 class Page(NamedTuple):
@@ -63,10 +71,11 @@ class Page(NamedTuple):
 
 
 def read_pages(reader: SqlCustomerReader, builder: ProfileBuilder, since: Any,
-               page_size: int, with_keys: bool = False) -> Iterator[Page]:
+               page_size: int, with_keys: bool = False,
+               after: tuple[Any, Any] | None = None) -> Iterator[Page]:
     """Customers with updated_at >= ``since`` (all: None), page by page in keyset order,
-    built; ``with_keys`` keeps each row's email and status too."""
-    after: tuple[Any, Any] | None = None
+    built, from the start or from after the raw (updated_at, id) ``after`` (a
+    :attr:`Page.last`); ``with_keys`` keeps each row's email and status too."""
     while True:
         rows = reader.read_changed_raw(after, since, page_size)
         if rows:
@@ -110,14 +119,25 @@ class Failed(NamedTuple):
 class PageProcess:
     """Iterating gives the pages that a process of their own reads and builds.
 
+    The process takes about half a second to start (an interpreter, SQLAlchemy, the
+    database opened). Given ``head``, the same pages read here from the start (a
+    :func:`read_pages` not yet begun), the pages come from ``head`` until the process says
+    it is ready; it then reads on from after the last of them, and ``head`` is closed. So
+    the pass posts its first request at once instead of waiting, and the process only
+    ever reads what ``head`` did not. A process that fails before it is ready (it could
+    not start, or died) leaves the rest to ``head``, with a warning: the pass reads
+    itself, more slowly. ``head_pages`` counts the pages ``head`` gave.
+
     Leaving the iteration early (the pass was stopped, or failed) closes the pipe: the
     process's next send fails and it ends; one that does not within a few seconds is
-    killed. A process that dies (killed, out of memory) ends the iteration with a
-    :class:`BusinessDataError`, as a database that stops answering does.
+    killed. A process that dies (killed, out of memory) once it reads ends the iteration
+    with a :class:`BusinessDataError`, as a database that stops answering does.
     """
 
-    def __init__(self, spec: PageSpec) -> None:
+    def __init__(self, spec: PageSpec, head: Iterator[Page] | None = None) -> None:
         self.spec = spec
+        self.head = head
+        self.head_pages = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     def __iter__(self) -> Iterator[Page]:
@@ -138,13 +158,27 @@ class PageProcess:
         finally:
             os.close(write_end)
         pages = Connection(read_end, writable=False)
+        assert process.stdin is not None
+        orders = process.stdin
         try:
-            assert process.stdin is not None
-            try:
-                process.stdin.write(pickle.dumps(self.spec))
-                process.stdin.close()
-            except BrokenPipeError:
-                pass  # it died at once: the read below says how
+            _tell(orders, self.spec)
+            after: tuple[Any, Any] | None = None
+            head = self.head
+            if head is not None:
+                listening = True
+                for page in head:
+                    self.head_pages += 1
+                    after = page.last
+                    yield page
+                    if listening and pages.poll():  # its first word: ready, or not
+                        if self._ready(pages, process):
+                            break
+                        listening = False  # it cannot: head reads on to the end
+                else:
+                    return  # head read every page: the process is told nothing more
+                _close(head)
+            _tell(orders, after)
+            orders.close()
             while True:
                 try:
                     message = pages.recv()
@@ -157,14 +191,50 @@ class PageProcess:
                     return
                 if isinstance(message, Failed):
                     raise message.error
-                yield message
+                if message != READY:
+                    yield message
         finally:
+            if self.head is not None:
+                _close(self.head)
             pages.close()
+            with contextlib.suppress(OSError):
+                orders.close()  # unread orders: the process ends at their end
             try:
                 process.wait(_STOP_WAIT_S)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def _ready(self, pages: Connection, process: subprocess.Popen[bytes]) -> bool:
+        """The process's first word: ready (True), or why it is not (False)."""
+        try:
+            message = pages.recv()
+        except EOFError:
+            reason = f"it ended (exit code {process.wait()})"
+        else:
+            if message == READY:
+                return True
+            reason = str(message.error) if isinstance(message, Failed) else repr(message)
+        log.warning("profile_pages_in_process", error=f"the process reading customers "
+                    f"could not start: {reason}",
+                    hint="the pass reads the customers itself, more slowly")
+        return False
+
+
+def _close(pages: Iterator[Page]) -> None:
+    """End a generator of pages where it is (an iterator of another kind has no end)."""
+    close = getattr(pages, "close", None)
+    if close is not None:
+        close()
+
+
+def _tell(orders: IO[bytes], order: Any) -> None:
+    """Write one order to the process (the spec, then where to start), pickled."""
+    try:
+        pickle.dump(order, orders)
+        orders.flush()
+    except BrokenPipeError:
+        pass  # it died: the pipe's end says so
 
 
 def _widen(fd: int) -> None:

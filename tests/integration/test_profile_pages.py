@@ -4,11 +4,14 @@ the very pages the pass builds itself, on every business database, and its ends 
 from __future__ import annotations
 
 import signal
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
 from klaviyo_sync.business.customers import SqlCustomerReader
 from klaviyo_sync.business.db import open_business
@@ -141,3 +144,88 @@ def test_a_page_process_that_cannot_read_says_why(tmp_path: Path) -> None:
 def test_a_page_process_that_cannot_open_its_database_says_why(tmp_path: Path) -> None:
     with pytest.raises(BusinessDataError):
         list(PageProcess(spec_for(f"sqlite:///{tmp_path / 'missing' / 'business.db'}")))
+
+
+def pages_here(url: str, page_size: int) -> Iterator[Page]:
+    """read_pages here, as the pass gives a page process its head start."""
+    engine = open_business(url)
+    try:
+        reader = SqlCustomerReader(engine, BusinessSettings(url=url), tuple(EXTRA))
+        builder = ProfileBuilder(ProfileProperties(), EXTRA, reader.extra_columns)
+        yield from read_pages(reader, builder, None, page_size)
+    finally:
+        engine.dispose()
+
+
+def slowly(pages: Iterator[Page], seconds: float = 0.05) -> Iterator[Page]:
+    """``pages``, a pause before each after the first: the process gets ready meanwhile."""
+    for number, page in enumerate(pages):
+        if number:
+            time.sleep(seconds)
+        yield page
+
+
+def after_it_ends(pages: Iterator[Page], source: PageProcess) -> Iterator[Page]:
+    """``pages``, all but the first once ``source``'s process has ended (at most 30 s)."""
+    for number, page in enumerate(pages):
+        if number == 1:
+            deadline = time.monotonic() + 30
+            while source.process is None or source.process.poll() is None:
+                assert time.monotonic() < deadline, "the process did not end"
+                time.sleep(0.01)
+        yield page
+
+
+@pytest.fixture
+def shop_600(tmp_path: Path) -> Iterator[Customers]:
+    customers = make_shop(f"sqlite:///{tmp_path / 'business.db'}", 600)
+    yield customers
+    customers.close()
+
+
+def test_pages_read_here_while_the_process_starts_are_not_read_again(
+        shop_600: Customers) -> None:
+    # 600 pages of one customer, each read here 50 ms after the last: the process is
+    # ready within them (half a second on an idle machine; at most 30 s) and reads the rest.
+    source = PageProcess(spec_for(shop_600.url, page_size=1),
+                         head=slowly(pages_here(shop_600.url, 1)))
+    pages = list(source)
+    assert pages == built_here(shop_600.url, page_size=1)
+    assert 1 <= source.head_pages < 600
+    assert source.process is not None and source.process.returncode == 0
+
+
+def test_a_head_that_reads_everything_leaves_the_process_nothing(shop: Customers) -> None:
+    built = built_here(shop.url)
+    source = PageProcess(spec_for(shop.url), head=iter(built))  # faster than any start
+    assert list(source) == built
+    assert source.head_pages == 3
+    # Its orders ended before where to start: it ends without reading.
+    assert source.process is not None and source.process.returncode == 0
+
+
+def test_a_process_that_fails_to_start_leaves_the_rest_to_the_head(
+        shop_600: Customers, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # ends at once, exit code 1
+    source = PageProcess(spec_for(shop_600.url, page_size=20))
+    source.head = after_it_ends(pages_here(shop_600.url, 20), source)
+    with capture_logs() as logs:
+        pages = list(source)
+    assert pages == built_here(shop_600.url, page_size=20)
+    assert source.head_pages == 30
+    warnings = [e for e in logs if e["event"] == "profile_pages_in_process"]
+    assert len(warnings) == 1 and "exit code 1" in warnings[0]["error"]
+
+
+def test_a_process_that_cannot_read_before_it_is_ready_leaves_the_rest_to_the_head(
+        shop_600: Customers, tmp_path: Path) -> None:
+    # The process is told of a database it cannot open; here the pages can be read.
+    missing = f"sqlite:///{tmp_path / 'missing' / 'business.db'}"
+    source = PageProcess(spec_for(missing, page_size=20))
+    source.head = after_it_ends(pages_here(shop_600.url, 20), source)
+    with capture_logs() as logs:
+        pages = list(source)
+    assert pages == built_here(shop_600.url, page_size=20)
+    assert source.head_pages == 30
+    warnings = [e for e in logs if e["event"] == "profile_pages_in_process"]
+    assert len(warnings) == 1 and "business database" in warnings[0]["error"]
