@@ -204,28 +204,28 @@ def test_a_head_that_reads_everything_leaves_the_process_nothing(shop: Customers
     assert source.process is not None and source.process.returncode == 0
 
 
+def read_without_the_process(process_url: str, url: str) -> str:
+    """Every page of ``url`` from a PageProcess whose process (told of ``process_url``)
+    fails before it is ready, checked; the one warning's error."""
+    source = PageProcess(spec_for(process_url, page_size=20))
+    source.head = after_it_ends(pages_here(url, 20), source)
+    with capture_logs() as logs:
+        pages = list(source)
+    assert pages == built_here(url, page_size=20)
+    assert source.head_pages == 30
+    warnings = [e for e in logs if e["event"] == "profile_pages_in_process"]
+    assert len(warnings) == 1
+    return str(warnings[0]["error"])
+
+
 def test_a_process_that_fails_to_start_leaves_the_rest_to_the_head(
         shop_600: Customers, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "executable", "/bin/false")  # ends at once, exit code 1
-    source = PageProcess(spec_for(shop_600.url, page_size=20))
-    source.head = after_it_ends(pages_here(shop_600.url, 20), source)
-    with capture_logs() as logs:
-        pages = list(source)
-    assert pages == built_here(shop_600.url, page_size=20)
-    assert source.head_pages == 30
-    warnings = [e for e in logs if e["event"] == "profile_pages_in_process"]
-    assert len(warnings) == 1 and "exit code 1" in warnings[0]["error"]
+    assert "exit code 1" in read_without_the_process(shop_600.url, shop_600.url)
 
 
 def test_a_process_that_cannot_read_before_it_is_ready_leaves_the_rest_to_the_head(
         shop_600: Customers, tmp_path: Path) -> None:
     # The process is told of a database it cannot open; here the pages can be read.
     missing = f"sqlite:///{tmp_path / 'missing' / 'business.db'}"
-    source = PageProcess(spec_for(missing, page_size=20))
-    source.head = after_it_ends(pages_here(shop_600.url, 20), source)
-    with capture_logs() as logs:
-        pages = list(source)
-    assert pages == built_here(shop_600.url, page_size=20)
-    assert source.head_pages == 30
-    warnings = [e for e in logs if e["event"] == "profile_pages_in_process"]
-    assert len(warnings) == 1 and "business database" in warnings[0]["error"]
+    assert "business database" in read_without_the_process(missing, shop_600.url)
