@@ -41,7 +41,6 @@ from klaviyo_sync.business.orders import (
     shift_raw_time,
 )
 from klaviyo_sync.business.profile_pages import (
-    CannotStart,
     Page,
     PageProcess,
     PageSpec,
@@ -235,24 +234,13 @@ class ProfileSync:
             spec = PageSpec(self.settings.business, self.settings.klaviyo.profile_properties,
                             dict(self.config.extra_properties), since, self.config.page_size,
                             with_keys, self.settings.logging)
-            # The first pages are read here while the process starts (see PageProcess).
+            # The first pages are read here while the process starts, and all of them if
+            # it cannot (see PageProcess).
             source = PageProcess(spec, head=here)
-            pages = iter(source)
-            try:
-                first = next(pages, None)
-            except CannotStart as exc:  # nothing read yet: read here instead
-                log.warning("profile_pages_in_process", error=str(exc),
-                            hint="the pass reads the customers itself, more slowly")
-            else:
-                try:
-                    if first is not None:
-                        yield first
-                        yield from pages
-                finally:
-                    pages.close()  # type: ignore[attr-defined]
-                log.debug("profile_pages_process", full=since is None,
-                          pages_read_here=source.head_pages)
-                return
+            yield from source
+            log.debug("profile_pages_process", full=since is None,
+                      pages_read_here=source.head_pages)
+            return
         yield from here
 
     def _own_process(self, since: Any) -> bool:

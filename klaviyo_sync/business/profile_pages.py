@@ -106,8 +106,8 @@ class PageSpec:
 
 
 class CannotStart(BusinessDataError):
-    """The page process could not be started (nothing was read): the pass may read in
-    its own process instead."""
+    """The page process could not be started (nothing was read), and no ``head`` was
+    given to read instead."""
 
 
 class Failed(NamedTuple):
@@ -124,9 +124,10 @@ class PageProcess:
     :func:`read_pages` not yet begun), the pages come from ``head`` until the process says
     it is ready; it then reads on from after the last of them, and ``head`` is closed. So
     the pass posts its first request at once instead of waiting, and the process only
-    ever reads what ``head`` did not. A process that fails before it is ready (it could
-    not start, or died) leaves the rest to ``head``, with a warning: the pass reads
-    itself, more slowly. ``head_pages`` counts the pages ``head`` gave.
+    ever reads what ``head`` did not. A process that cannot be started, or fails before
+    it is ready, leaves the rest to ``head``, with a warning: the pass reads itself, more
+    slowly (without ``head``, one that cannot be started raises :class:`CannotStart`).
+    ``head_pages`` counts the pages ``head`` gave.
 
     Leaving the iteration early (the pass was stopped, or failed) closes the pipe: the
     process's next send fails and it ends; one that does not within a few seconds is
@@ -153,8 +154,14 @@ class PageProcess:
                 env=env)
         except OSError as exc:
             os.close(read_end)
-            raise CannotStart(f"cannot start the process that reads customers: "
-                              f"{exc}") from exc
+            if self.head is None:
+                raise CannotStart(f"cannot start the process that reads customers: "
+                                  f"{exc}") from exc
+            _read_here(f"cannot start it: {exc}")
+            for page in self.head:
+                self.head_pages += 1
+                yield page
+            return
         finally:
             os.close(write_end)
         pages = Connection(read_end, writable=False)
@@ -215,10 +222,13 @@ class PageProcess:
             if message == READY:
                 return True
             reason = str(message.error) if isinstance(message, Failed) else repr(message)
-        log.warning("profile_pages_in_process", error=f"the process reading customers "
-                    f"could not start: {reason}",
-                    hint="the pass reads the customers itself, more slowly")
+        _read_here(f"it could not start: {reason}")
         return False
+
+
+def _read_here(why: str) -> None:
+    log.warning("profile_pages_in_process", error=f"the process reading customers: {why}",
+                hint="the pass reads the customers itself, more slowly")
 
 
 def _close(pages: Iterator[Page]) -> None:
